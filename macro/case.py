@@ -1,0 +1,462 @@
+"""Case I/O: one validated, content-hashed view of a scan on disk.
+
+A ``Case`` is cheap to create (headers, hash, sanity checks) and loads voxels on first use. Formats are read
+with nibabel (NIfTI), pydicom (DICOM file or series folder) and Pillow (PNG/JPEG); a multi-sequence MRI case is
+a folder in the BraTS layout or four NIfTI files in the order T1, T1ce, T2, FLAIR. Every problem with the input
+raises :class:`~macro.errors.CaseError` naming the file, so callers never see a library's traceback.
+
+Arrays are channel-first float32: ``(C, X, Y, Z)`` for volumes, ``(C, H, W)`` for 2D images. Volumes keep the
+file's voxel order (no reorientation); the affine travels with the case so masks are written back aligned.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from macro.errors import CaseError
+
+MODALITIES = ("mri-multiseq", "mr", "ct", "xray", "dermoscopy", "fundus", "histology", "us", "pet", "other")
+SEQUENCES = ("t1", "t1ce", "t2", "flair")
+# BraTS 2023+ names first, then the older challenge names.
+SEQUENCE_SUFFIXES = {"t1": ("t1n", "t1"), "t1ce": ("t1c", "t1ce"), "t2": ("t2w", "t2"), "flair": ("t2f", "flair")}
+NIFTI_EXT = (".nii.gz", ".nii")
+IMAGE_EXT = (".png", ".jpg", ".jpeg")
+DICOM_EXT = (".dcm", ".dicom")
+ACCEPTED = "NIfTI (.nii/.nii.gz), DICOM file or series folder, PNG/JPEG, or a BraTS-layout folder / four NIfTI (T1, T1ce, T2, FLAIR)"
+MAX_DIM = 2048
+MAX_VOXELS = 400_000_000
+DICOM_MODALITY = {"MR": "mr", "CT": "ct", "CR": "xray", "DX": "xray", "US": "us", "PT": "pet", "OP": "fundus", "XC": "dermoscopy", "SM": "histology"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A validated scan. ``id`` is a content hash, so the same bytes give the same id wherever they live."""
+
+    id: str
+    paths: tuple[Path, ...]
+    modality: str
+    channels: tuple[str, ...]
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    label_path: Path | None = None
+    affine: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def dims(self) -> int:
+        return len(self.shape)
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        """Channel-first float32 voxels, loaded and checked on first access."""
+        return _read_pixels(self)
+
+    @cached_property
+    def labels(self) -> np.ndarray | None:
+        """Reference label map (BraTS ``seg``) when the case ships one, else None."""
+        if self.label_path is None:
+            return None
+        data = _nifti_data(self.label_path)
+        if data.shape != self.shape:
+            raise CaseError(self.label_path, f"label map shape {data.shape} differs from the image shape {self.shape}")
+        return np.rint(data).astype(np.int16)
+
+    def channel(self, name: str | None = None) -> np.ndarray:
+        if name is None:
+            return self.image[0]
+        if name not in self.channels:
+            raise CaseError(self.paths[0], f"no sequence/channel {name!r}", accepted=", ".join(self.channels))
+        return self.image[self.channels.index(name)]
+
+    @property
+    def voxel_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def ref(self) -> dict:
+        """JSON-able reference from which the same case can be reloaded (stored in agent threads)."""
+        return {"source": [str(p) for p in self.paths] if len(self.paths) > 1 else str(self.paths[0]),
+                "modality": self.modality, "id": self.id}
+
+    def summary(self) -> str:
+        shape = "x".join(str(s) for s in self.shape)
+        spacing = "x".join(f"{s:g}" for s in self.spacing)
+        return f"{self.modality}, {self.dims}D {shape} voxels at {spacing} mm, channels {', '.join(self.channels)}"
+
+
+def load_case(source: str | Path | Sequence[str | Path], modality: str | None = None, check: bool = True) -> Case:
+    """Open a scan and validate it. ``check`` also decodes the voxels once to reject NaN/inf or blank images."""
+    if modality is not None and modality not in MODALITIES:
+        raise CaseError(None, f"unknown modality {modality!r}", accepted=", ".join(MODALITIES))
+    if isinstance(source, (list, tuple)):
+        case = _multiseq_from_files([Path(p) for p in source], modality)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise CaseError(path, "file or folder not found")
+        if path.is_dir():
+            case = _from_folder(path, modality)
+        else:
+            case = _from_file(path, modality)
+    if check:
+        case.image  # noqa: B018 - decode now so bad voxels fail before any agent work starts
+        case.labels  # noqa: B018
+    return case
+
+
+_CACHE: dict[tuple, Case] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_case_ref(ref: dict) -> Case:
+    """Reload a case from :meth:`Case.ref`, reusing a process-level cache while the files are unchanged."""
+    source = ref["source"]
+    paths = [Path(p) for p in (source if isinstance(source, list) else [source])]
+    key = (tuple(str(p) for p in paths), ref.get("modality"), tuple(_mtime(p) for p in paths))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    case = load_case(source if isinstance(source, list) else source, ref.get("modality"), check=False)
+    with _CACHE_LOCK:
+        if len(_CACHE) > 32:
+            _CACHE.clear()
+        _CACHE[key] = case
+    return case
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+# ---------------------------------------------------------------- file kinds
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(NIFTI_EXT):
+        return "nifti"
+    if name.endswith(IMAGE_EXT):
+        return "image"
+    if name.endswith(DICOM_EXT) or _has_dicom_magic(path):
+        return "dicom"
+    return "unknown"
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _require_nonempty(path: Path) -> None:
+    if not path.exists():
+        raise CaseError(path, "file not found")
+    if path.is_dir():
+        raise CaseError(path, "expected a file but found a folder")
+    if path.stat().st_size == 0:
+        raise CaseError(path, "file is empty (0 bytes)")
+
+
+def _content_id(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return "case-" + digest.hexdigest()[:16]
+
+
+def _sidecar_modality(path: Path) -> str | None:
+    """BIDS-style sidecar JSON (``scan.json`` next to ``scan.nii.gz``, or ``case.json`` in a folder)."""
+    candidates = [path / "case.json"] if path.is_dir() else [path.with_name(_stem(path) + ".json")]
+    for side in candidates:
+        if side.is_file():
+            try:
+                value = json.loads(side.read_text()).get("modality")
+            except (OSError, ValueError, AttributeError) as exc:
+                raise CaseError(side, f"sidecar JSON is unreadable: {exc}") from None
+            if value is not None and value not in MODALITIES:
+                raise CaseError(side, f"sidecar names unknown modality {value!r}", accepted=", ".join(MODALITIES))
+            return value
+    return None
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in NIFTI_EXT + IMAGE_EXT + DICOM_EXT:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
+    if any(int(s) <= 0 for s in shape):
+        raise CaseError(path, f"image has an empty dimension (shape {shape})")
+    if max(shape) > MAX_DIM or int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        raise CaseError(path, f"image size {shape} is implausible for a scan (limit {MAX_DIM} per axis, {MAX_VOXELS:,} voxels)")
+
+
+def _check_spacing(path: Path, spacing: Sequence[float]) -> tuple[float, ...]:
+    spacing = tuple(float(s) for s in spacing)
+    if not all(np.isfinite(s) and 0 < s <= 100 for s in spacing):
+        raise CaseError(path, f"voxel spacing {spacing} is not a positive size in mm")
+    return spacing
+
+
+# ---------------------------------------------------------------- NIfTI
+
+def _nifti_header(path: Path):
+    import nibabel as nib
+
+    _require_nonempty(path)
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as exc:  # nibabel raises many types for corrupt headers
+        raise CaseError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) == 4:
+        raise CaseError(path, f"4D image {shape}; a single 3D volume is needed", accepted="3D NIfTI, or split the 4th axis into files")
+    if len(shape) == 2:
+        shape = shape + (1,)
+    if len(shape) != 3:
+        raise CaseError(path, f"{len(shape)}D NIfTI image {shape}; a 3D volume is needed")
+    _check_shape(path, shape)
+    spacing = _check_spacing(path, img.header.get_zooms()[:3])
+    return img, shape, spacing
+
+
+def _nifti_data(path: Path) -> np.ndarray:
+    img, shape, _ = _nifti_header(path)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except Exception as exc:  # truncated gzip, short file, bad scaling
+        raise CaseError(path, f"voxel data cannot be read, the file is truncated or corrupt ({type(exc).__name__})") from None
+    return data
+
+
+def _from_nifti(path: Path, modality: str | None) -> Case:
+    img, shape, spacing = _nifti_header(path)
+    return Case(
+        id=_content_id([path]), paths=(path,), modality=modality or _sidecar_modality(path) or "mr",
+        channels=("image",), shape=shape, spacing=spacing, affine=np.asarray(img.affine, dtype=np.float64),
+    )
+
+
+def _multiseq_from_files(paths: list[Path], modality: str | None, label: Path | None = None) -> Case:
+    if len(paths) != len(SEQUENCES):
+        raise CaseError(paths[0] if paths else None, f"a multi-sequence MRI case needs {len(SEQUENCES)} NIfTI files, got {len(paths)}",
+                        accepted="T1, T1ce, T2, FLAIR in that order")
+    headers = []
+    for path in paths:
+        if _kind(path) != "nifti":
+            raise CaseError(path, "each sequence of a multi-sequence case must be NIfTI", accepted="T1, T1ce, T2, FLAIR as .nii/.nii.gz")
+        headers.append(_nifti_header(path))
+    img0, shape, spacing = headers[0]
+    for path, (_, other_shape, _) in zip(paths[1:], headers[1:]):
+        if other_shape != shape:
+            raise CaseError(path, f"shape {other_shape} differs from the T1 shape {shape}; sequences must be co-registered")
+    if modality not in (None, "mri-multiseq"):
+        raise CaseError(paths[0], f"four sequences make an mri-multiseq case, not {modality!r}")
+    return Case(
+        id=_content_id(paths + ([label] if label else [])), paths=tuple(paths), modality="mri-multiseq", channels=SEQUENCES,
+        shape=shape, spacing=spacing, label_path=label, affine=np.asarray(img0.affine, dtype=np.float64),
+    )
+
+
+def brats_files(folder: Path) -> tuple[list[Path], Path | None] | None:
+    """Find the four sequences (and ``seg``) of a BraTS-layout folder; None when the folder is not one."""
+    niftis = [p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(NIFTI_EXT)]
+
+    def find(suffixes: Sequence[str]) -> Path | None:
+        for suffix in suffixes:
+            for p in niftis:
+                stem = _stem(p).lower()
+                if stem.endswith(f"-{suffix}") or stem.endswith(f"_{suffix}") or stem == suffix:
+                    return p
+        return None
+
+    found = {seq: find(SEQUENCE_SUFFIXES[seq]) for seq in SEQUENCES}
+    if not any(found.values()):
+        return None
+    missing = [seq for seq, p in found.items() if p is None]
+    if missing:
+        names = "; ".join(f"{seq}: *-{'/'.join(SEQUENCE_SUFFIXES[seq])}.nii.gz" for seq in missing)
+        raise CaseError(folder, f"BraTS-layout folder lacks sequence(s) {', '.join(missing)}", accepted=names)
+    return [found[s] for s in SEQUENCES], find(("seg",))
+
+
+# ---------------------------------------------------------------- folders and single files
+
+def _from_folder(folder: Path, modality: str | None) -> Case:
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise CaseError(folder, "folder is empty", accepted=ACCEPTED)
+    brats = brats_files(folder)
+    if brats is not None:
+        return _multiseq_from_files(brats[0], modality or _sidecar_modality(folder), label=brats[1])
+    dicoms = sorted(p for p in entries if p.is_file() and _kind(p) == "dicom")
+    if dicoms:
+        return _from_dicom(dicoms, modality or _sidecar_modality(folder), origin=folder)
+    raise CaseError(folder, "folder holds neither a BraTS-layout case nor DICOM files", accepted=ACCEPTED)
+
+
+def _from_file(path: Path, modality: str | None) -> Case:
+    _require_nonempty(path)
+    kind = _kind(path)
+    if kind == "nifti":
+        return _from_nifti(path, modality)
+    if kind == "dicom":
+        return _from_dicom([path], modality, origin=path)
+    if kind == "image":
+        return _from_picture(path, modality)
+    raise CaseError(path, f"unsupported file type {''.join(path.suffixes) or '(no extension)'}", accepted=ACCEPTED)
+
+
+# ---------------------------------------------------------------- DICOM
+
+def _dcmread(path: Path, header_only: bool):
+    import pydicom
+
+    _require_nonempty(path)
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=header_only, force=not header_only and path.suffix.lower() in DICOM_EXT)
+    except Exception as exc:
+        raise CaseError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+
+
+def _from_dicom(paths: list[Path], modality: str | None, origin: Path) -> Case:
+    headers = [(p, _dcmread(p, header_only=True)) for p in paths]
+    with_pixels = [(p, ds) for p, ds in headers if "Rows" in ds and "Columns" in ds]
+    if not with_pixels:
+        raise CaseError(origin, "DICOM has no image pixel data (a report, structure set or plan?)", accepted="image DICOM (CT, MR, CR/DX, US, ...)")
+    first = with_pixels[0][1]
+    frames = int(getattr(first, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(first, "SamplesPerPixel", 1) or 1)
+    rows, cols = int(first.Rows), int(first.Columns)
+    in_plane = [float(v) for v in getattr(first, "PixelSpacing", None) or getattr(first, "ImagerPixelSpacing", None) or (1.0, 1.0)]
+    inferred = DICOM_MODALITY.get(str(getattr(first, "Modality", "")), "other")
+    if len(with_pixels) == 1 and frames == 1:
+        shape = (rows, cols)
+        spacing = tuple(in_plane)
+        channels = ("r", "g", "b") if samples == 3 else ("image",)
+    else:
+        if samples != 1:
+            raise CaseError(origin, "multi-frame colour DICOM (cine loop) is not supported", accepted="single colour frames or greyscale series")
+        with_pixels = _sort_slices(with_pixels)
+        depth = frames if len(with_pixels) == 1 else len(with_pixels)
+        shape = (rows, cols, depth)
+        spacing = (in_plane[0], in_plane[1], _slice_gap(with_pixels, first))
+        for p, ds in with_pixels:
+            if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+                raise CaseError(p, f"slice size {(int(ds.Rows), int(ds.Columns))} differs from the series' {(rows, cols)}")
+        channels = ("image",)
+    _check_shape(origin, shape)
+    spacing = _check_spacing(origin, spacing)
+    return Case(id=_content_id([p for p, _ in with_pixels]), paths=tuple(p for p, _ in with_pixels), modality=modality or inferred,
+                channels=channels, shape=shape, spacing=spacing)
+
+
+def _sort_slices(items):
+    def key(item):
+        ds = item[1]
+        pos = getattr(ds, "ImagePositionPatient", None)
+        ori = getattr(ds, "ImageOrientationPatient", None)
+        if pos is not None and ori is not None and len(ori) == 6:
+            normal = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
+            return float(np.dot(normal, np.asarray(pos, float)))
+        return float(getattr(ds, "InstanceNumber", 0) or 0)
+
+    return sorted(items, key=key)
+
+
+def _slice_gap(items, first) -> float:
+    if len(items) > 1:
+        a, b = (getattr(ds, "ImagePositionPatient", None) for _, ds in items[:2])
+        if a is not None and b is not None:
+            gap = float(np.linalg.norm(np.asarray(b, float) - np.asarray(a, float)))
+            if gap > 0:
+                return gap
+    return float(getattr(first, "SpacingBetweenSlices", None) or getattr(first, "SliceThickness", None) or 1.0)
+
+
+def _dicom_pixels(case: Case) -> np.ndarray:
+    planes = []
+    for path in case.paths:
+        ds = _dcmread(path, header_only=False)
+        try:
+            arr = ds.pixel_array.astype(np.float32)
+        except Exception as exc:
+            raise CaseError(path, f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+        slope, intercept = float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
+        planes.append(arr * slope + intercept)
+    if len(planes) == 1:
+        arr = planes[0]
+        if case.dims == 3:  # multi-frame: (frames, rows, cols) -> (rows, cols, frames)
+            return np.moveaxis(arr, 0, -1)[None]
+        return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr[None]
+    return np.stack(planes, axis=-1)[None]
+
+
+# ---------------------------------------------------------------- PNG / JPEG
+
+def _from_picture(path: Path, modality: str | None) -> Case:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            size, mode = im.size, im.mode
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise CaseError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    shape = (size[1], size[0])
+    _check_shape(path, shape)
+    channels = ("image",) if mode in ("L", "I", "I;16", "F", "1", "LA") else ("r", "g", "b")
+    return Case(id=_content_id([path]), paths=(path,), modality=modality or _sidecar_modality(path) or "other",
+                channels=channels, shape=shape, spacing=(1.0, 1.0))
+
+
+def _picture_pixels(case: Case) -> np.ndarray:
+    from PIL import Image
+
+    path = case.paths[0]
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if len(case.channels) == 3 else ("F" if im.mode in ("I", "I;16", "F") else "L"))
+            arr = np.asarray(im, dtype=np.float32)
+    except OSError as exc:
+        raise CaseError(path, f"image data is truncated or corrupt ({exc})") from None
+    return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr[None]
+
+
+# ---------------------------------------------------------------- pixels
+
+def _read_pixels(case: Case) -> np.ndarray:
+    kind = _kind(case.paths[0])
+    if kind == "nifti":
+        data = np.stack([_nifti_data(p) for p in case.paths])
+    elif kind == "dicom":
+        data = _dicom_pixels(case)
+    else:
+        data = _picture_pixels(case)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise CaseError(case.paths[0], f"image contains {bad:,} NaN/inf voxels")
+    for name, channel, path in zip(case.channels, data, case.paths if len(case.paths) == len(case.channels) else [case.paths[0]] * len(case.channels)):
+        if float(channel.max()) == float(channel.min()):
+            raise CaseError(path, f"channel {name!r} is blank (every voxel equals {float(channel.min()):g})")
+    return data

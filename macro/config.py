@@ -1,0 +1,46 @@
+"""Where MACRO keeps its state: one home folder (``MACRO_HOME``) holding every store.
+
+Paths are derived, never cached globally, so tests and worker processes can point ``MACRO_HOME``
+elsewhere before any store is opened.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from platformdirs import user_data_dir
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def current(cls) -> "Home":
+        env = os.environ.get("MACRO_HOME")
+        return cls(Path(env).expanduser() if env else Path(user_data_dir("macro", appauthor=False)))
+
+    @property
+    def threads_db(self) -> Path:
+        return self.root / "threads.sqlite"
+
+    @property
+    def trajectories_db(self) -> Path:
+        return self.root / "trajectories.sqlite"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def ensure(self) -> "Home":
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self

@@ -1,0 +1,133 @@
+"""The tool contract: a langchain-core ``BaseTool`` with a policy-facing pydantic schema plus a ``ToolSpec``.
+
+The policy only chooses a tool and the few arguments that carry meaning; the case and input artifacts reach the
+tool through a :class:`ToolContext` passed in the runnable config (``config["configurable"]["macro"]``), so a small
+model never has to copy paths or ids into JSON. Subclasses are validated when they are defined, so a malformed
+tool fails at import, not in the middle of a conversation.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel, ConfigDict, Field
+
+from macro.artifacts import KINDS, Artifact, ArtifactStore
+from macro.case import MODALITIES, Case
+from macro.errors import CaseError
+
+ANY_MODALITY = "*"
+
+
+class ToolExample(BaseModel):
+    """A request a user might make and the arguments it maps to; used to cold-start the local policy."""
+
+    request: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    modalities: tuple[str, ...]
+    dims: tuple[int, ...] = (2, 3)
+    inputs: dict[str, str] = Field(default_factory=lambda: {"case": "image"})
+    outputs: dict[str, str] = Field(default_factory=dict)
+    version: str = "0.1.0"
+    weights: str | None = None
+    examples: tuple[ToolExample, ...] = ()
+
+    def accepts(self, case: Case) -> bool:
+        return (ANY_MODALITY in self.modalities or case.modality in self.modalities) and case.dims in self.dims
+
+
+class ToolResult(BaseModel):
+    """What a tool returns: a short text for the policy, structured data, and the artifacts it wrote."""
+
+    text: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    artifacts: list[dict] = Field(default_factory=list)
+
+
+@dataclass
+class ToolContext:
+    """Everything a tool may use besides its arguments: the case, the run's artifact store, earlier artifacts."""
+
+    case: Case
+    store: ArtifactStore
+    history: list[dict] = field(default_factory=list)
+    used: dict[str, str] = field(default_factory=dict)
+
+    def latest(self, kind: str) -> Artifact | None:
+        """Newest artifact of a kind produced earlier in the thread, recorded as this step's input."""
+        for ref in reversed(self.history):
+            if ref.get("kind") == kind:
+                art = self.store.get(ref["id"])
+                self.used[kind] = art.id
+                return art
+        return None
+
+    @classmethod
+    def for_case(cls, case: Case | str | Path, home_artifacts: Path | None = None) -> "ToolContext":
+        from macro.case import load_case
+        from macro.config import Home
+
+        case = case if isinstance(case, Case) else load_case(case)
+        return cls(case=case, store=ArtifactStore(home_artifacts or Home.current().artifacts))
+
+
+class MacroTool(BaseTool):
+    """Base class of every MACRO tool. Implement :meth:`execute`; never override ``_run``."""
+
+    spec: ClassVar[ToolSpec]
+    response_format: str = "content_and_artifact"
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        _validate_definition(cls)
+
+    def execute(self, ctx: ToolContext, args: BaseModel) -> ToolResult:
+        raise NotImplementedError
+
+    def _run(self, config: RunnableConfig, run_manager: Any = None, **kwargs: Any) -> tuple[str, ToolResult]:
+        ctx = (config.get("configurable") or {}).get("macro")
+        if not isinstance(ctx, ToolContext):
+            raise CaseError(None, f"tool {self.name} needs a case: pass config={{'configurable': {{'macro': ToolContext.for_case(path)}}}}")
+        if not self.spec.accepts(ctx.case):
+            raise CaseError(ctx.case.paths[0], f"tool {self.name} does not accept a {ctx.case.dims}D {ctx.case.modality} case",
+                            accepted=f"modalities {', '.join(self.spec.modalities)}; {'/'.join(map(str, self.spec.dims))}D")
+        result = self.execute(ctx, self.args_schema(**kwargs))
+        return result.text, result
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{2,47}$")
+
+
+def _validate_definition(cls: type[MacroTool]) -> None:
+    fields = cls.model_fields
+    name = fields["name"].default if "name" in fields else None
+    where = f"tool class {cls.__name__}"
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise TypeError(f"{where}: name must be snake_case, 3-48 chars, got {name!r}")
+    description = fields["description"].default if "description" in fields else ""
+    if not description or len(description) > 200:
+        raise TypeError(f"{where}: description must be 1-200 characters (it goes into a small model's prompt)")
+    schema = fields["args_schema"].default if "args_schema" in fields else None
+    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        raise TypeError(f"{where}: args_schema must be a pydantic model class")
+    spec = getattr(cls, "spec", None)
+    if not isinstance(spec, ToolSpec):
+        raise TypeError(f"{where}: spec must be a ToolSpec")
+    for modality in spec.modalities:
+        if modality != ANY_MODALITY and modality not in MODALITIES:
+            raise TypeError(f"{where}: unknown modality {modality!r}")
+    for kind in (*spec.inputs.values(), *spec.outputs.values()):
+        if kind not in KINDS:
+            raise TypeError(f"{where}: unknown input/output kind {kind!r}; expected one of {KINDS}")
+    for example in spec.examples:
+        schema(**example.args)

