@@ -1,0 +1,87 @@
+"""Agent overhead per tool call, and the embedded policy's generation speed on this CPU.
+
+Overhead = (time of a one-call agent turn with the scripted policy) − (time of the same tool called directly),
+both on the demo case, after one warm-up. The agent side includes the graph, argument validation, the SQLite
+checkpoint and the trajectory write: everything a real turn pays apart from the policy's own thinking.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from macro.config import Home
+
+TOOL, ARGS, QUESTION = "measure_volume", {"region": "WT"}, "What is the whole tumour volume?"
+
+
+def _pct(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))], "n": len(ordered)}
+
+
+def run_overhead(home: Home, calls: int = 40, tokens: bool = True) -> dict:
+    from macro.agent.graph import Agent
+    from macro.agent.scripted import ScriptedPolicy
+    from macro.artifacts import ArtifactStore
+    from macro.case import load_case
+    from macro.data import demo_case
+    from macro.tools.base import ToolContext
+    from macro.tools.registry import Registry
+
+    case = load_case(demo_case(home.data))
+    registry = Registry.default()
+    tool = registry.get(TOOL)
+    with tempfile.TemporaryDirectory(prefix="macro-overhead-") as tmp:
+        bench_home = Home(Path(tmp))
+        store = ArtifactStore(bench_home.artifacts)
+        direct = []
+        for _ in range(calls + 1):
+            ctx = ToolContext(case=case, store=store)
+            start = time.perf_counter()
+            tool.execute(ctx, tool.args_schema(**ARGS))
+            direct.append((time.perf_counter() - start) * 1000)
+        agent = Agent(ScriptedPolicy(plan=[{"name": TOOL, "args": ARGS}]), "scripted", registry=registry, home=bench_home)
+        through = []
+        for _ in range(calls + 1):
+            start = time.perf_counter()
+            agent.ask(case, QUESTION)
+            through.append((time.perf_counter() - start) * 1000)
+    direct, through = direct[1:], through[1:]
+    report = {"tool": TOOL, "case": case.id, "calls": calls, "direct_ms": _pct(direct), "agent_ms": _pct(through),
+              "overhead_ms": _pct([a - d for a, d in zip(through, direct)])}
+    if tokens:
+        report["embedded"] = embedded_speed(home, case)
+    return report
+
+
+def embedded_speed(home: Home, case, repeats: int = 3) -> dict:
+    """Median over repeats of one first-call generation (greedy) by the embedded policy with its adapter."""
+    from langchain_core.messages import HumanMessage
+
+    from macro.agent.policy import make_policy
+    from macro.agent.prompts import system_message
+    from macro.tools.registry import Registry
+
+    policy, policy_id = make_policy("embedded", home)
+    bound = policy.bind_tools(Registry.default().for_case(case))
+    messages = [system_message(case.summary()), HumanMessage(QUESTION)]
+    bound.invoke(messages)
+    runs = [bound.invoke(messages).response_metadata for _ in range(repeats)]
+    seconds = statistics.median(r["seconds"] for r in runs)
+    prefill = _prefill_seconds(policy, messages, bound)
+    new = statistics.median(r["new_tokens"] for r in runs)
+    return {"policy": policy_id, "prompt_tokens": runs[0]["prompt_tokens"], "new_tokens": new, "seconds_per_call": seconds,
+            "tokens_per_s": new / seconds, "prefill_seconds": prefill, "prefill_tokens_per_s": runs[0]["prompt_tokens"] / prefill,
+            "decode_tokens_per_s": (new - 1) / max(seconds - prefill, 1e-6)}
+
+
+def _prefill_seconds(policy, messages, bound) -> float:
+    """Time to the first new token (prompt processing), measured with a one-token generation."""
+    limit = policy.max_new_tokens
+    policy.max_new_tokens = 1
+    try:
+        return statistics.median(bound.invoke(messages).response_metadata["seconds"] for _ in range(3))
+    finally:
+        policy.max_new_tokens = limit
