@@ -10,6 +10,7 @@ file's voxel order (no reorientation); the affine travels with the case so masks
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -47,6 +48,7 @@ class Case:
     spacing: tuple[float, ...]
     label_path: Path | None = None
     affine: np.ndarray | None = field(default=None, compare=False, repr=False)
+    source: str | tuple[str, ...] = ""
 
     @property
     def dims(self) -> int:
@@ -80,8 +82,8 @@ class Case:
 
     def ref(self) -> dict:
         """JSON-able reference from which the same case can be reloaded (stored in agent threads)."""
-        return {"source": [str(p) for p in self.paths] if len(self.paths) > 1 else str(self.paths[0]),
-                "modality": self.modality, "id": self.id}
+        source = list(self.source) if isinstance(self.source, tuple) else self.source
+        return {"source": source or str(self.paths[0]), "modality": self.modality, "id": self.id}
 
     def summary(self) -> str:
         shape = "x".join(str(s) for s in self.shape)
@@ -103,6 +105,8 @@ def load_case(source: str | Path | Sequence[str | Path], modality: str | None = 
             case = _from_folder(path, modality)
         else:
             case = _from_file(path, modality)
+    case = dataclasses.replace(case, source=tuple(str(Path(p).resolve()) for p in source) if isinstance(source, (list, tuple))
+                               else str(Path(source).expanduser().resolve()))
     if check:
         case.image  # noqa: B018 - decode now so bad voxels fail before any agent work starts
         case.labels  # noqa: B018

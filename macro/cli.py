@@ -88,7 +88,7 @@ def ask(case: str = typer.Argument(..., help="scan: file, DICOM/BraTS folder, or
         typer.echo(json.dumps({"answer": result.answer, "thread_id": result.thread_id, "trajectory": result.trajectory.to_dict()}, default=str))
     else:
         typer.echo(result.answer)
-        _err(f"(thread {result.thread_id}; resume with --thread {result.thread_id})")
+        _err(f"thread {result.thread_id}; continue with --thread {result.thread_id}")
 
 
 @app.command()
@@ -115,7 +115,7 @@ def chat(case: Optional[str] = typer.Argument(None, help="scan to talk about (op
         thread, scan = result.thread_id, None
         typer.echo(f"macro> {result.answer}")
     if thread:
-        _err(f"(thread {thread}; resume with: macro chat --thread {thread})")
+        _err(f"thread {thread}; resume with: macro chat --thread {thread}")
 
 
 @tools_app.command("list")

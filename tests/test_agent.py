@@ -1,0 +1,143 @@
+"""The agent graph with deterministic policies: tool loop, errors as messages, limits, grounding, threads."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from typer.testing import CliRunner
+
+from macro.agent.executor import Step
+from macro.agent.graph import Agent, compose_answer
+from macro.agent.scripted import ScriptedPolicy, plan_for
+from macro.cli import app
+from macro.config import Home
+from macro.trajectory import TrajectoryStore
+
+
+class Replay(BaseChatModel):
+    """Replies with a fixed list of raw texts (as a local model would) or AIMessages, one per call."""
+
+    replies: list[Any]
+    seen: list[list] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "replay"
+
+    def bind_tools(self, tools, **kwargs):
+        return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        from macro.agent.toolcall import parse_calls
+
+        self.seen.append(list(messages))
+        reply = self.replies[min(len(self.seen) - 1, len(self.replies) - 1)]
+        if isinstance(reply, str):
+            calls, errors = parse_calls(reply)
+            reply = AIMessage("" if calls else reply, tool_calls=calls,
+                              invalid_tool_calls=[{"name": None, "args": reply, "id": None, "error": e, "type": "invalid_tool_call"} for e in errors])
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def _agent(policy, home, **kw) -> Agent:
+    return Agent(policy, "test-policy", home=Home(home), **kw)
+
+
+def test_cli_ask_scripted_json_volume_within_one_percent(demo_folder, home):
+    truth = json.loads((demo_folder / "truth.json").read_text())["volumes_ml"]["WT"]
+    result = CliRunner().invoke(app, ["ask", str(demo_folder), "What is the tumour volume?", "--policy", "scripted", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert set(out) >= {"answer", "thread_id", "trajectory"}
+    steps = out["trajectory"]["steps"]
+    assert [s["tool"] for s in steps] == ["measure_volume"]
+    assert set(steps[0]) >= {"tool", "args", "ok", "ms", "error"} and steps[0]["ok"] and steps[0]["error"] is None
+    assert abs(steps[0]["data"]["volume_ml"] - truth) / truth < 0.01
+    assert f"{truth:.2f}" in out["answer"] and "Findings (from tools)" in out["answer"]
+    assert "-> measure_volume(region=WT)" in result.stderr  # streamed as it happened
+
+
+def test_failing_tool_goes_back_to_the_policy_and_into_the_trajectory(demo, home):
+    policy = Replay(replies=['<tool_call>{"name": "render_slice", "arguments": {"axis": "axial", "index": 9999}}</tool_call>',
+                             '<tool_call>{"name": "render_slice", "arguments": {"axis": "axial"}}</tool_call>',
+                             "Here is the axial slice."], seen=[])
+    result = _agent(policy, home).ask(demo, "Show me an axial slice")
+    steps = result.trajectory.steps
+    assert [s["ok"] for s in steps] == [False, True] and "outside" in steps[0]["error"]
+    tool_msgs = [m for m in policy.seen[1] if m.type == "tool"]
+    assert tool_msgs and tool_msgs[0].status == "error" and "outside" in tool_msgs[0].text
+    assert result.answer.startswith("Here is the axial slice.") and steps[1]["outputs"]
+
+
+def test_unknown_tool_and_bad_arguments_are_tool_errors(demo, home):
+    policy = Replay(replies=['<tool_call>{"name": "segment_everything", "arguments": {}}</tool_call>',
+                             '<tool_call>{"name": "measure_volume", "arguments": {"region": "liver"}}</tool_call>',
+                             '<tool_call>{"name": "measure_volume", "arguments": {"region": "ET", "case_id": "abc"}}</tool_call>',
+                             "Done."], seen=[])
+    steps = _agent(policy, home).ask(demo, "volume?").trajectory.steps
+    assert not steps[0]["ok"] and "unknown tool" in steps[0]["error"] and "measure_volume" in steps[0]["error"]
+    assert not steps[1]["ok"] and "region" in steps[1]["error"]
+    assert steps[2]["ok"] and steps[2]["args"] == {"region": "ET"}
+
+
+def test_malformed_output_gets_a_retry_message(demo, home):
+    policy = Replay(replies=['<tool_call>{"name": "describe_scan", "arguments": </tool_call>',
+                             '<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>', "It is a brain MRI."], seen=[])
+    result = _agent(policy, home).ask(demo, "what is this?")
+    assert len(result.trajectory.format_errors) == 1 and [s["tool"] for s in result.trajectory.steps] == ["describe_scan"]
+    assert any(isinstance(m, HumanMessage) and "not a valid tool call" in m.text for m in policy.seen[1])
+
+
+def test_step_limit_stops_a_looping_policy(demo, home):
+    policy = Replay(replies=['<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>'], seen=[])
+    result = _agent(policy, home, max_steps=3).ask(demo, "loop")
+    assert len(result.trajectory.steps) == 3 and "step limit" in result.answer
+
+
+def test_invented_numbers_are_withheld():
+    step = Step(tool="measure_volume", args={"region": "WT"}, ok=True, ms=1.0, summary="whole tumour (WT) volume: 37.67 mL (4709 voxels).")
+    assert compose_answer("The tumour is 37.67 mL.", [step]).startswith("The tumour is 37.67 mL.")
+    answer = compose_answer("The tumour is 52 mL and grade 4.", [step])
+    assert "withheld" in answer and "52" in answer and "37.67 mL" in answer
+
+
+def test_threads_resume_after_restart_and_trajectories_are_stored(demo, home):
+    first = _agent(ScriptedPolicy(), home).ask(demo, "What is the enhancing tumour volume?")
+    restarted = _agent(ScriptedPolicy(), home)
+    assert restarted.thread_case(first.thread_id)["id"] == demo.id
+    second = restarted.ask(None, "Now describe the scan.", thread_id=first.thread_id)
+    assert [s["tool"] for s in second.trajectory.steps] == ["describe_scan"]
+    snapshot = restarted._graph(None).get_state({"configurable": {"thread_id": first.thread_id}})
+    assert sum(isinstance(m, HumanMessage) for m in snapshot.values["messages"]) == 2
+    stored = TrajectoryStore(Home(home).trajectories_db).list(thread_id=first.thread_id)
+    assert [t.question for t in stored] == ["What is the enhancing tumour volume?", "Now describe the scan."]
+    assert stored[0].tool_versions == {"measure_volume": "1.0.0"} and stored[0].case_id == demo.id
+
+
+def test_scripted_rules_route_by_meaning():
+    tools = {"describe_scan", "render_slice", "measure_volume", "crop_resample"}
+    assert plan_for("How large is the enhancing tumour?", tools) == [{"name": "measure_volume", "args": {"region": "ET"}}]
+    assert plan_for("show coronal flair slice 40", tools) == [{"name": "render_slice", "args": {"axis": "coronal", "sequence": "flair", "index": 40}}]
+    assert plan_for("volume?", {"describe_scan"}) == [{"name": "describe_scan", "args": {}}]
+
+
+def test_cli_chat_reads_piped_stdin_and_resumes(demo_folder, home):
+    runner = CliRunner()
+    first = runner.invoke(app, ["chat", str(demo_folder), "--policy", "scripted"], input="What is the tumour core volume?\n/quit\n")
+    assert first.exit_code == 0, first.output
+    thread = first.stderr.strip().split("--thread ")[-1]
+    again = runner.invoke(app, ["chat", "--thread", thread, "--policy", "scripted"], input="Describe the scan\n")
+    assert again.exit_code == 0 and "mri-multiseq" in again.stdout
+    missing = runner.invoke(app, ["chat", "--thread", "thread-nope", "--policy", "scripted"], input="hi\n")
+    assert missing.exit_code == 2
+
+
+@pytest.mark.parametrize("command", [["tools", "list", "--json"], ["doctor", "--json"]])
+def test_info_commands_print_json(command, home):
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    json.loads(result.stdout)

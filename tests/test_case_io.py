@@ -1,0 +1,153 @@
+"""Case I/O: every supported format loads; every kind of bad input fails with one clear CaseError."""
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+from typer.testing import CliRunner
+
+from macro.case import load_case
+from macro.cli import app
+from macro.errors import CaseError
+
+NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
+DICOM_SERIES = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892003" / "MR2"
+
+
+def _nifti(path: Path, data: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    return path
+
+
+def test_nifti_3d():
+    case = load_case(NIB_DATA / "anatomical.nii")
+    assert case.modality == "mr" and case.dims == 3 and case.shape == (33, 41, 25)
+    assert case.spacing == (2.0, 2.0, 2.0) and case.image.shape == (1, 33, 41, 25) and case.image.dtype == np.float32
+    assert case.id.startswith("case-") and case.id == load_case(NIB_DATA / "anatomical.nii").id
+
+
+def test_content_hash_ignores_location(tmp_path):
+    copy = shutil.copy(NIB_DATA / "anatomical.nii", tmp_path / "elsewhere.nii")
+    assert load_case(copy).id == load_case(NIB_DATA / "anatomical.nii").id
+
+
+def test_dicom_file_and_modality():
+    case = load_case(get_testdata_file("CT_small.dcm"))
+    assert case.modality == "ct" and case.dims == 2 and case.image.shape == (1, 128, 128)
+    assert case.image.min() < -500  # rescaled to Hounsfield units
+
+
+def test_dicom_series_folder_is_sorted_into_a_volume():
+    case = load_case(DICOM_SERIES)
+    assert case.modality == "mr" and case.dims == 3 and case.shape[2] == len(case.paths) > 1
+
+
+def test_png_with_sidecar_modality(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "cxr.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 48)) * 255).astype(np.uint8)).save(path)
+    (tmp_path / "cxr.json").write_text('{"modality": "xray"}')
+    case = load_case(path)
+    assert case.modality == "xray" and case.shape == (64, 48) and case.channels == ("image",)
+    assert load_case(path, modality="other").modality == "other"
+
+
+def test_multiseq_from_folder_and_from_list(demo_folder):
+    case = load_case(demo_folder)
+    assert case.modality == "mri-multiseq" and case.channels == ("t1", "t1ce", "t2", "flair")
+    assert case.image.shape[0] == 4 and case.labels is not None
+    files = [next(demo_folder.glob(f"*-{s}.nii.gz")) for s in ("t1n", "t1c", "t2w", "t2f")]
+    listed = load_case(files)
+    assert listed.modality == "mri-multiseq" and listed.labels is None and np.array_equal(listed.image, case.image)
+
+
+def test_old_brats_names(tmp_path):
+    vol = np.random.default_rng(1).random((8, 8, 8)).astype(np.float32)
+    for seq in ("t1", "t1ce", "t2", "flair"):
+        _nifti(tmp_path / f"BraTS20_001_{seq}.nii.gz", vol)
+    _nifti(tmp_path / "BraTS20_001_seg.nii.gz", (vol > 0.9).astype(np.uint8) * 4)
+    case = load_case(tmp_path)
+    assert case.channels == ("t1", "t1ce", "t2", "flair") and case.label_path.name == "BraTS20_001_seg.nii.gz"
+
+
+def _bad_inputs(tmp: Path, demo_folder: Path) -> dict[str, tuple[Path, str]]:
+    """Ten-plus kinds of bad input, each with a fragment its message must contain."""
+    good = NIB_DATA / "anatomical.nii"
+    cases: dict[str, tuple[Path, str]] = {}
+    cases["missing"] = (tmp / "nope.nii.gz", "not found")
+    (tmp / "empty.nii.gz").write_bytes(b"")
+    cases["empty"] = (tmp / "empty.nii.gz", "empty")
+    payload = gzip.compress(good.read_bytes())
+    (tmp / "truncated.nii.gz").write_bytes(payload[: len(payload) // 2])
+    cases["truncated"] = (tmp / "truncated.nii.gz", "truncated")
+    (tmp / "corrupt.nii").write_bytes(np.random.default_rng(0).bytes(4096))
+    cases["corrupt"] = (tmp / "corrupt.nii", "not a readable NIfTI")
+    (tmp / "notes.txt").write_text("hello")
+    cases["unsupported"] = (tmp / "notes.txt", "unsupported file type")
+    cases["4d"] = (NIB_DATA / "example4d.nii.gz", "4D image")
+    nan = np.ones((6, 6, 6), np.float32)
+    nan[2, 2, 2] = np.nan
+    cases["nan"] = (_nifti(tmp / "nan.nii.gz", nan), "NaN/inf")
+    inf = np.ones((6, 6, 6), np.float32)
+    inf[1, 1, 1] = np.inf
+    cases["inf"] = (_nifti(tmp / "inf.nii.gz", inf), "NaN/inf")
+    header = nib.Nifti1Header()
+    header.set_data_shape((4000, 4000, 4000))
+    header.set_data_dtype(np.uint8)
+    (tmp / "huge.nii").write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 64)
+    cases["absurd size"] = (tmp / "huge.nii", "implausible")
+    cases["blank"] = (_nifti(tmp / "blank.nii.gz", np.zeros((6, 6, 6), np.float32)), "blank")
+    cases["dicom without pixels"] = (Path(get_testdata_file("rtplan.dcm")), "no image pixel data")
+    (tmp / "empty_dir").mkdir()
+    cases["empty folder"] = (tmp / "empty_dir", "folder is empty")
+    partial = tmp / "partial"
+    shutil.copytree(demo_folder, partial)
+    next(partial.glob("*-t2f.nii.gz")).unlink()
+    cases["missing sequence"] = (partial, "lacks sequence(s) flair")
+    (tmp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    cases["corrupt png"] = (tmp / "broken.png", "not a readable image")
+    return cases
+
+
+def test_each_bad_input_raises_one_case_error(tmp_path, demo_folder):
+    for kind, (path, fragment) in _bad_inputs(tmp_path, demo_folder).items():
+        with pytest.raises(CaseError) as info:
+            load_case(path)
+        message = str(info.value)
+        assert fragment in message, (kind, message)
+        assert path.name in message, (kind, message)
+
+
+def test_shape_mismatch_between_sequences(tmp_path):
+    files = [_nifti(tmp_path / f"s{i}.nii.gz", np.random.default_rng(i).random((8, 8, 8 + (i == 3))).astype(np.float32)) for i in range(4)]
+    with pytest.raises(CaseError, match="co-registered"):
+        load_case(files)
+
+
+def test_cli_bad_inputs_exit_2_one_line_and_write_nothing(tmp_path, demo_folder, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MACRO_HOME", str(home))
+    bad = _bad_inputs(tmp_path / "inputs", demo_folder) if (tmp_path / "inputs").mkdir() is None else {}
+    assert len(bad) >= 10
+    runner = CliRunner()
+    for kind, (path, fragment) in bad.items():
+        result = runner.invoke(app, ["ask", str(path), "What is the tumour volume?", "--policy", "scripted", "--json"])
+        assert result.exit_code == 2, (kind, result.output, result.exception)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], (kind, result.stderr)
+        assert result.stdout == "" and "Traceback" not in result.stderr
+    assert not home.exists(), "bad input must not create or write any store"
+
+
+def test_cli_bad_input_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "macro.cli", "ask", str(tmp_path / "missing.nii.gz"), "hi", "--policy", "scripted"],
+                          capture_output=True, text=True, env={"MACRO_HOME": str(tmp_path / "h"), "PATH": ""}, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,31 @@
+"""The embedded policy (SmolLM2 + the shipped LoRA adapter) drives the agent on the demo case."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from macro.agent.local_llm import ADAPTER_DIR
+
+
+def test_shipped_adapter_matches_its_manifest():
+    manifest = json.loads((ADAPTER_DIR / "manifest.json").read_text())
+    weights = ADAPTER_DIR / "adapter_model.safetensors"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == manifest["sha256"]
+    assert weights.stat().st_size < 20 * 2**20 and manifest["dtype"] == "float16"
+    assert manifest["held_out"]["n"] == 50 and manifest["held_out"]["valid_right_tool"] >= 80.0
+    assert manifest["command"].startswith("macro train sft")
+
+
+@pytest.mark.slow
+def test_embedded_policy_answers_the_demo_question_with_a_real_tool(demo, model_home):
+    from macro.agent.graph import Agent
+    from macro.agent.policy import make_policy
+
+    policy, policy_id = make_policy("embedded", model_home)
+    assert "lora" in policy_id
+    result = Agent(policy, policy_id, home=model_home).ask(demo, "What is the tumour volume?")
+    ok = [s for s in result.trajectory.steps if s["ok"]]
+    assert ok and ok[0]["tool"] == "measure_volume" and ok[0]["args"]["region"] == "WT"
+    assert f"{ok[0]['data']['volume_ml']:.2f} mL" in result.answer

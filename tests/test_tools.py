@@ -1,0 +1,145 @@
+"""Tool contract, registry and the atomic imaging tools on real data."""
+from __future__ import annotations
+
+import json
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import BaseModel
+from pydicom.data import get_testdata_file
+
+from macro.artifacts import ArtifactStore
+from macro.case import load_case
+from macro.tools import registry as registry_module
+from macro.tools.base import MacroTool, ToolContext, ToolResult, ToolSpec
+from macro.tools.registry import Registry
+
+
+def _ctx(case, tmp_path) -> ToolContext:
+    return ToolContext(case=case, store=ArtifactStore(tmp_path / "artifacts"))
+
+
+def _call(tool, ctx, **args):
+    return tool.execute(ctx, tool.args_schema(**args))
+
+
+def test_registry_offers_only_tools_that_accept_the_case(demo):
+    registry = Registry.default()
+    assert {t.name for t in registry.for_case(demo)} == {"describe_scan", "render_slice", "measure_volume", "crop_resample"}
+    ct_slice = load_case(get_testdata_file("CT_small.dcm"))
+    assert {t.name for t in registry.for_case(ct_slice)} == {"describe_scan", "render_slice"}
+
+
+def test_policy_facing_schema_has_no_ids_or_paths():
+    for tool in Registry.default().all():
+        props = tool.tool_call_schema.model_json_schema().get("properties", {})
+        assert not {"case", "case_id", "mask", "path"} & set(props), tool.name
+
+
+def test_bad_tool_definitions_fail_at_class_creation():
+    class Args(BaseModel):
+        x: int = 1
+
+    with pytest.raises(TypeError, match="snake_case"):
+        class BadName(MacroTool):  # noqa: F841
+            name: str = "Bad-Name"
+            description: str = "d"
+            args_schema: type[BaseModel] = Args
+            spec = ToolSpec(modalities=("*",))
+    with pytest.raises(TypeError, match="unknown modality"):
+        class BadModality(MacroTool):  # noqa: F841
+            name: str = "bad_modality"
+            description: str = "d"
+            args_schema: type[BaseModel] = Args
+            spec = ToolSpec(modalities=("spectroscopy",))
+    with pytest.raises(TypeError, match="spec must be a ToolSpec"):
+        class NoSpec(MacroTool):  # noqa: F841
+            name: str = "no_spec"
+            description: str = "d"
+            args_schema: type[BaseModel] = Args
+
+
+class Echo(MacroTool):
+    name: str = "echo_shape"
+    description: str = "Echo the case shape (a third-party plug-in)."
+    args_schema: type[BaseModel] = BaseModel
+    spec = ToolSpec(modalities=("*",))
+
+    def execute(self, ctx, args):
+        return ToolResult(text=f"shape {ctx.case.shape}")
+
+
+def test_entry_point_plugins_load_and_broken_ones_are_skipped(monkeypatch):
+    eps = [EntryPoint("echo", f"{__name__}:Echo", "macro.tools"), EntryPoint("broken", "no_such_module:Tool", "macro.tools")]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
+    registry = Registry.default()
+    assert "echo_shape" in registry
+    assert len(registry.problems) == 1 and "broken" in registry.problems[0]
+
+
+def test_measure_volume_matches_phantom_truth(demo, demo_folder, tmp_path):
+    truth = json.loads((demo_folder / "truth.json").read_text())["volumes_ml"]
+    tool = Registry.default().get("measure_volume")
+    for region in ("ET", "TC", "WT"):
+        result = _call(tool, _ctx(demo, tmp_path), region=region)
+        assert result.data["volume_ml"] == pytest.approx(truth[region], rel=1e-6)
+        assert "reference segmentation" in result.text
+
+
+def test_measure_volume_prefers_a_segmentation_artifact(demo, tmp_path):
+    ctx = _ctx(demo, tmp_path)
+    mask = np.zeros(demo.shape, np.uint8)
+    mask[10:20, 10:20, 10:20] = 3
+    art = ctx.store.save_nifti(mask, demo.affine, "mask", "seg")
+    ctx.history.append(art.ref())
+    result = _call(Registry.default().get("measure_volume"), ctx, region="ET")
+    assert result.data["voxels"] == 1000 and result.data["volume_ml"] == pytest.approx(8.0) and ctx.used["mask"] == art.id
+
+
+def test_render_slice_writes_png_with_overlay(demo, tmp_path):
+    ctx = _ctx(demo, tmp_path)
+    result = _call(Registry.default().get("render_slice"), ctx, axis="coronal", sequence="t1ce")
+    art = ctx.store.get(result.artifacts[0]["id"])
+    with Image.open(art.path) as im:
+        assert im.mode == "RGB" and im.size == (demo.shape[0], demo.shape[2])
+    assert result.data["overlay"] is True and art.kind == "render"
+
+
+def test_render_slice_rejects_out_of_range_index(demo, tmp_path):
+    from macro.errors import CaseError
+
+    with pytest.raises(CaseError, match="outside"):
+        _call(Registry.default().get("render_slice"), _ctx(demo, tmp_path), axis="axial", index=10_000)
+
+
+def test_crop_resample_changes_spacing(demo, tmp_path):
+    ctx = _ctx(demo, tmp_path)
+    result = _call(Registry.default().get("crop_resample"), ctx, spacing_mm=3.0)
+    img = nib.load(str(ctx.store.get(result.artifacts[0]["id"]).path))
+    assert result.data["spacing_mm"] == [3.0, 3.0, 3.0] and img.shape[3] == 4
+    assert all(s < d for s, d in zip(img.shape[:3], demo.shape))
+
+
+def test_describe_scan_reports_real_statistics(demo, tmp_path):
+    result = _call(Registry.default().get("describe_scan"), _ctx(demo, tmp_path))
+    assert result.data["modality"] == "mri-multiseq" and result.data["spacing_mm"] == [2.0, 2.0, 2.0]
+    flair = result.data["intensity"]["flair"]
+    assert flair["max"] == pytest.approx(float(demo.channel("flair").max()), rel=1e-4)
+
+
+def test_tool_invokes_as_a_plain_langchain_tool(demo, tmp_path):
+    tool = Registry.default().get("measure_volume")
+    msg = tool.invoke({"name": "measure_volume", "args": {"region": "WT"}, "id": "c1", "type": "tool_call"},
+                      config={"configurable": {"macro": _ctx(demo, tmp_path)}})
+    assert "mL" in msg.content and msg.artifact.data["region"] == "WT"
+
+
+def test_artifact_ids_cannot_escape_the_store(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(KeyError):
+        store.get("../../etc/passwd")
+    assert not list(Path(tmp_path).iterdir())
