@@ -111,6 +111,7 @@ class LocalChatModel(BaseChatModel):
     policy_id: str = "local"
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
+    _prefixes: dict = PrivateAttr(default_factory=dict)
 
     @property
     def _llm_type(self) -> str:
@@ -133,14 +134,39 @@ class LocalChatModel(BaseChatModel):
         ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         start = time.perf_counter()
         with torch.inference_mode():
-            out = self._model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
+            cache = self._prefix_cache(chat[0], ids["input_ids"]) if chat and chat[0]["role"] == "system" else None
+            out = self._model.generate(**ids, cache=cache, max_new_tokens=self.max_new_tokens, do_sample=False,
                                        pad_token_id=self._tokenizer.pad_token_id, eos_token_id=self._tokenizer.eos_token_id)
         seconds = time.perf_counter() - start
         new = out[0, ids["input_ids"].shape[1]:]
         text = self._tokenizer.decode(new, skip_special_tokens=True).strip()
         calls, errors = parse_calls(text)
-        meta = {"prompt_tokens": int(ids["input_ids"].shape[1]), "new_tokens": int(new.shape[0]), "seconds": seconds, "raw": text}
+        meta = {"prompt_tokens": int(ids["input_ids"].shape[1]), "new_tokens": int(new.shape[0]), "seconds": seconds, "raw": text,
+                "cached_prefix_tokens": 0 if cache is None else cache.get_seq_length()}
         msg = AIMessage(content="" if calls else text, tool_calls=calls[:1],
                         invalid_tool_calls=[{"name": None, "args": text, "id": None, "error": e, "type": "invalid_tool_call"} for e in errors],
                         response_metadata=meta)
         return ChatResult(generations=[ChatGeneration(message=msg)])
+
+    def _prefix_cache(self, system_turn: dict, input_ids):
+        """KV cache of the system turn (tool list), computed once per distinct prompt and copied per call.
+
+        The system turn is ~80% of a first-call prompt and identical across the calls of a thread, so reusing it
+        removes most of the prefill. Returns None when the prompt does not start with the cached tokens.
+        """
+        import copy
+
+        from transformers import DynamicCache
+
+        prefix = self._tokenizer.apply_chat_template([system_turn], return_tensors="pt", return_dict=True)["input_ids"]
+        n = prefix.shape[1]
+        if input_ids.shape[1] <= n or not bool((input_ids[0, :n] == prefix[0]).all()):
+            return None
+        key = tuple(prefix[0].tolist())
+        if key not in self._prefixes:
+            if len(self._prefixes) >= 8:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            cache = DynamicCache()
+            self._model(input_ids=prefix, cache=cache, use_cache=True)
+            self._prefixes[key] = cache
+        return copy.deepcopy(self._prefixes[key])

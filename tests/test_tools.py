@@ -105,7 +105,8 @@ def test_render_slice_writes_png_with_overlay(demo, tmp_path):
     result = _call(Registry.default().get("render_slice"), ctx, axis="coronal", sequence="t1ce")
     art = ctx.store.get(result.artifacts[0]["id"])
     with Image.open(art.path) as im:
-        assert im.mode == "RGB" and im.size == (demo.shape[0], demo.shape[2])
+        scale = art.meta["scale"]
+        assert im.mode == "RGB" and im.size == (demo.shape[0] * scale, demo.shape[2] * scale) and min(im.size) >= 256
     assert result.data["overlay"] is True and art.kind == "render"
 
 

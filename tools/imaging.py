@@ -18,6 +18,7 @@ VOLUME_MODALITIES = ("mri-multiseq", "mr", "ct", "pet")
 REGION_LABELS = {"ET": (3, 4), "TC": (1, 3, 4), "WT": (1, 2, 3, 4)}
 REGION_NAMES = {"ET": "enhancing tumour", "TC": "tumour core", "WT": "whole tumour"}
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+MIN_RENDER_PX = 256
 OVERLAY_RGB = {1: (255, 210, 0), 2: (0, 200, 80), 3: (230, 30, 30), 4: (230, 30, 30)}
 
 
@@ -145,7 +146,9 @@ class RenderSlice(MacroTool):
             mask_plane = None if labels is None else np.rot90(np.take(labels, index, axis=axis))
             where = f"{args.axis} slice {index}/{size - 1}"
         rgb = _to_rgb(plane, mask_plane)
-        art = ctx.store.save_png(rgb, "render", f"{args.axis}-{args.sequence or 'default'}", {"where": where})
+        scale = max(1, -(-MIN_RENDER_PX // min(rgb.shape[:2])))  # small volumes get a viewable, pixel-exact upscale
+        rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
+        art = ctx.store.save_png(rgb, "render", f"{args.axis}-{args.sequence or 'default'}", {"where": where, "scale": scale})
         overlay = " with tumour overlay" if mask_plane is not None and mask_plane.any() else ""
         return ToolResult(text=f"Rendered {where} of {shown}{overlay} to {art.id}.",
                           data={"where": where, "overlay": bool(overlay)}, artifacts=[art.ref()])
