@@ -117,6 +117,16 @@ class RenderSlice(MacroTool):
             ToolExample(request="View the native T1 axially.", args={"axis": "axial", "sequence": "t1"}),
             ToolExample(request="Render slice 45 in the sagittal plane from the T2.", args={"axis": "sagittal", "index": 45, "sequence": "t2"}),
             ToolExample(request="Save an image of the scan.", args={}),
+            ToolExample(request="Show the coronal T2.", args={"axis": "coronal", "sequence": "t2"}),
+            ToolExample(request="I want to see the FLAIR sagittally.", args={"axis": "sagittal", "sequence": "flair"}),
+            ToolExample(request="Can I see an image of the post-contrast T1 in the axial plane?", args={"axis": "axial", "sequence": "t1ce"}),
+            ToolExample(request="Display sagittal slice 50.", args={"axis": "sagittal", "index": 50}),
+            ToolExample(request="Let me see the coronal plane.", args={"axis": "coronal"}),
+            ToolExample(request="Show a picture of the T1 at slice 33.", args={"index": 33, "sequence": "t1"}),
+            ToolExample(request="Render the FLAIR, coronal, slice 60.", args={"axis": "coronal", "index": 60, "sequence": "flair"}),
+            ToolExample(request="Could I look at a sagittal T1ce image?", args={"axis": "sagittal", "sequence": "t1ce"}),
+            ToolExample(request="Show me the axial T2 at index 47.", args={"axis": "axial", "index": 47, "sequence": "t2"}),
+            ToolExample(request="See the tumour on a coronal FLAIR.", args={"axis": "coronal", "sequence": "flair"}),
         ),
     )
 
@@ -208,6 +218,14 @@ class MeasureVolume(MacroTool):
             ToolExample(request="Compute the necrotic and enhancing core volume.", args={"region": "TC"}),
             ToolExample(request="How large is the mass overall?", args={"region": "WT"}),
             ToolExample(request="Volume of the gadolinium-enhancing portion?", args={"region": "ET"}),
+            ToolExample(request="How big is the active enhancing rim?", args={"region": "ET"}),
+            ToolExample(request="Core volume, meaning necrosis and enhancement together?", args={"region": "TC"}),
+            ToolExample(request="What is the total abnormal volume with oedema?", args={"region": "WT"}),
+            ToolExample(request="Measure the active part of the tumour.", args={"region": "ET"}),
+            ToolExample(request="Size of the lesion in mL, everything included?", args={"region": "WT"}),
+            ToolExample(request="How many mL is the non-oedema core?", args={"region": "TC"}),
+            ToolExample(request="Quantify the whole abnormality.", args={"region": "WT"}),
+            ToolExample(request="Volume of the enhancing tumour only?", args={"region": "ET"}),
         ),
     )
 

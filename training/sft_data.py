@@ -154,7 +154,7 @@ def build(cases: Sequence[Case], registry: Registry, seed: int = 0, per_example:
     with tempfile.TemporaryDirectory(prefix="macro-sft-") as tmp:
         ctxs = contexts(cases, registry, Path(tmp))
         train = first_call_rows(ctxs, "train", rng, per_example) + dialogue_rows(ctxs, rng, n_answers)
-        test = first_call_rows(ctxs, "test", rng, 1)
+        test = first_call_rows(ctxs, "test", rng, 2)
     rng.shuffle(train)
     rng.shuffle(test)
     return {"train": train, "test": test}
