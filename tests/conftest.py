@@ -36,3 +36,20 @@ def model_home(tmp_path_factory):
     home = Home(tmp_path_factory.mktemp("model-home"))
     embedded_base(home, quiet=True)
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, model_home):
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template: real code paths, fast."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from macro.agent.local_llm import BASE_NAME
+
+    folder = tmp_path_factory.mktemp("tiny-llm")
+    tok = AutoTokenizer.from_pretrained(model_home.models / BASE_NAME)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=1, max_position_embeddings=2048, eos_token_id=tok.eos_token_id,
+                                         pad_token_id=tok.pad_token_id, tie_word_embeddings=True))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -1,30 +1,15 @@
-"""The local chat-model backend: prompt rendering, prefix KV reuse that changes nothing, parse failures."""
+"""The local chat-model backend: prompt rendering in the tool-call format, and prefix KV reuse that changes nothing."""
 from __future__ import annotations
 
 import pytest
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydicom.data import get_testdata_file
 
 from macro.agent.local_llm import LocalChatModel
-from macro.agent.prompts import system_message
+from macro.agent.prompts import system_message, to_chat
 from macro.case import load_case
 from macro.tools.registry import Registry
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, model_home):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from macro.agent.local_llm import BASE_NAME
-
-    folder = tmp_path_factory.mktemp("tiny-llm")
-    tok = AutoTokenizer.from_pretrained(model_home.models / BASE_NAME)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                         num_key_value_heads=1, max_position_embeddings=2048, eos_token_id=tok.eos_token_id,
-                                         pad_token_id=tok.pad_token_id, tie_word_embeddings=True))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.slow
@@ -41,3 +26,15 @@ def test_prefix_cache_reuse_gives_identical_output(tiny_model, monkeypatch):
     reference = plain.bind_tools(tools).invoke(messages)
     assert first.response_metadata["raw"] == second.response_metadata["raw"] == reference.response_metadata["raw"]
     assert reference.response_metadata["cached_prefix_tokens"] == 0
+
+
+def test_to_chat_renders_tools_calls_and_results_for_a_local_model():
+    case = load_case(get_testdata_file("CT_small.dcm"))
+    schemas = [convert_to_openai_tool(t) for t in Registry.default().for_case(case)]
+    call = AIMessage("", tool_calls=[{"name": "render_slice", "args": {"axis": "axial"}, "id": "c1", "type": "tool_call"}])
+    chat = to_chat([system_message(case.summary()), HumanMessage("show it"), call, ToolMessage("Rendered 2D image.", name="render_slice", tool_call_id="c1")], schemas)
+    assert [m["role"] for m in chat] == ["system", "user", "assistant", "tool"]
+    assert "- render_slice(axis: axial|coronal|sagittal = \"axial\", index: integer, sequence: string)" in chat[0]["content"]
+    assert "measure_volume" not in chat[0]["content"] and "<tool_call>" in chat[0]["content"]
+    assert chat[2]["content"] == '<tool_call>{"name": "render_slice", "arguments": {"axis": "axial"}}</tool_call>'
+    assert chat[3]["content"] == "render_slice: Rendered 2D image."

@@ -45,21 +45,12 @@ def test_answers_quote_real_tool_output(data, demo_folder):
 
 
 @pytest.mark.slow
-def test_train_sft_on_a_tiny_model_writes_fp16_adapter_and_manifest(tmp_path, model_home):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from macro.agent.local_llm import BASE_NAME
+def test_train_sft_on_a_tiny_model_writes_fp16_adapter_and_manifest(tmp_path, tiny_model):
     from macro.training.sft import SFTRecipe, train_sft
 
-    tok = AutoTokenizer.from_pretrained(model_home.models / BASE_NAME)
-    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True))
-    tiny.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "adapter"
     recipe = SFTRecipe(max_steps=2, eval_prompts=2, batch_size=2)
-    manifest = train_sft(out, recipe, tmp_path / "tiny", [load_case(get_testdata_file("CT_small.dcm"))], command="pytest")
+    manifest = train_sft(out, recipe, tiny_model, [load_case(get_testdata_file("CT_small.dcm"))], command="pytest")
     weights = out / "adapter_model.safetensors"
     assert manifest["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     with safe_open(str(weights), "pt") as f:
