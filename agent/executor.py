@@ -45,8 +45,11 @@ class ToolExecutor:
         self.registry = registry
         self.store = store
 
-    def run(self, call: dict, case: Case, history: list[dict]) -> tuple[ToolMessage, Step, list[dict]]:
-        """Execute one ``{"name", "args", "id"}`` call. Returns the message, the step and new artifact refs."""
+    def run(self, call: dict, case: Case, history: list[dict], session: dict | None = None) -> tuple[ToolMessage, Step, list[dict]]:
+        """Execute one ``{"name", "args", "id"}`` call. Returns the message, the step and new artifact refs.
+
+        ``session`` is the thread's in-memory tool state; pass the same dict for every call of a thread.
+        """
         name, raw_args, call_id = call.get("name") or "", dict(call.get("args") or {}), call.get("id") or "call"
         start = time.perf_counter()
         offered = self.registry.for_case(case)
@@ -62,7 +65,7 @@ class ToolExecutor:
             parsed = tool.args_schema(**args)
         except ValidationError as exc:
             return self._fail(name, raw_args, call_id, start, _explain(name, exc), tool.spec.version)
-        ctx = ToolContext(case=case, store=self.store, history=history)
+        ctx = ToolContext(case=case, store=self.store, history=history, session={} if session is None else session)
         try:
             result = tool.execute(ctx, parsed)
         except CaseError as exc:  # the policy needs the problem, not the full path

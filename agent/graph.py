@@ -17,6 +17,7 @@ from typing import Annotated, Any, Callable, Iterator, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
@@ -54,8 +55,11 @@ class TurnResult:
     trajectory: Trajectory
 
 
-def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore, max_steps: int = MAX_STEPS, checkpointer: Any = None):
+def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore, max_steps: int = MAX_STEPS, checkpointer: Any = None,
+                sessions: dict[str, dict] | None = None):
+    """``sessions`` maps thread id → in-memory tool state (adapted models), kept for the life of the process."""
     executor = ToolExecutor(registry, store)
+    sessions = {} if sessions is None else sessions
 
     def policy_node(state: AgentState) -> dict:
         case = load_case_ref(state["case"])
@@ -76,12 +80,13 @@ def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore,
             return "tools"
         return "answer"
 
-    def tools_node(state: AgentState) -> dict:
+    def tools_node(state: AgentState, config: RunnableConfig) -> dict:
         case = load_case_ref(state["case"])
         history = list(state.get("artifacts", []))
+        session = sessions.setdefault(config["configurable"].get("thread_id", ""), {})
         messages, steps, new_artifacts = [], [], []
         for call in state["messages"][-1].tool_calls:
-            msg, step, produced = executor.run(call, case, history)
+            msg, step, produced = executor.run(call, case, history, session)
             history += produced
             messages.append(msg)
             steps.append(step.to_dict())
@@ -156,13 +161,14 @@ class Agent:
         self.checkpointer = SqliteSaver(conn)
         self.policy = policy
         self.max_steps = max_steps
+        self.sessions: dict[str, dict] = {}
 
     def thread_case(self, thread_id: str) -> dict | None:
         snapshot = self._graph(ArtifactStore(self.home.artifacts)).get_state({"configurable": {"thread_id": thread_id}})
         return snapshot.values.get("case") if snapshot and snapshot.values else None
 
     def _graph(self, store: ArtifactStore):
-        return build_graph(self.policy, self.registry, store, self.max_steps, self.checkpointer)
+        return build_graph(self.policy, self.registry, store, self.max_steps, self.checkpointer, self.sessions)
 
     def stream(self, case: Case | None, question: str, thread_id: str | None = None) -> Iterator[tuple[str, Any]]:
         """Yield ``("step", Step)`` as tools finish, then ``("done", TurnResult)``."""

@@ -88,7 +88,8 @@ class Case:
     def summary(self) -> str:
         shape = "x".join(str(s) for s in self.shape)
         spacing = "x".join(f"{s:g}" for s in self.spacing)
-        return f"{self.modality}, {self.dims}D {shape} voxels at {spacing} mm, channels {', '.join(self.channels)}"
+        reference = ", reference tumour mask available" if self.label_path is not None else ""
+        return f"{self.modality}, {self.dims}D {shape} voxels at {spacing} mm, channels {', '.join(self.channels)}{reference}"
 
 
 def load_case(source: str | Path | Sequence[str | Path], modality: str | None = None, check: bool = True) -> Case:

@@ -55,12 +55,14 @@ class ToolResult(BaseModel):
 
 @dataclass
 class ToolContext:
-    """Everything a tool may use besides its arguments: the case, the run's artifact store, earlier artifacts."""
+    """Everything a tool may use besides its arguments: the case, the run's artifact store, earlier artifacts,
+    and ``session``, in-memory state that lives as long as the agent thread (e.g. a test-time-adapted model)."""
 
     case: Case
     store: ArtifactStore
     history: list[dict] = field(default_factory=list)
     used: dict[str, str] = field(default_factory=dict)
+    session: dict = field(default_factory=dict)
 
     def latest(self, kind: str) -> Artifact | None:
         """Newest artifact of a kind produced earlier in the thread, recorded as this step's input."""

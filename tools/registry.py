@@ -26,8 +26,9 @@ class Registry:
     @classmethod
     def default(cls) -> "Registry":
         from macro.tools.imaging import BUILTINS
+        from macro.tools.segmentation.tool import SegmentBrainTumor
 
-        registry = cls(tool() for tool in BUILTINS)
+        registry = cls(tool() for tool in (*BUILTINS, SegmentBrainTumor))
         registry.load_entry_points()
         return registry
 

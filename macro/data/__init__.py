@@ -57,4 +57,4 @@ def demo_case(home_data_dir: Path) -> Path:
     return final
 
 
-from macro.data import brain  # noqa: E402  (imported last: its builders register themselves here)
+from macro.data import brain, domains  # noqa: E402  (imported last: their builders register themselves here)

@@ -15,9 +15,12 @@ Tumour model (:class:`TumourParams`, :func:`make_tumour`), labels in the BraTS 2
     1 = NCR (necrotic core), 2 = ED (peritumoral oedema), 3 = ET (enhancing tumour);
     regions ET = {3}, TC = {1, 3}, WT = {1, 2, 3}.
 
-    - hemisphere: left or right with equal odds; the tumour never crosses the midline (x = 0 mm).
-    - centre: a random voxel with WM >= 0.6, ``|x| >= 25 mm``, ``-5 <= z <= 50 mm`` (cerebrum) and at least half
-      the nominal radius from the brain surface.
+    - hemisphere: left or right with equal odds; the tumour never crosses the midline (x = 0 mm) unless
+      ``cross_midline`` (False).
+    - centre: a random parenchyma voxel with WM >= ``centre_wm`` (0.6), ``side * x`` in ``centre_x_mm`` = (25, inf),
+      y in ``centre_y_mm`` = (-inf, inf), z in ``centre_z_mm`` = (-5, 50) mm (cerebrum) and at least half the
+      nominal radius from the brain surface. Signed x lets a shifted domain put the centre near or across the
+      midline; the defaults reproduce the original rule ``|x| >= 25 mm``.
     - WT volume V: log-uniform in ``wt_ml`` = (20, 80) mL; nominal radius r = (3 V / 4 pi)^(1/3). The shell that
       guarantees oedema around the core adds a little: 23-91 mL over seeds 0-119.
     - shape score: d + roughness * n, with d the distance to the centre in an ellipsoid of random orientation
@@ -107,10 +110,18 @@ def load_anatomy() -> Anatomy:
     from nilearn import datasets
 
     template = datasets.load_mni152_template(resolution=2)
-    t1 = template.get_fdata(dtype=np.float32)
+    gm = datasets.load_mni152_gm_template(resolution=2).get_fdata(dtype=np.float32)
+    wm = datasets.load_mni152_wm_template(resolution=2).get_fdata(dtype=np.float32)
+    spacing = tuple(float(z) for z in template.header.get_zooms()[:3])
+    return anatomy_from_maps(template.get_fdata(dtype=np.float32), gm, wm, np.asarray(template.affine), spacing)
+
+
+def anatomy_from_maps(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, affine: np.ndarray,
+                      spacing: tuple[float, ...]) -> Anatomy:
+    """Brain mask, CSF and texture derived from T1 and GM/WM maps, so a warped template gives a consistent anatomy."""
     brain = t1 > 0.2
-    gm = np.where(brain, np.clip(datasets.load_mni152_gm_template(resolution=2).get_fdata(dtype=np.float32), 0, 1), 0)
-    wm = np.where(brain, np.clip(datasets.load_mni152_wm_template(resolution=2).get_fdata(dtype=np.float32), 0, 1), 0)
+    gm = np.where(brain, np.clip(gm, 0, 1), 0)
+    wm = np.where(brain, np.clip(wm, 0, 1), 0)
     csf = np.where(brain, np.clip(1 - gm - wm, 0, 1), 0)
     means = [float((p * t1).sum() / p.sum()) for p in (csf, gm, wm)]
     expected = csf * means[0] + gm * means[1] + wm * means[2]
@@ -120,10 +131,9 @@ def load_anatomy() -> Anatomy:
     for name, arr in arrays.items():
         arrays[name] = arr.astype(bool if name == "brain" else np.float32)
         arrays[name].setflags(write=False)
-    affine = np.asarray(template.affine, dtype=np.float64)
+    affine = np.array(affine, dtype=np.float64)
     affine.setflags(write=False)
-    spacing = tuple(float(z) for z in template.header.get_zooms()[:3])
-    return Anatomy(affine=affine, spacing=spacing, **arrays)
+    return Anatomy(affine=affine, spacing=tuple(spacing), **arrays)
 
 
 # ---------------------------------------------------------------- tumour
@@ -141,22 +151,28 @@ class TumourParams:
     grain_mm: float = 6.0
     elongation: float = 0.25
     oedema_wm_bias: float = 0.3
+    centre_x_mm: tuple[float, float] = (25.0, np.inf)
+    centre_y_mm: tuple[float, float] = (-np.inf, np.inf)
+    centre_z_mm: tuple[float, float] = (-5.0, 50.0)
+    centre_wm: float = 0.6
+    cross_midline: bool = False
 
 
 def make_tumour(rng: np.random.Generator, anatomy: Anatomy, params: TumourParams = TumourParams()) -> np.ndarray:
-    """A uint8 BraTS label map (1 NCR, 2 ED, 3 ET) of one irregular tumour inside one hemisphere's parenchyma."""
+    """A uint8 BraTS label map (1 NCR, 2 ED, 3 ET) of one irregular tumour in the parenchyma (of one hemisphere
+    unless ``params.cross_midline``)."""
     world = _world_coordinates(anatomy)
     side = float(rng.choice((-1.0, 1.0)))
     wt_ml = float(np.exp(rng.uniform(*np.log(params.wt_ml))))
     radius = (3.0 * wt_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
-    centre = _pick_centre(rng, anatomy, world, side, radius)
+    centre = _pick_centre(rng, anatomy, world, side, radius, params)
     distance = _ellipsoid_distance(rng, world, centre, radius, params.elongation)
     grain = params.grain_mm / np.asarray(anatomy.spacing)
 
     def score(roughness: float) -> np.ndarray:
         return distance + roughness * _smooth_noise(rng, anatomy.shape, grain)
 
-    allowed = anatomy.parenchyma & (side * world[0] > 0)
+    allowed = anatomy.parenchyma if params.cross_midline else anatomy.parenchyma & (side * world[0] > 0)
     wt_voxels = round(wt_ml / anatomy.voxel_ml)
     tc_voxels = round(rng.uniform(*params.core_fraction) * wt_voxels)
     tc = _largest_part(_lowest(score(params.core_roughness), ndi.binary_erosion(allowed, CUBE), tc_voxels))
@@ -179,10 +195,14 @@ def _world_coordinates(anatomy: Anatomy) -> np.ndarray:
     return np.tensordot(anatomy.affine[:3, :3].astype(np.float32), grid, axes=1) + anatomy.affine[:3, 3, None, None, None].astype(np.float32)
 
 
-def _pick_centre(rng: np.random.Generator, anatomy: Anatomy, world: np.ndarray, side: float, radius: float) -> np.ndarray:
-    """A deep white-matter point of the cerebrum, far enough from midline and surface for a tumour of ``radius``."""
+def _pick_centre(rng: np.random.Generator, anatomy: Anatomy, world: np.ndarray, side: float, radius: float,
+                 params: TumourParams) -> np.ndarray:
+    """A white-matter point inside the params' box (side-signed x), deep enough for a tumour of ``radius``."""
     depth = ndi.distance_transform_edt(anatomy.brain, sampling=anatomy.spacing)
-    ok = (anatomy.wm >= 0.6) & (side * world[0] >= 25) & (world[2] >= -5) & (world[2] <= 50) & (depth >= radius / 2)
+    ok = (anatomy.wm >= params.centre_wm) & anatomy.parenchyma & (depth >= radius / 2)
+    for coordinate, (low, high) in zip((side * world[0], world[1], world[2]),
+                                       (params.centre_x_mm, params.centre_y_mm, params.centre_z_mm)):
+        ok &= (coordinate >= low) & (coordinate <= high)
     candidates = np.flatnonzero(ok)
     index = candidates[rng.integers(len(candidates))]
     return world.reshape(3, -1)[:, index]
@@ -306,8 +326,12 @@ def case_files(folder: Path) -> list[Path]:
 
 
 def write_case(folder: Path, images: dict[str, np.ndarray], labels: np.ndarray, anatomy: Anatomy,
-               seed: int, dataset: str = DATASET) -> Path:
-    """Write a BraTS-layout case and its ``truth.json``; volumes are measured on the uint8 map that is written."""
+               seed: int, dataset: str = DATASET, names: dict[int, str] = LABELS,
+               regions: dict[str, tuple[int, ...]] = REGIONS, extra: dict | None = None) -> Path:
+    """Write a BraTS-layout case and its ``truth.json``; volumes are measured on the uint8 map that is written.
+
+    ``names`` and ``regions`` describe the label convention of ``labels``; ``extra`` adds keys to ``truth.json``.
+    """
     import nibabel as nib
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -318,10 +342,10 @@ def write_case(folder: Path, images: dict[str, np.ndarray], labels: np.ndarray, 
         img.header.set_xyzt_units("mm")
         nib.save(img, path)
     truth = {
-        "case": folder.name, "seed": seed, "dataset": dataset, "version": VERSION,
+        "case": folder.name, "seed": seed, "dataset": dataset, "version": VERSION, **(extra or {}),
         "spacing_mm": list(anatomy.spacing), "shape": list(seg.shape),
-        "labels": {str(k): v for k, v in LABELS.items()},
-        "volumes_ml": {region: int(np.isin(seg, values).sum()) * anatomy.voxel_ml for region, values in REGIONS.items()},
+        "labels": {str(k): v for k, v in names.items()},
+        "volumes_ml": {region: int(np.isin(seg, values).sum()) * anatomy.voxel_ml for region, values in regions.items()},
     }
     (folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     return folder
@@ -329,12 +353,19 @@ def write_case(folder: Path, images: dict[str, np.ndarray], labels: np.ndarray, 
 
 def build_case(folder: Path, seed: int, tumour: TumourParams = TumourParams(), contrast: Contrast = BRATS_CONTRAST,
                dataset: str = DATASET) -> Path:
-    """One case from one seed. Tumour and images draw from separate streams, so a new contrast keeps the tumour."""
+    """One case from one seed, written to ``folder``."""
     anatomy = load_anatomy()
+    labels, images = simulate_case(seed, anatomy, tumour, contrast)
+    return write_case(folder, images, labels, anatomy, seed, dataset)
+
+
+def simulate_case(seed: int, anatomy: Anatomy, tumour: TumourParams = TumourParams(),
+                  contrast: Contrast = BRATS_CONTRAST) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Label map and images of one seed. Tumour and images draw from separate streams, so a new contrast keeps
+    the tumour."""
     tumour_rng, image_rng = np.random.default_rng(seed).spawn(2)
     labels = make_tumour(tumour_rng, anatomy, tumour)
-    images = synthesize_sequences(anatomy, labels, image_rng, contrast)
-    return write_case(folder, images, labels, anatomy, seed, dataset)
+    return labels, synthesize_sequences(anatomy, labels, image_rng, contrast)
 
 
 def case_is_complete(folder: Path, seed: int, dataset: str = DATASET) -> bool:

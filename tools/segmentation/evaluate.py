@@ -1,0 +1,135 @@
+"""Dice per region and the shifted-scanner benchmark: none vs TENT vs VISTA over a stream per domain.
+
+Protocol (VISTA §1.6): each domain's test cases form one online stream; each volume is adapted, then predicted;
+Dice (0–100) per region, averaged over the cases where that region is present in the ground truth; masks from
+sigmoid ≥ 0.5 after the ET ⊂ TC ⊂ WT hierarchy fix. Every method starts the stream from the same source weights.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from macro.tools.segmentation.model import REGIONS, from_grid
+
+DOMAINS = ("source", "lowfield", "pediatric")
+TEST_SEED = 9000
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
+    """Dice in points; None when the region is absent from the ground truth (the case does not count)."""
+    if not truth.any():
+        return None
+    return 200.0 * float(np.logical_and(pred, truth).sum()) / float(pred.sum() + truth.sum())
+
+
+def to_regions(probs, window) -> np.ndarray:
+    """(1, 3, *grid) probabilities → bool (3, *case shape), nested ET ⊂ TC ⊂ WT."""
+    from macro.tools.segmentation.tta import hierarchy_fix
+
+    return from_grid((hierarchy_fix(probs)[0] >= 0.5).numpy(), window)
+
+
+def mean_dice(per_case: Sequence[dict]) -> dict:
+    out = {}
+    for region in REGIONS:
+        values = [c[region] for c in per_case if c[region] is not None]
+        out[region] = round(float(np.mean(values)), 2) if values else None
+    present = [out[r] for r in REGIONS if out[r] is not None]
+    out["mean"] = round(float(np.mean(present)), 2) if present else None
+    return out
+
+
+def case_dice(pred: np.ndarray, truth: np.ndarray) -> dict:
+    return {r: dice(pred[i], truth[i]) for i, r in enumerate(REGIONS)}
+
+
+def predict_dice(model, samples) -> dict:
+    """Source model, no adaptation (used for the held-out source figure in the weights manifest)."""
+    import torch
+
+    from macro.tools.segmentation.data import region_truth
+
+    per_case = []
+    with torch.no_grad():
+        for s in samples:
+            probs = torch.sigmoid(model(torch.from_numpy(s.image)[None]))
+            per_case.append(case_dice(to_regions(probs, s.window), region_truth(s)))
+    return mean_dice(per_case)
+
+
+def run_stream(method: str, samples, steps: int, weights: Path | None = None) -> dict:
+    import torch
+
+    from macro.tools.segmentation.data import region_truth
+    from macro.tools.segmentation.model import WEIGHTS_DIR, load_weights
+    from macro.tools.segmentation.tta import Adapter, TTAConfig
+
+    model, _, _ = load_weights(weights or WEIGHTS_DIR)
+    adapter = Adapter(model, TTAConfig(method=method, steps=steps))
+    per_case, seconds = [], []
+    for s in samples:
+        start = time.perf_counter()
+        probs, _ = adapter(torch.from_numpy(s.image)[None])
+        seconds.append(time.perf_counter() - start)
+        per_case.append(case_dice(to_regions(probs, s.window), region_truth(s)))
+    return {"dice": mean_dice(per_case), "sec_per_volume": round(float(np.mean(seconds)), 3), "per_case": per_case}
+
+
+def evaluate(data_root: Path, n: int, steps: int = 10, domains: Sequence[str] = DOMAINS, methods: Sequence[str] = ("none", "tent", "vista"),
+             weights: Path | None = None, progress=None) -> dict:
+    """``{"domains": {D: {method: {"dice": {ET, TC, WT, mean}, "sec_per_volume"}}}}`` plus per-case figures."""
+    from macro.data import make
+    from macro.tools.segmentation.data import load_sample
+    from macro.tools.segmentation.model import SegNetConfig
+
+    grid = SegNetConfig().grid
+    report: dict = {"domains": {}, "protocol": {"n_per_domain": n, "steps": steps, "test_seed": TEST_SEED}}
+    for domain in domains:
+        folders = make("brats-phantom", data_root / f"test-{domain}", n=n, seed=TEST_SEED, domain=domain)
+        samples = [load_sample(f, grid) for f in folders]
+        report["domains"][domain] = {}
+        for method in methods:
+            if progress:
+                progress(f"{domain}: {method} over {len(samples)} volumes")
+            report["domains"][domain][method] = run_stream(method, samples, steps, weights)
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = ["| domain | method | ET | TC | WT | mean | s/volume |", "|---|---|---|---|---|---|---|"]
+    for domain, methods in report["domains"].items():
+        for method, r in methods.items():
+            d = r["dice"]
+            cells = " | ".join("–" if d[k] is None else f"{d[k]:.2f}" for k in ("ET", "TC", "WT", "mean"))
+            lines.append(f"| {domain} | {method} | {cells} | {r['sec_per_volume']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path) -> list[Path]:
+    """JSON, markdown table and a bar plot of mean Dice per domain and method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segmentation.json").write_text(json.dumps(report, indent=2))
+    (out / "segmentation.md").write_text(markdown(report) + "\n")
+    domains = list(report["domains"])
+    methods = list(next(iter(report["domains"].values())))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        values = [report["domains"][d][method]["dice"]["mean"] or 0 for d in domains]
+        ax.bar(np.arange(len(domains)) + i * width, values, width, label=method)
+    ax.set_xticks(np.arange(len(domains)) + width * (len(methods) - 1) / 2, domains)
+    ax.set_ylabel("mean Dice (ET/TC/WT)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "segmentation.png", dpi=120)
+    plt.close(fig)
+    return [out / "segmentation.json", out / "segmentation.md", out / "segmentation.png"]
