@@ -140,11 +140,13 @@ def tools_list(as_json: bool = typer.Option(False, "--json"), case: Optional[str
 @data_app.command("make")
 @guarded
 def data_make(name: str = typer.Argument(..., help="dataset builder, e.g. brain-mri-demo"), out: Path = typer.Option(..., "--out"),
-              n: int = typer.Option(1, "--n", help="number of cases"), seed: int = typer.Option(0, "--seed")):
+              n: int = typer.Option(1, "--n", help="number of cases"), seed: int = typer.Option(0, "--seed"),
+              domain: Optional[str] = typer.Option(None, "--domain", help="brats-phantom only: source, lowfield or pediatric")):
     """Build a deterministic phantom dataset from real anatomy."""
     from macro.data import make
 
-    for folder in make(name, out, n=n, seed=seed):
+    options = {"domain": domain} if domain else {}
+    for folder in make(name, out, n=n, seed=seed, **options):
         typer.echo(str(folder))
 
 

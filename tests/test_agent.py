@@ -141,3 +141,10 @@ def test_info_commands_print_json(command, home):
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     json.loads(result.stdout)
+
+
+def test_scripted_segments_first_when_there_is_no_reference_mask():
+    tools = {"describe_scan", "render_slice", "measure_volume", "crop_resample", "segment_brain_tumor"}
+    assert plan_for("How large is the enhancing tumour?", tools, has_reference_mask=False) == [
+        {"name": "segment_brain_tumor", "args": {}}, {"name": "measure_volume", "args": {"region": "ET"}}]
+    assert plan_for("Segment it without adaptation", tools) == [{"name": "segment_brain_tumor", "args": {"adapt": "none"}}]

@@ -1,8 +1,10 @@
 """Atomic imaging tools every case can use: describe, render a slice, measure a mask, crop and resample.
 
-Masks are BraTS-convention label maps (1 necrotic core, 2 oedema, 3 enhancing tumour; older data uses 4 for
-enhancing tumour and is read the same way). ``measure_volume`` prefers the newest mask a segmentation tool wrote
-in the thread and falls back to the reference segmentation shipped with the case, and says which it used.
+Masks are BraTS label maps. Segmentation artifacts and adult cases use the GLI convention (1 necrotic core, 2 oedema,
+3 enhancing tumour; pre-2023 data uses 4 for enhancing tumour); paediatric cases (``BraTS-PED`` names) use the PED
+convention (1 ET, 2 non-enhancing tumour, 3 cyst, 4 oedema): see :mod:`macro.data.brats`. ``measure_volume`` prefers
+the newest mask a segmentation tool wrote in the thread, falls back to the case's reference segmentation, and says
+which it used.
 """
 from __future__ import annotations
 
@@ -11,23 +13,28 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from macro.data.brats import convention_for, region_masks
 from macro.errors import CaseError
 from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
 
 VOLUME_MODALITIES = ("mri-multiseq", "mr", "ct", "pet")
-REGION_LABELS = {"ET": (3, 4), "TC": (1, 3, 4), "WT": (1, 2, 3, 4)}
 REGION_NAMES = {"ET": "enhancing tumour", "TC": "tumour core", "WT": "whole tumour"}
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 MIN_RENDER_PX = 256
-OVERLAY_RGB = {1: (255, 210, 0), 2: (0, 200, 80), 3: (230, 30, 30), 4: (230, 30, 30)}
+OVERLAY_RGB = {1: (255, 210, 0), 2: (0, 200, 80), 3: (230, 30, 30)}
 
 
-def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
-    return np.isin(labels, REGION_LABELS[region])
+def gli_labels(et: np.ndarray, tc: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """Nested region masks → one GLI-convention label map (1 core without ET, 2 oedema, 3 ET)."""
+    labels = np.zeros(wt.shape, np.uint8)
+    labels[wt] = 2
+    labels[tc] = 1
+    labels[et] = 3
+    return labels
 
 
-def _mask_source(ctx: ToolContext) -> tuple[np.ndarray, str, str | None]:
-    """The label map to measure: newest segmentation artifact, else the case's reference segmentation."""
+def _mask_source(ctx: ToolContext) -> tuple[np.ndarray, str, str]:
+    """The label map to measure, where it came from, and its label convention."""
     art = ctx.latest("mask")
     if art is not None:
         import nibabel as nib
@@ -35,9 +42,9 @@ def _mask_source(ctx: ToolContext) -> tuple[np.ndarray, str, str | None]:
         labels = np.rint(np.asarray(nib.load(str(art.path)).dataobj)).astype(np.int16)
         if labels.shape != ctx.case.shape:
             raise CaseError(art.path, f"mask shape {labels.shape} differs from the case shape {ctx.case.shape}")
-        return labels, f"segmentation {art.id}", art.id
+        return labels, f"segmentation {art.id}", "gli"
     if ctx.case.labels is not None:
-        return ctx.case.labels, f"reference segmentation {ctx.case.label_path.name}", None
+        return ctx.case.labels, f"reference segmentation {ctx.case.label_path.name}", convention_for(ctx.case.label_path.name)
     raise CaseError(ctx.case.paths[0], "no tumour mask yet: run a segmentation tool first, or provide a case with a reference seg file")
 
 
@@ -137,7 +144,9 @@ class RenderSlice(MacroTool):
         labels = None
         if case.dims == 3:
             try:
-                labels, _, _ = _mask_source(ctx)
+                raw, _, convention = _mask_source(ctx)
+                regions = region_masks(raw, convention)
+                labels = gli_labels(regions["ET"], regions["TC"], regions["WT"])
             except CaseError:
                 labels = None
         shown = args.sequence or ("flair" if "flair" in case.channels else "/".join(case.channels))
@@ -230,8 +239,8 @@ class MeasureVolume(MacroTool):
     )
 
     def execute(self, ctx: ToolContext, args: VolumeArgs) -> ToolResult:
-        labels, source, _ = _mask_source(ctx)
-        voxels = int(region_mask(labels, args.region).sum())
+        labels, source, convention = _mask_source(ctx)
+        voxels = int(region_masks(labels, convention)[args.region].sum())
         volume = voxels * ctx.case.voxel_ml
         return ToolResult(
             text=f"{REGION_NAMES[args.region]} ({args.region}) volume: {volume:.2f} mL ({voxels} voxels, from the {source}).",

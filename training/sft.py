@@ -50,15 +50,18 @@ class SFTRecipe:
 
 
 def training_cases(home: Home, n_demo: int) -> list[Case]:
-    """Real cases: brain-MRI phantoms with reference masks, a real T1 without a mask, a real 2D CT DICOM."""
+    """Real cases: a brain-MRI phantom with a reference mask, a low-field phantom given as four bare sequences (no
+    mask, so volume questions start with a segmentation), a real T1 without a mask, a real 2D CT DICOM."""
     import nibabel
     from pydicom.data import get_testdata_file
 
-    from macro.case import load_case
+    from macro.case import brats_files, load_case
     from macro.data import make
 
     folders = make("brain-mri-demo", home.data / "sft-brain", n=n_demo, seed=100)
     cases = [load_case(f) for f in folders]
+    shifted = make("brats-phantom", home.data / "sft-lowfield", n=1, seed=200, domain="lowfield")[0]
+    cases.append(load_case(brats_files(shifted)[0]))
     cases.append(load_case(Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"))
     cases.append(load_case(get_testdata_file("CT_small.dcm")))
     return cases

@@ -9,9 +9,10 @@ Rows are TRL prompt-completion conversations: ``{"prompt": [...], "completion": 
 """
 from __future__ import annotations
 
+import json
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -72,11 +73,26 @@ class Context:
     def schemas(self) -> list[dict]:
         return [convert_to_openai_tool(t) for t in self.tools]
 
+    memo: dict = field(default_factory=dict)
+
     def names(self) -> set[str]:
         return {t.name for t in self.tools}
 
+    @property
+    def needs_segmentation(self) -> bool:
+        """No reference mask but a segmentation tool: volume questions start with a segmentation."""
+        return "segment_brain_tumor" in self.names() and self.case.label_path is None
+
+    def first_action(self, tool: str, args: dict) -> tuple[str, dict]:
+        return ("segment_brain_tumor", {}) if tool == "measure_volume" and self.needs_segmentation else (tool, args)
+
     def run(self, name: str, args: dict, history: list[dict]) -> ToolMessage:
-        msg, _, produced = self.executor.run({"name": name, "args": args, "id": f"call_{name}"}, self.case, history)
+        """Run a tool for real; identical calls on identical inputs are reused (segmentation takes seconds)."""
+        key = (name, json.dumps(args, sort_keys=True), tuple(a["id"] for a in history))
+        if key not in self.memo:
+            msg, _, produced = self.executor.run({"name": name, "args": args, "id": f"call_{name}"}, self.case, list(history))
+            self.memo[key] = (msg, produced)
+        msg, produced = self.memo[key]
         history.extend(produced)
         return msg
 
@@ -108,9 +124,10 @@ def first_call_rows(ctxs: Sequence[Context], split: str, rng: random.Random, per
     for ctx in ctxs:
         for tool in ctx.tools:
             for ex in split_examples(tool, split):
+                name, args = ctx.first_action(tool.name, ex.args)
                 for _ in range(per_example):
                     user = HumanMessage(perturb(ex.request, rng, split))
-                    rows.append(_row(ctx, [user], _call(tool.name, ex.args), "first_call", tool.name, ex.args))
+                    rows.append(_row(ctx, [user], _call(name, args), "first_call", name, args))
     return rows
 
 
@@ -123,28 +140,42 @@ def dialogue_rows(ctxs: Sequence[Context], rng: random.Random, n_answers: int) -
         ex = rng.choice(split_examples(tool, "train"))
         history: list[dict] = []
         user = HumanMessage(perturb(ex.request, rng, "train"))
-        call = _call(tool.name, ex.args)
-        result = ctx.run(tool.name, ex.args, history)
+        name, args = ctx.first_action(tool.name, ex.args)
+        call = _call(name, args)
+        result = ctx.run(name, args, history)
         answer = _answer(rng, [result])
         rows.append(_row(ctx, [user, call, result], answer, "answer", None, None))
         other = rng.choice(ctx.tools)
         follow = rng.choice(split_examples(other, "train"))
+        has_mask = any(a.get("kind") == "mask" for a in history)
+        name, args = (other.name, follow.args) if has_mask else ctx.first_action(other.name, follow.args)
         rows.append(_row(ctx, [user, call, result, answer, HumanMessage(perturb(follow.request, rng, "train"))],
-                         _call(other.name, follow.args), "follow_up", other.name, follow.args))
+                         _call(name, args), "follow_up", name, args))
+    for ctx in [c for c in ctxs if c.needs_segmentation]:
+        measure = next(t for t in ctx.tools if t.name == "measure_volume")
+        for ex in rng.sample(split_examples(measure, "train"), k=min(6, len(split_examples(measure, "train")))):
+            plan = [("segment_brain_tumor", {}), ("measure_volume", ex.args)]
+            rows += _chain_rows(ctx, perturb(ex.request, rng, "train"), plan, rng)
     for ctx in ctxs:
         for request, plan in TWO_STEP:
             if not all(name in ctx.names() for name, _ in plan):
                 continue
-            history = []
-            messages: list[BaseMessage] = [HumanMessage(perturb(request, rng, "train"))]
-            results = []
-            for name, args in plan:
-                rows.append(_row(ctx, messages, _call(name, args), "chain", name, args))
-                results.append(ctx.run(name, args, history))
-                messages += [_call(name, args), results[-1]]
-            rows.append(_row(ctx, messages, _answer(rng, results), "answer", None, None))
+            rows += _chain_rows(ctx, perturb(request, rng, "train"), plan, rng)
         for request, reply in SMALL_TALK:
             rows.append(_row(ctx, [HumanMessage(request)], AIMessage(reply), "small_talk", None, None))
+    return rows
+
+
+def _chain_rows(ctx: Context, request: str, plan: list[tuple[str, dict]], rng: random.Random) -> list[dict]:
+    """One multi-step request: a row per call (given the results so far), then the answer quoting them."""
+    history: list[dict] = []
+    messages: list[BaseMessage] = [HumanMessage(request)]
+    results, rows = [], []
+    for name, args in plan:
+        rows.append(_row(ctx, messages, _call(name, args), "chain", name, args))
+        results.append(ctx.run(name, args, history))
+        messages += [_call(name, args), results[-1]]
+    rows.append(_row(ctx, messages, _answer(rng, results), "answer", None, None))
     return rows
 
 

@@ -31,6 +31,10 @@ Tumour model (:class:`TumourParams`, :func:`make_tumour`), labels in the BraTS 2
       hemisphere's parenchyma (GM + WM >= 0.5) eroded by one voxel; largest connected part.
     - NCR: ``necrosis_fraction`` = U(0.2, 0.5) of TC, inside TC eroded by one voxel (26-neighbourhood), so ET is
       a closed rim at least 2 mm thick around the necrosis; largest connected part.
+    - ET: that rim, all of it by default (``enhancing_fraction`` = (1, 1)). With a share U(lo, hi) < 1 (a barely
+      enhancing tumour) only that share enhances, in smooth patches (the rim voxels lowest in a fresh noise field
+      of sigma ``grain_mm``), and the rest joins the non-enhancing core, label 1. It is drawn last, so the other
+      compartments stay as they would be without it.
     - WT: the WT-volume lowest voxels of the parenchyma for an irregular score (``roughness`` = 0.35) minus
       ``oedema_wm_bias`` * WM (0.3), so oedema spreads along white matter; joined with TC dilated by one voxel so
       oedema surrounds the core everywhere; the connected part that holds TC.
@@ -151,6 +155,7 @@ class TumourParams:
     grain_mm: float = 6.0
     elongation: float = 0.25
     oedema_wm_bias: float = 0.3
+    enhancing_fraction: tuple[float, float] = (1.0, 1.0)
     centre_x_mm: tuple[float, float] = (25.0, np.inf)
     centre_y_mm: tuple[float, float] = (-np.inf, np.inf)
     centre_z_mm: tuple[float, float] = (-5.0, 50.0)
@@ -182,11 +187,20 @@ def make_tumour(rng: np.random.Generator, anatomy: Anatomy, params: TumourParams
         raise ValueError(f"tumour too small for three compartments ({params})")
     oedema = _lowest(score(params.roughness) - params.oedema_wm_bias * anatomy.wm, allowed, wt_voxels)
     wt = _part_containing(oedema | ndi.binary_dilation(tc, CUBE), tc)
+    if params.enhancing_fraction != (1.0, 1.0):
+        ncr = ncr | _non_enhancing_rim(rng, tc & ~ncr, params.enhancing_fraction, grain)
     labels = np.zeros(anatomy.shape, dtype=np.uint8)
     labels[wt] = 2
     labels[tc] = 3
     labels[ncr] = 1
     return labels
+
+
+def _non_enhancing_rim(rng: np.random.Generator, rim: np.ndarray, fraction: tuple[float, float],
+                       grain: np.ndarray) -> np.ndarray:
+    """The rim voxels that do not enhance: all but a random share, which enhances in smooth patches."""
+    enhancing = round(rng.uniform(*fraction) * rim.sum())
+    return rim & ~_lowest(_smooth_noise(rng, rim.shape, grain), rim, enhancing)
 
 
 def _world_coordinates(anatomy: Anatomy) -> np.ndarray:

@@ -1,77 +1,102 @@
 """Shifted domains of the brain MRI phantom (``brats-phantom``): a source and two targets for test-time adaptation.
 
-Why: a segmentation model trained on one domain and adapted at test time on another (VISTA, see
-``shared/research/tool_methods.md`` section 1) needs targets with two kinds of shift. The first is a
-*per-sequence* shift, where each sequence's intensity statistics change on their own. The second is a
-*modality-interaction* shift, where the relations between sequences change, such as how much brighter enhancing
-tumour is on T1ce than on T1. The three domains mirror the paper's setting: adult glioma (BraTS-GLI) as source,
-low-field scanners (BraTS-SSA) and paediatric tumours (BraTS-PED) as targets. Every domain reuses the anatomy,
-tumour, contrast and writer of :mod:`macro.data.brain` and changes only the numbers below, so one seed gives the
-same tumour in ``source`` and ``lowfield`` (same anatomy and tumour model): a paired comparison.
+Why: VISTA (``shared/research/tool_methods.md`` section 1) trains a segmentation model on one domain and adapts it
+at test time on others. Its targets need two kinds of shift. In a *per-sequence* shift, each sequence's intensity
+statistics change on their own. In a *modality-interaction* shift, the relations between sequences change, for
+example how much brighter enhancing tumour is on T1ce than on T1. The three domains copy the paper's setting:
+adult glioma (BraTS-GLI) as source, and low-field scanners (BraTS-SSA) and paediatric tumours (BraTS-PED) as
+targets. Each domain reuses the anatomy, tumour, contrast and writer of :mod:`macro.data.brain` and changes only
+the numbers below. ``source`` and ``lowfield`` share anatomy and tumour model, so one seed gives the same label
+map in both: a paired comparison in which only the images differ.
 
 Pipeline per case (seed s): anatomy (MNI152 zoomed by ``head_zoom`` about the brain centroid, same 99x117x95
-grid and affine) -> tumour (``TumourParams``) -> images (``Contrast``: intensities, noise, bias, blur) ->
-acquisition (thick slices along z, then per-sequence gamma) -> labels in the domain's convention -> files.
+grid and affine) -> tumour (``TumourParams``, tumour stream of s) -> images (``Contrast``: intensities, Rician
+noise, bias field, tumour edge blur; image stream of s) -> acquisition (thick slices along z, then a per-sequence
+gamma; deterministic) -> labels in the domain's convention -> files and ``truth.json``.
 
-source (``BraTS-GLI-<5 digits>-000``, GLI labels 1 NCR, 2 ED, 3 ET)
-    Exactly ``brain-mri-demo``: ``BRATS_CONTRAST`` and the default ``TumourParams``; images and labels equal a
-    demo case of the same seed.
+source: ``BraTS-GLI-<5 digits>-000``, GLI labels 1 NCR, 2 ED, 3 ET
+    Exactly ``brain-mri-demo`` (``BRATS_CONTRAST``, default ``TumourParams``, head_zoom 1, no acquisition step).
+    Images and labels equal those of the demo case with the same seed.
 
-lowfield (``BraTS-SSA-<5 digits>-000``, GLI labels), like 0.3-1.5 T scanners in sub-Saharan Africa
-    Per-sequence shift:
-
-    - ``noise`` 8 -> 25 (Rician sigma on the 0..1000 scale; T1 WM SNR 100 -> 32 before the slice averaging).
-    - ``bias`` 0.08 -> 0.25: the coil inhomogeneity reaches exp(0.25) = +28 % / -22 % instead of about 8 %.
-    - ``slice_factor`` 2: pairs of 2 mm axial slices (along z) are averaged into 4 mm slices and linearly
-      interpolated back to the 2 mm grid, as a thick-slice 2D acquisition resampled to the BraTS grid. This also
-      smooths the noise along z, so the background std ends at about 1.3 x 25 instead of 1.25 x 25.
-    - ``gamma`` per sequence, ``1000 * (I / 1000) ** gamma`` after the slice averaging (a different scanner
-      intensity response): t1 0.80, t1ce 0.85, t2 1.15, flair 0.90.
-
-    Modality-interaction shift (changed ``Contrast.intensity`` entries; all others as source):
-
-    =============  ======  ========  ================================================
-    sequence/class source  lowfield  why
-    =============  ======  ========  ================================================
-    t1ce ET        1000    700       weaker gadolinium enhancement at low field: the
-                                     T1ce/T1 ratio of ET drops from 1.67 to 1.17
-    flair ED       950     700       oedema less conspicuous on FLAIR ...
-    t2 ED          850     950       ... but brighter on T2, so FLAIR/T2 of oedema
-                                     goes from 1.12 to 0.74
-    =============  ======  ========  ================================================
-
+lowfield: ``BraTS-SSA-<5 digits>-000``, GLI labels. Like the 0.3-1.5 T scanners of BraTS-SSA
     The tumour model is the source one (adult gliomas).
 
-pediatric (``BraTS-PED-<5 digits>-000``, PED labels 1 ET, 2 NET, 3 CC, 4 ED)
-    - anatomy: ``head_zoom`` 0.85, so brain volume x 0.61 (MNI152 mask 1883 mL -> about 1160 mL).
-    - tumour (``TumourParams``): WT ``wt_ml`` (10, 40) mL instead of (20, 80); ``core_fraction`` (0.5, 0.8)
-      instead of (0.25, 0.5) (mostly solid tumour, little oedema); ``necrosis_fraction`` (0.6, 0.9), here the
-      non-enhancing share of the core, capped by the one-voxel erosion so ET is a thin rim; ``roughness`` 0.6
-      (0.35), ``core_roughness`` 0.3 (0.15), ``grain_mm`` 8 (6), ``elongation`` 0.35 (0.25): more diffuse and
-      irregular. Location: centre with WM >= 0.3 (0.6), side-signed x in [-10, 15] mm (either side of, or on,
-      the midline; source >= 25), y in [-55, -10] mm (posterior), z in [-30, 12] mm (thalamus, midbrain, pons,
-      cerebellar peduncles; source -5..50), coordinates of the zoomed head; ``cross_midline`` True.
-    - contrast: the phantom's NCR class plays the non-enhancing tumour (NET). ``tumour_blur_vox`` 0.8 (0.4):
-      softer, infiltrative margins. Interaction shift, changed intensities:
+    Per-sequence shift:
 
-    =============  ======  =========  ===============================================
-    sequence/class source  pediatric  why
-    =============  ======  =========  ===============================================
-    t1ce ET        1000    650        barely enhancing: T1ce/T1 of ET 1.67 -> 1.08
-    t1 / t1ce NET  250/220 350/380    solid tumour, not necrosis: less dark
-    t2 NET         950     900        whole tumour uniformly bright on T2 ...
-    t2 ET          700     850
-    t2 ED          850     900
-    flair NET      650     900        ... and on FLAIR: FLAIR no longer separates the
-    flair ET       800     850        core (dark necrosis in source) from the oedema
-    flair ED       950     900
-    =============  ======  =========  ===============================================
+    ================  ======  ========  ==========================================================================
+    parameter         source  lowfield  effect
+    ================  ======  ========  ==========================================================================
+    ``noise``         8       40        Rician sigma on the 0..1000 scale. After the slice averaging below, the
+                                        noise in tissue is 0.56 x 40 = 22 (T1 WM SNR 100 -> about 36)
+    ``bias``          0.08    0.25      coil inhomogeneity up to exp(0.25): +28 % / -22 % instead of about 8 %
+    ``slice_factor``  1       2         pairs of 2 mm axial slices (z) are averaged into 4 mm slices, then
+                                        interpolated linearly back to the grid. This is a thick-slice 2D
+                                        acquisition resampled to the BraTS grid: blur and z-correlated noise
+    ``gamma`` t1      1       0.80      ``1000 * (I / 1000) ** gamma`` after the slice averaging: a different
+    ``gamma`` t1ce    1       0.85      intensity response per sequence. Below 1 it lifts the dark range; above
+    ``gamma`` t2      1       1.15      1 it compresses it. The background (noise floor, mean 1.25 x 40 = 50)
+    ``gamma`` flair   1       0.90      becomes mean 91 / 78 / 32 / 67, std 21 / 20 / 11 / 18 (source: mean 10, std 5)
+    ================  ======  ========  ==========================================================================
 
-    Labels are written in the BraTS-PED convention: phantom ET -> 1, NCR (as NET) -> 2, ED -> 4; label 3 (cystic
+    Modality-interaction shift (changed ``Contrast.intensity`` entries; all others as in source):
+
+    ==============  ======  ========  ====================================================================
+    sequence/class  source  lowfield  why
+    ==============  ======  ========  ====================================================================
+    t1ce ET         1000    700       weaker gadolinium enhancement at low field: T1ce/T1 of ET 1.67 -> 1.17
+    flair ED        950     700       oedema less conspicuous on FLAIR ...
+    t2 ED           850     950       ... and brighter on T2: FLAIR/T2 of oedema 1.12 -> 0.74
+    ==============  ======  ========  ====================================================================
+
+pediatric: ``BraTS-PED-<5 digits>-000``, PED labels 1 ET, 2 NET, 3 CC, 4 ED
+    Anatomy: ``head_zoom`` 0.85, so brain volume x 0.61 (MNI152 mask 1883 mL -> 1164 mL).
+
+    Tumour (``TumourParams``; unlisted fields as in source):
+
+    ========================  ==============  ==========  ===============================================
+    field                     source          pediatric   why
+    ========================  ==============  ==========  ===============================================
+    ``wt_ml``                 (20, 80)        (6, 24)     smaller: measured WT 12-40 mL over seeds 0-23
+                                                          (source 26-72 mL; the shell of oedema around
+                                                          the core adds to the nominal volume)
+    ``core_fraction``         (0.25, 0.5)     (0.6, 0.9)  mostly solid tumour, less oedema
+    ``necrosis_fraction``     (0.2, 0.5)      (0.6, 0.9)  share of the core that does not enhance (NET);
+                                                          capped by the one-voxel erosion
+    ``enhancing_fraction``    (1, 1)          (0.1, 0.4)  only patches of the rim enhance: ET 0.5-4 mL,
+                                                          6-35 % of TC (source 4-17 mL, 53-80 %)
+    ``roughness``             0.35            0.6         more diffuse, infiltrative outline ...
+    ``grain_mm``              6               8           ... with coarser lobes
+    ``elongation``            0.25            0.35        elongated, as along the brainstem
+    ``centre_wm``             0.6             0.3         deep grey nuclei and brainstem are not pure WM
+    ``centre_x_mm`` (side*x)  (25, inf)       (-10, 15)   on or near the midline, either side
+    ``centre_y_mm``           (-inf, inf)     (-55, -10)  posterior
+    ``centre_z_mm``           (-5, 50)        (-30, 12)   low: thalamus, midbrain, pons, cerebellar
+                                                          peduncles (zoomed-head coordinates)
+    ``cross_midline``         False           True        thalamic and brainstem tumours cross the midline
+    ========================  ==============  ==========  ===============================================
+
+    Contrast: the phantom's NCR class plays the non-enhancing tumour (NET). ``tumour_blur_vox`` 0.4 -> 0.8
+    gives softer, infiltrative margins. The interaction shift changes these intensities:
+
+    ==============  ======  =========  ==========================================================
+    sequence/class  source  pediatric  why
+    ==============  ======  =========  ==========================================================
+    t1ce ET         1000    650        barely enhancing: T1ce/T1 of ET 1.67 -> 1.08
+    t1 NET          250     350        solid tumour, not necrosis: less dark on T1 ...
+    t1ce NET        220     380        ... and on T1ce
+    t2 NET          950     900        whole tumour uniformly bright on T2 ...
+    t2 ET           700     850
+    t2 ED           850     900
+    flair NET       650     900        ... and on FLAIR, which no longer tells the core (dark
+    flair ET        800     850        necrosis in source) from the oedema
+    flair ED        950     900
+    ==============  ======  =========  ==========================================================
+
+    Labels are written in the BraTS-PED convention: phantom ET -> 1, NCR (as NET) -> 2, ED -> 4. Label 3 (cystic
     component) is not generated.
 
-Each case folder holds ``truth.json`` as ``brain-mri-demo`` writes it plus ``domain`` and ``label_convention``;
-its ``volumes_ml`` use :data:`macro.data.brats.CONVENTIONS` for that convention.
+Each case folder holds ``truth.json`` as ``brain-mri-demo`` writes it, plus ``domain`` and ``label_convention``.
+Its ``labels`` names follow the convention, and its ``volumes_ml`` use :data:`macro.data.brats.CONVENTIONS`.
 """
 from __future__ import annotations
 
@@ -121,14 +146,14 @@ DOMAINS: dict[str, Domain] = {
     "lowfield": Domain(
         "lowfield", "BraTS-SSA", "gli",
         contrast=_edit(BRATS_CONTRAST, {"t1ce": {"et": 700.0}, "flair": {"ed": 700.0}, "t2": {"ed": 950.0}},
-                       noise=25.0, bias=0.25),
+                       noise=40.0, bias=0.25),
         slice_factor=2,
         gamma={"t1": 0.8, "t1ce": 0.85, "t2": 1.15, "flair": 0.9},
     ),
     "pediatric": Domain(
         "pediatric", "BraTS-PED", "ped",
-        tumour=TumourParams(wt_ml=(10.0, 40.0), core_fraction=(0.5, 0.8), necrosis_fraction=(0.6, 0.9),
-                            roughness=0.6, core_roughness=0.3, grain_mm=8.0, elongation=0.35,
+        tumour=TumourParams(wt_ml=(6.0, 24.0), core_fraction=(0.6, 0.9), necrosis_fraction=(0.6, 0.9),
+                            enhancing_fraction=(0.1, 0.4), roughness=0.6, grain_mm=8.0, elongation=0.35,
                             centre_x_mm=(-10.0, 15.0), centre_y_mm=(-55.0, -10.0), centre_z_mm=(-30.0, 12.0),
                             centre_wm=0.3, cross_midline=True),
         contrast=_edit(BRATS_CONTRAST, {

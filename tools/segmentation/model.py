@@ -35,9 +35,15 @@ def build_unet(cfg: SegNetConfig = SegNetConfig()):
 
 
 def head_mask(image: np.ndarray) -> np.ndarray:
-    """Voxels inside the head: mean signal above a tenth of its 99th percentile (robust to background noise)."""
+    """Voxels inside the head: mean signal above Otsu's threshold, so a lifted noise floor (low-field) stays out."""
     mean = image.mean(axis=0)
-    return mean > 0.1 * np.percentile(mean, 99)
+    hist, edges = np.histogram(mean, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = ((hist * centres).sum() - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    return mean > centres[int(np.argmax(w0 * w1 * (m0 - m1) ** 2))]
 
 
 def normalise(image: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.imaging import gli_labels
 from macro.tools.segmentation.model import REGIONS, WEIGHTS_DIR, load_weights, prepare
 
 _LOCK = threading.Lock()
@@ -81,10 +82,7 @@ class SegmentBrainTumor(MacroTool):
         image, window = prepare(ctx.case.image, cfg.grid)
         probs, stats = adapter(torch.from_numpy(image)[None])
         regions = to_regions(probs, window)
-        labels = np.zeros(ctx.case.shape, np.uint8)
-        labels[regions[2]] = 2
-        labels[regions[1]] = 1
-        labels[regions[0]] = 3
+        labels = gli_labels(*regions)
         entropy = from_grid(binary_entropy(hierarchy_fix(probs))[0].mean(0, keepdim=True).numpy(), window)[0]
         wt = regions[2]
         mean_unc = float(entropy[wt].mean()) if wt.any() else float(entropy.mean())
