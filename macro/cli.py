@@ -152,7 +152,7 @@ def data_make(name: str = typer.Argument(..., help="dataset builder, e.g. brain-
 
 @train_app.command("sft")
 def train_sft_cmd(out: Optional[Path] = typer.Option(None, "--out", help="adapter folder (default: the shipped adapter in the package)"),
-                  epochs: float = typer.Option(2.0), max_steps: int = typer.Option(-1, help="stop early (smoke runs)"),
+                  epochs: float = typer.Option(1.0), max_steps: int = typer.Option(-1, help="stop early (smoke runs)"),
                   seed: int = typer.Option(0), eval_prompts: int = typer.Option(50, help="held-out prompts scored after training"),
                   base: Optional[Path] = typer.Option(None, help="base model folder (default: the converted embedded SmolLM2)")):
     """LoRA SFT cold start of the local policy on tool-use dialogues (TRL SFTTrainer + PEFT)."""
@@ -168,7 +168,7 @@ def train_sft_cmd(out: Optional[Path] = typer.Option(None, "--out", help="adapte
 
 @train_app.command("segmentation")
 def train_segmentation_cmd(out: Optional[Path] = typer.Option(None, "--out", help="weights folder (default: the shipped weights in the package)"),
-                           iterations: int = typer.Option(1200), n_train: int = typer.Option(32), seed: int = typer.Option(0)):
+                           iterations: int = typer.Option(500), n_train: int = typer.Option(32), seed: int = typer.Option(0)):
     """Train the source 3D UNet (ET/TC/WT) on source-domain brain phantoms; writes fp16 weights + manifest."""
     from macro.tools.segmentation.model import WEIGHTS_DIR
     from macro.tools.segmentation.train import SegTrainConfig, train_segmentation

@@ -33,7 +33,7 @@ class SFTRecipe:
     """Every hyperparameter of the cold start in one place (recorded in the manifest)."""
 
     seed: int = 0
-    epochs: float = 2.0
+    epochs: float = 1.0
     learning_rate: float = 1e-3
     batch_size: int = 4
     lora_r: int = 8

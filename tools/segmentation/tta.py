@@ -179,8 +179,8 @@ class Adapter:
         cfg = self.cfg
         with torch.no_grad():
             p_ref = hierarchy_fix(torch.sigmoid(self.teacher(x)))
-            views = [lowfreq_swap(x, *self._pair(), cfg.lowfreq_ratio), patch_swap(x, p_ref, *self._pair(), cfg.unc_quantile, cfg.dilation)]
-            probs = torch.stack([p_ref] + [torch.sigmoid(self.teacher(v)) for v in views])
+            views = torch.cat([lowfreq_swap(x, *self._pair(), cfg.lowfreq_ratio), patch_swap(x, p_ref, *self._pair(), cfg.unc_quantile, cfg.dilation)])
+            probs = torch.cat([p_ref, torch.sigmoid(self.teacher(views))])
             p_var = ((probs ** 2).mean(0) - probs.mean(0) ** 2).clamp_min(0)
             gate = p_var <= cfg.var_thr
             pos = (p_ref >= cfg.pos_thr) & gate
@@ -191,8 +191,8 @@ class Adapter:
         logits = self.student(x)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         loss_pl = (weight * bce).sum() / weight.sum().clamp_min(1.0)
-        set_bn_mode(self.student, train=False)
-        loss_cons = sum(F.binary_cross_entropy_with_logits(self.student(v), p_ref) for v in views) / len(views)
+        set_bn_mode(self.student, train=False)  # eval-mode BN is per sample, so both views go as one batch
+        loss_cons = F.binary_cross_entropy_with_logits(self.student(views), p_ref.expand(len(views), *p_ref.shape[1:]))
         loss = cfg.w_pl * loss_pl + cfg.w_cons * loss_cons
         self.optimizer.zero_grad()
         loss.backward()
