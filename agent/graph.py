@@ -7,6 +7,7 @@ findings block built from the trajectory. Every turn is recorded as a :class:`~m
 """
 from __future__ import annotations
 
+import json
 import operator
 import re
 import sqlite3
@@ -76,7 +77,7 @@ def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore,
         last = state["messages"][-1]
         if isinstance(last, HumanMessage):  # a format retry was queued
             return "policy" if len(state.get("retries", [])) <= MAX_FORMAT_RETRIES else "answer"
-        if isinstance(last, AIMessage) and last.tool_calls and len(state.get("steps", [])) < max_steps:
+        if isinstance(last, AIMessage) and last.tool_calls and len(state.get("steps", [])) < max_steps and not _repeats(state["messages"]):
             return "tools"
         return "answer"
 
@@ -100,7 +101,8 @@ def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore,
         question = next((m.text for m in reversed(state["messages"]) if isinstance(m, HumanMessage)), "")
         note = ""
         if isinstance(last, AIMessage) and last.tool_calls:
-            note = f"Stopped after the step limit ({max_steps} tool calls)."
+            note = ("Stopped: the policy repeated a call it had already made." if _repeats(state["messages"])
+                    else f"Stopped after the step limit ({max_steps} tool calls).")
         elif state.get("retries") and not prose:
             note = "The policy did not produce a valid tool call or an answer."
         return {"answer": compose_answer(prose, steps, question, note)}
@@ -114,6 +116,18 @@ def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore,
     graph.add_edge("tools", "policy")
     graph.add_edge("answer", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def _call_key(call: dict) -> str:
+    return call["name"] + json.dumps(call.get("args") or {}, sort_keys=True)
+
+
+def _repeats(messages: list) -> bool:
+    """The last message only repeats calls already made in this turn: a loop, so answer from what we have."""
+    start = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
+    earlier = {_call_key(c) for m in messages[start:-1] if isinstance(m, AIMessage) for c in m.tool_calls}
+    calls = messages[-1].tool_calls
+    return bool(calls) and all(_call_key(c) in earlier for c in calls)
 
 
 def compose_answer(prose: str, steps: list[Step], question: str = "", note: str = "") -> str:

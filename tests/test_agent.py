@@ -93,7 +93,7 @@ def test_malformed_output_gets_a_retry_message(demo, home):
 
 
 def test_step_limit_stops_a_looping_policy(demo, home):
-    policy = Replay(replies=['<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>'], seen=[])
+    policy = Replay(replies=[f'<tool_call>{{"name": "render_slice", "arguments": {{"index": {i}}}}}</tool_call>' for i in range(10, 20)], seen=[])
     result = _agent(policy, home, max_steps=3).ask(demo, "loop")
     assert len(result.trajectory.steps) == 3 and "step limit" in result.answer
 
@@ -148,3 +148,12 @@ def test_scripted_segments_first_when_there_is_no_reference_mask():
     assert plan_for("How large is the enhancing tumour?", tools, has_reference_mask=False) == [
         {"name": "segment_brain_tumor", "args": {}}, {"name": "measure_volume", "args": {"region": "ET"}}]
     assert plan_for("Segment it without adaptation", tools) == [{"name": "segment_brain_tumor", "args": {"adapt": "none"}}]
+
+
+def test_a_repeated_call_ends_the_turn_instead_of_looping(demo, home):
+    policy = Replay(replies=['<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>',
+                             '<tool_call>{"name": "render_slice", "arguments": {}}</tool_call>',
+                             '<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>'], seen=[])
+    result = _agent(policy, home).ask(demo, "what is this?")
+    assert [s["tool"] for s in result.trajectory.steps] == ["describe_scan", "render_slice"]
+    assert "repeated a call" in result.answer and "mri-multiseq" in result.answer
