@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Iterator, TypedDict
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
@@ -99,13 +99,18 @@ def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore,
         last = state["messages"][-1]
         prose = last.text.strip() if isinstance(last, AIMessage) and not last.tool_calls else ""
         question = next((m.text for m in reversed(state["messages"]) if isinstance(m, HumanMessage)), "")
-        note = ""
+        note, closing = "", []
         if isinstance(last, AIMessage) and last.tool_calls:
             note = ("Stopped: the policy repeated a call it had already made." if _repeats(state["messages"])
                     else f"Stopped after the step limit ({max_steps} tool calls).")
         elif state.get("retries") and not prose:
             note = "The policy did not produce a valid tool call or an answer."
-        return {"answer": compose_answer(prose, steps, question, note)}
+        answer = compose_answer(prose, steps, question, note)
+        if isinstance(last, AIMessage) and last.tool_calls:
+            # Every tool call needs a reply, or the thread is invalid for OpenAI-style backends on the next turn.
+            closing = [ToolMessage(f"not run: {note}", name=c["name"], tool_call_id=c["id"], status="error") for c in last.tool_calls]
+            closing.append(AIMessage(answer))
+        return {"answer": answer, "messages": closing}
 
     graph = StateGraph(AgentState)
     graph.add_node("policy", policy_node)

@@ -154,6 +154,11 @@ def test_a_repeated_call_ends_the_turn_instead_of_looping(demo, home):
     policy = Replay(replies=['<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>',
                              '<tool_call>{"name": "render_slice", "arguments": {}}</tool_call>',
                              '<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>'], seen=[])
-    result = _agent(policy, home).ask(demo, "what is this?")
+    agent = _agent(policy, home)
+    result = agent.ask(demo, "what is this?")
     assert [s["tool"] for s in result.trajectory.steps] == ["describe_scan", "render_slice"]
     assert "repeated a call" in result.answer and "mri-multiseq" in result.answer
+    messages = agent._graph(None).get_state({"configurable": {"thread_id": result.thread_id}}).values["messages"]
+    answered = {m.tool_call_id for m in messages if m.type == "tool"}
+    assert all(c["id"] in answered for m in messages if m.type == "ai" for c in m.tool_calls)
+    assert messages[-1].type == "ai" and messages[-1].text == result.answer
