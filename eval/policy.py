@@ -31,17 +31,17 @@ def evaluate_first_calls(policy: BaseChatModel, rows: Sequence[dict], n: int = 5
         tools = registry.for_case(case)
         ai = policy.bind_tools(tools).invoke([system_message(case.summary()), HumanMessage(row["user"])])
         call = ai.tool_calls[0] if ai.tool_calls else None
-        valid = False
+        parsed = None
         if call is not None and call["name"] in {t.name for t in tools}:
             schema = registry.get(call["name"]).args_schema
             try:
-                schema(**{k: v for k, v in call["args"].items() if k not in INJECTED_NAMES})
-                valid = True
+                parsed = schema(**{k: v for k, v in call["args"].items() if k not in INJECTED_NAMES})
             except (ValidationError, TypeError):
-                valid = False
+                parsed = None
+        valid = parsed is not None
         right_tool = call is not None and call["name"] == row["tool"]
         gold = registry.get(row["tool"]).args_schema(**row["args"]).model_dump()
-        exact = bool(valid and right_tool and registry.get(call["name"]).args_schema(**call["args"]).model_dump() == gold)
+        exact = bool(valid and right_tool and parsed.model_dump() == gold)
         results.append({"user": row["user"], "gold_tool": row["tool"], "gold_args": row["args"], "call": call and {"name": call["name"], "args": call["args"]},
                         "parseable": call is not None, "valid": valid, "right_tool": right_tool, "valid_right_tool": valid and right_tool,
                         "exact_args": exact, "raw": ai.response_metadata.get("raw", ai.text)})

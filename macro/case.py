@@ -127,7 +127,7 @@ def load_case_ref(ref: dict) -> Case:
         hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    case = load_case(source if isinstance(source, list) else source, ref.get("modality"), check=False)
+    case = load_case(source, ref.get("modality"), check=False)
     with _CACHE_LOCK:
         if len(_CACHE) > 32:
             _CACHE.clear()

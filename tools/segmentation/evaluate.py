@@ -47,29 +47,12 @@ def case_dice(pred: np.ndarray, truth: np.ndarray) -> dict:
     return {r: dice(pred[i], truth[i]) for i, r in enumerate(REGIONS)}
 
 
-def predict_dice(model, samples) -> dict:
-    """Source model, no adaptation (used for the held-out source figure in the weights manifest)."""
+def stream_dice(adapter, samples) -> dict:
+    """Adapt-then-predict each sample in order; Dice per case, mean Dice and seconds per volume."""
     import torch
 
     from macro.tools.segmentation.data import region_truth
 
-    per_case = []
-    with torch.no_grad():
-        for s in samples:
-            probs = torch.sigmoid(model(torch.from_numpy(s.image)[None]))
-            per_case.append(case_dice(to_regions(probs, s.window), region_truth(s)))
-    return mean_dice(per_case)
-
-
-def run_stream(method: str, samples, steps: int, weights: Path | None = None) -> dict:
-    import torch
-
-    from macro.tools.segmentation.data import region_truth
-    from macro.tools.segmentation.model import WEIGHTS_DIR, load_weights
-    from macro.tools.segmentation.tta import Adapter, TTAConfig
-
-    model, _, _ = load_weights(weights or WEIGHTS_DIR)
-    adapter = Adapter(model, TTAConfig(method=method, steps=steps))
     per_case, seconds = [], []
     for s in samples:
         start = time.perf_counter()
@@ -77,6 +60,21 @@ def run_stream(method: str, samples, steps: int, weights: Path | None = None) ->
         seconds.append(time.perf_counter() - start)
         per_case.append(case_dice(to_regions(probs, s.window), region_truth(s)))
     return {"dice": mean_dice(per_case), "sec_per_volume": round(float(np.mean(seconds)), 3), "per_case": per_case}
+
+
+def predict_dice(model, samples) -> dict:
+    """Source model, no adaptation (used for the held-out source figure in the weights manifest)."""
+    from macro.tools.segmentation.tta import Adapter, TTAConfig
+
+    return stream_dice(Adapter(model, TTAConfig(method="none")), samples)["dice"]
+
+
+def run_stream(method: str, samples, steps: int, weights: Path | None = None) -> dict:
+    from macro.tools.segmentation.model import WEIGHTS_DIR, load_weights
+    from macro.tools.segmentation.tta import Adapter, TTAConfig
+
+    model, _, _ = load_weights(weights or WEIGHTS_DIR)
+    return stream_dice(Adapter(model, TTAConfig(method=method, steps=steps)), samples)
 
 
 def evaluate(data_root: Path, n: int, steps: int = 10, domains: Sequence[str] = DOMAINS, methods: Sequence[str] = ("none", "tent", "vista"),
