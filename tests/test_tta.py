@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 
 from macro.tools.segmentation.model import SegNetConfig, build_unet
-from macro.tools.segmentation.tta import Adapter, TTAConfig, bn_affine_params, hierarchy_fix, lowfreq_swap, patch_swap
+import torch.nn.functional as F
+
+from macro.tools.segmentation.tta import (Adapter, TTAConfig, bn_affine_params, dilate, hierarchy_fix, lowfreq_swap,
+                                          patch_swap, quantile)
 
 TINY = SegNetConfig(channels=(4, 8), strides=(2,), num_res_units=1, grid=(16, 16, 16))
 
@@ -29,10 +32,18 @@ def test_patch_swap_only_inside_the_uncertain_region_and_is_an_involution():
     x = _x()
     p = torch.full((1, 3, 16, 16, 16), 0.99)
     p[..., 4:6, 4:6, 4:6] = 0.5
-    swapped = patch_swap(x, p, 1, 3, quantile=0.95, kernel=3)
+    swapped = patch_swap(x, p, 1, 3, q=0.95, kernel=3)
     changed = (swapped != x).any(dim=1)[0]
     assert changed[5, 5, 5] and not changed[12, 12, 12]
     assert torch.equal(patch_swap(swapped, p, 1, 3, 0.95, 3), x)
+
+
+def test_fast_quantile_and_dilation_match_the_plain_torch_ops():
+    values = torch.rand(1, 1, 9, 10, 11, generator=torch.Generator().manual_seed(2))
+    for q in (0.0, 0.5, 0.95, 1.0):
+        assert torch.allclose(quantile(values, q), torch.quantile(values.flatten(), q))
+    mask = values > 0.97
+    assert torch.equal(dilate(mask, 5), F.max_pool3d(mask.float(), 5, stride=1, padding=2) > 0)
 
 
 def test_hierarchy_fix_nests_regions():

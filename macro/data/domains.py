@@ -62,8 +62,9 @@ pediatric: ``BraTS-PED-<5 digits>-000``, PED labels 1 ET, 2 NET, 3 CC, 4 ED
     ``core_fraction``         (0.25, 0.5)     (0.6, 0.9)  mostly solid tumour, less oedema
     ``necrosis_fraction``     (0.2, 0.5)      (0.6, 0.9)  share of the core that does not enhance (NET);
                                                           capped by the one-voxel erosion
-    ``enhancing_fraction``    (1, 1)          (0.1, 0.4)  only patches of the rim enhance: ET 0.5-4 mL,
-                                                          6-35 % of TC (source 4-17 mL, 53-80 %)
+    ``enhancing_fraction``    (1, 1)          (0.3, 0.7)  only patches of the rim enhance: a smaller
+                                                          share of TC than in source (seed 0: 53 %
+                                                          against 80 %)
     ``roughness``             0.35            0.6         more diffuse, infiltrative outline ...
     ``grain_mm``              6               8           ... with coarser lobes
     ``elongation``            0.25            0.35        elongated, as along the brainstem
@@ -75,22 +76,39 @@ pediatric: ``BraTS-PED-<5 digits>-000``, PED labels 1 ET, 2 NET, 3 CC, 4 ED
     ``cross_midline``         False           True        thalamic and brainstem tumours cross the midline
     ========================  ==============  ==========  ===============================================
 
-    Contrast: the phantom's NCR class plays the non-enhancing tumour (NET). ``tumour_blur_vox`` 0.4 -> 0.8
-    gives softer, infiltrative margins. The interaction shift changes these intensities:
+    Per-sequence shift (the paediatric centres' own protocols and vendors):
+
+    ================  ======  =========  =======================================================================
+    parameter         source  pediatric  effect
+    ================  ======  =========  =======================================================================
+    ``noise``         8       15         Rician sigma: shorter protocols for children
+    ``bias``          0.08    0.15       coil inhomogeneity up to exp(0.15): +16 % / -14 %
+    ``gamma`` t1      1       1.15       per-sequence intensity response above 1: the dark range is compressed
+    ``gamma`` t1ce    1       1.10
+    ``gamma`` t2      1       0.85       ... and below 1 (lifted) on T2
+    ``gamma`` flair   1       1.20
+    ================  ======  =========  =======================================================================
+
+    Contrast: the phantom's NCR class plays the non-enhancing tumour (NET), solid tumour rather than necrosis.
+    ``tumour_blur_vox`` 0.4 -> 0.8 gives softer, infiltrative margins. The interaction shift changes these
+    intensities:
 
     ==============  ======  =========  ==========================================================
     sequence/class  source  pediatric  why
     ==============  ======  =========  ==========================================================
-    t1ce ET         1000    650        barely enhancing: T1ce/T1 of ET 1.67 -> 1.08
-    t1 NET          250     350        solid tumour, not necrosis: less dark on T1 ...
-    t1ce NET        220     380        ... and on T1ce
-    t2 NET          950     900        whole tumour uniformly bright on T2 ...
-    t2 ET           700     850
-    t2 ED           850     900
-    flair NET       650     900        ... and on FLAIR, which no longer tells the core (dark
-    flair ET        800     850        necrosis in source) from the oedema
-    flair ED        950     900
+    t1ce ET         1000    800        weaker enhancement: T1ce/T1 of ET 1.67 -> 1.33
+    t1 NET          250     300        solid tumour, less dark than necrosis on T1 ...
+    t1ce NET        220     300        ... and on T1ce
+    t2 NET          950     1000       brighter on T2 ...
+    flair NET       650     780        ... and less suppressed on FLAIR: the core's FLAIR/T2 ratio goes
+                                       0.68 -> 0.78 and its contrast to oedema on FLAIR halves
     ==============  ======  =========  ==========================================================
+
+    An earlier version also made the core as bright as oedema on T2 and FLAIR and enhancement nearly absent
+    (T1ce ET 650, 10-40 % of the rim): the core then differed from oedema by about 100 on T1 and T1ce alone,
+    and the source model found no ET and 1 % of TC with or without adaptation. No source-free method can learn a
+    cue the source model never used, so that domain measured nothing about adaptation; real BraTS-PED cores stay
+    distinct from oedema on T2/FLAIR.
 
     Labels are written in the BraTS-PED convention: phantom ET -> 1, NCR (as NET) -> 2, ED -> 4. Label 3 (cystic
     component) is not generated.
@@ -153,16 +171,17 @@ DOMAINS: dict[str, Domain] = {
     "pediatric": Domain(
         "pediatric", "BraTS-PED", "ped",
         tumour=TumourParams(wt_ml=(6.0, 24.0), core_fraction=(0.6, 0.9), necrosis_fraction=(0.6, 0.9),
-                            enhancing_fraction=(0.1, 0.4), roughness=0.6, grain_mm=8.0, elongation=0.35,
+                            enhancing_fraction=(0.3, 0.7), roughness=0.6, grain_mm=8.0, elongation=0.35,
                             centre_x_mm=(-10.0, 15.0), centre_y_mm=(-55.0, -10.0), centre_z_mm=(-30.0, 12.0),
                             centre_wm=0.3, cross_midline=True),
         contrast=_edit(BRATS_CONTRAST, {
-            "t1": {"ncr": 350.0},
-            "t1ce": {"ncr": 380.0, "et": 650.0},
-            "t2": {"ncr": 900.0, "et": 850.0, "ed": 900.0},
-            "flair": {"ncr": 900.0, "et": 850.0, "ed": 900.0},
-        }, tumour_blur_vox=0.8),
+            "t1": {"ncr": 300.0},
+            "t1ce": {"ncr": 300.0, "et": 800.0},
+            "t2": {"ncr": 1000.0},
+            "flair": {"ncr": 780.0},
+        }, tumour_blur_vox=0.8, noise=15.0, bias=0.15),
         head_zoom=0.85,
+        gamma={"t1": 1.15, "t1ce": 1.1, "t2": 0.85, "flair": 1.2},
     ),
 }
 

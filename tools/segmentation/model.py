@@ -110,7 +110,7 @@ def save_weights(model, folder: Path, cfg: SegNetConfig, manifest: dict) -> dict
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "unet.safetensors"
-    state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
+    state = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt"})
     manifest = {**manifest, "config": asdict(cfg), "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "dtype": "float16"}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))

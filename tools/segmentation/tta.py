@@ -33,6 +33,7 @@ from torch import nn
 
 METHODS = ("none", "tent", "vista")
 PAIRS = tuple(itertools.combinations(range(4), 2))
+FORMAT = torch.channels_last_3d  # oneDNN's 3D convolutions run about 20 % faster on CPU in this layout
 
 
 @dataclass
@@ -79,21 +80,24 @@ def hierarchy_fix(p: torch.Tensor) -> torch.Tensor:
 
 
 def lowfreq_swap(x: torch.Tensor, a: int, b: int, ratio: float) -> torch.Tensor:
-    """Swap the low-frequency amplitude of sequences a and b (3D FFT), keeping each channel's phase."""
+    """Swap the low-frequency amplitude of sequences a and b (3D FFT), keeping each channel's phase.
+
+    The spectrum of a real volume is Hermitian, so the real FFT (half of the last axis) holds all of it; the cube
+    is symmetric about DC, so swapping its half there is the same swap as on the full spectrum, at half the cost.
+    """
     out = x.clone()
     if ratio <= 0:
         return out
     dims = x.shape[2:]
     halves = [int(round(ratio * n / 2)) for n in dims]
-    spec = torch.fft.fftshift(torch.fft.fftn(x[:, [a, b]].float(), dim=(-3, -2, -1)), dim=(-3, -2, -1))
+    spec = torch.fft.fftshift(torch.fft.rfftn(x[:, [a, b]].float(), dim=(-3, -2, -1)), dim=(-3, -2))
     amp, phase = spec.abs(), torch.angle(spec)
-    cube = tuple(slice(n // 2 - h, n // 2 + h + 1) for n, h in zip(dims, halves))
+    cube = (*(slice(n // 2 - h, n // 2 + h + 1) for n, h in zip(dims[:2], halves[:2])), slice(0, halves[2] + 1))
     swapped = amp.clone()
     swapped[(slice(None), 0, *cube)] = amp[(slice(None), 1, *cube)]
     swapped[(slice(None), 1, *cube)] = amp[(slice(None), 0, *cube)]
-    mixed = torch.polar(swapped, phase)
-    back = torch.fft.ifftn(torch.fft.ifftshift(mixed, dim=(-3, -2, -1)), dim=(-3, -2, -1)).real
-    out[:, [a, b]] = back.to(x.dtype)
+    mixed = torch.fft.ifftshift(torch.polar(swapped, phase), dim=(-3, -2))
+    out[:, [a, b]] = torch.fft.irfftn(mixed, s=dims, dim=(-3, -2, -1)).to(x.dtype)
     return out
 
 
@@ -102,11 +106,33 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
-def patch_swap(x: torch.Tensor, p_ref: torch.Tensor, a: int, b: int, quantile: float, kernel: int) -> torch.Tensor:
+def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(values, q)`` (linear interpolation) from two order statistics: about 10x faster on a
+    volume, and with no cap on the number of elements."""
+    flat = values.flatten()
+    pos = q * (flat.numel() - 1)
+    lo = int(pos)
+    low = flat.kthvalue(lo + 1).values
+    if lo + 1 >= flat.numel():
+        return low
+    return low + (pos - lo) * (flat.kthvalue(lo + 2).values - low)
+
+
+def dilate(mask: torch.Tensor, kernel: int) -> torch.Tensor:
+    """3D max-pool dilation with a cubic ``kernel`` (stride 1, same size), done as three 1D max-pools: the same
+    result as one cubic pool at 3k instead of k³ comparisons per voxel."""
+    out = mask.float()
+    for axis in range(3):
+        size, pad = [1, 1, 1], [0, 0, 0]
+        size[axis], pad[axis] = kernel, kernel // 2
+        out = F.max_pool3d(out, tuple(size), stride=1, padding=tuple(pad))
+    return out > 0
+
+
+def patch_swap(x: torch.Tensor, p_ref: torch.Tensor, a: int, b: int, q: float, kernel: int) -> torch.Tensor:
     """Swap sequences a and b inside the dilated most-uncertain region of the teacher's prediction."""
     unc = binary_entropy(p_ref).mean(dim=1, keepdim=True)
-    thr = torch.quantile(unc.flatten()[:: max(1, unc.numel() // 2_000_000)], quantile)
-    mask = F.max_pool3d((unc > thr).float(), kernel_size=kernel, stride=1, padding=kernel // 2) > 0
+    mask = dilate(unc > quantile(unc, q), kernel)
     out = x.clone()
     out[:, a:a + 1] = torch.where(mask, x[:, b:b + 1], x[:, a:a + 1])
     out[:, b:b + 1] = torch.where(mask, x[:, a:a + 1], x[:, b:b + 1])
@@ -114,12 +140,14 @@ def patch_swap(x: torch.Tensor, p_ref: torch.Tensor, a: int, b: int, quantile: f
 
 
 class Adapter:
-    """Holds the adapted model(s) across a stream of volumes (one agent thread, or one benchmark domain)."""
+    """Holds the adapted model(s) across a stream of volumes (one agent thread, or one benchmark domain).
+
+    It takes ownership of ``source``: the module becomes the student (channels-last, BN affine trainable)."""
 
     def __init__(self, source: nn.Module, cfg: TTAConfig):
         self.cfg = cfg
         self.source_state = copy.deepcopy(source.state_dict())
-        self.student = source
+        self.student = source.to(memory_format=FORMAT)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.volumes = 0
         self.reset()
@@ -149,6 +177,7 @@ class Adapter:
             self.reset()
         self.volumes += 1
         start = time.perf_counter()
+        x = x.contiguous(memory_format=FORMAT)
         losses = []
         if self.cfg.method == "tent":
             losses = [self._tent_step(x) for _ in range(self.cfg.steps)]
