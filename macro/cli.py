@@ -20,10 +20,12 @@ tools_app = typer.Typer(no_args_is_help=True, help="Registered tools.")
 data_app = typer.Typer(no_args_is_help=True, help="Demo and phantom data.")
 train_app = typer.Typer(no_args_is_help=True, help="Train policies.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluations and benchmarks that print figures.")
+fl_app = typer.Typer(no_args_is_help=True, help="Federated classifiers: train (FedLSM) and forget a site (FCU).")
 app.add_typer(tools_app, name="tools")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(fl_app, name="fl")
 
 PolicyOpt = typer.Option("embedded", "--policy", "-p", help="embedded | hf:PATH | openai:URL | scripted | scripted:PLAN.json")
 ModelOpt = typer.Option(None, "--model", help="model name for openai:URL (default: $MACRO_OPENAI_MODEL)")
@@ -199,6 +201,50 @@ def eval_segmentation(quick: bool = typer.Option(False, "--quick", help="3 volum
     else:
         typer.echo(markdown(report))
     _err("wrote " + ", ".join(map(str, files)))
+
+
+@eval_app.command("federated")
+@guarded
+def eval_federated(quick: bool = typer.Option(False, "--quick", help="smaller federations and fewer rounds (minutes)"),
+                   seed: int = typer.Option(0),
+                   out: Path = typer.Option(Path("runs/federated"), "--out", help="where the JSON, markdown and plot go"),
+                   as_json: bool = typer.Option(False, "--json")):
+    """FedLSM vs FedAvg baselines under label-set mismatch; FCU vs retrain / fine-tune / gradient ascent."""
+    from macro.eval.federated import evaluate, markdown, write_report
+
+    home = Home.current().ensure()
+    report = evaluate(home.data, quick=quick, seed=seed, progress=True, log=_err)
+    files = write_report(report, out)
+    typer.echo(json.dumps(report) if as_json else markdown(report))
+    _err("wrote " + ", ".join(map(str, files)))
+
+
+@fl_app.command("train")
+@guarded
+def fl_train(task: str = typer.Option(..., "--task", help="derm | cxr"),
+             method: str = typer.Option("fedlsm", help="fedlsm | fedavg | fedavg_labelled | pl | pl_ude"),
+             rounds: int = typer.Option(20), n_images: Optional[int] = typer.Option(None, "--n-images"), seed: int = typer.Option(0),
+             out: Optional[Path] = typer.Option(None, "--out", help="weights folder (default: the shipped weights of the task)")):
+    """Train a task's classifier across its sites (each labels only some classes); writes fp16 weights + manifest."""
+    from macro.federated.run import train_task
+
+    home = Home.current().ensure()
+    command = ("macro fl train " + " ".join(sys.argv[3:])).strip()
+    manifest = train_task(task, home.data, out, method, rounds, n_images, seed, command=command)
+    typer.echo(json.dumps({k: manifest[k] for k in ("sha256", "train", "held_out", "temperature", "test_ece")}, indent=2))
+
+
+@fl_app.command("unlearn")
+@guarded
+def fl_unlearn(task: str = typer.Option("derm", "--task", help="derm | cxr"), client: int = typer.Option(..., "--client", help="site to forget"),
+               requested_by: Optional[str] = typer.Option(None, "--requested-by", help="who asked (default: current user)"),
+               out: Optional[Path] = typer.Option(None, "--out", help="where the new weights go (default: replace the task's weights)")):
+    """Forget one site's contribution with FCU, without retraining; appends an audit record."""
+    from macro.federated.run import unlearn_task
+
+    home = Home.current().ensure()
+    record = unlearn_task(task, client, home.data, out=out, requested_by=requested_by)
+    typer.echo(json.dumps(record, indent=2))
 
 
 @eval_app.command("policy")

@@ -58,3 +58,4 @@ def demo_case(home_data_dir: Path) -> Path:
 
 
 from macro.data import brain, domains  # noqa: E402  (imported last: their builders register themselves here)
+from macro.data import cxr, derm  # noqa: E402,F401  (classification phantoms register themselves)

@@ -1,0 +1,135 @@
+"""``macro fl train`` and ``macro fl unlearn``: a federated run that ends in shipped, calibrated weights, and a
+right-to-be-forgotten request that ends in new weights plus an audit record.
+
+Training: FedLSM (or a baseline) over the task's label-set-mismatched sites; the round with the best validation
+mean AUC is kept (FedLSM's model selection); a temperature is fitted on validation; test AUC and calibration error
+go into the manifest. Unlearning: FCU (model-contrastive unlearning with frequency-guided fusion, then short
+equal-weight post-training on the remaining sites) on the federation the manifest names; the audit record says
+who asked, when, which model versions, and the metrics before and after.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import time
+from pathlib import Path
+
+from macro.errors import CaseError
+from macro.federated import fcu as fcu_lib
+from macro.federated import fedlsm
+from macro.federated.tasks import Federation, federation
+from macro.tools.classification.calibrate import ece, fit_temperature, probabilities
+from macro.tools.classification.model import WEIGHTS_DIR, Classifier, save_classifier
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _model(fed: Federation, state) -> Classifier:
+    model = fed.model_fn()
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def metrics(fed: Federation, state, data) -> dict:
+    """AUC / accuracy in points on a held-out or site set."""
+    out = fedlsm.evaluate(_model(fed, state), data)
+    return {"auc": round(out["auc"], 2), "acc": round(out["acc"], 2)}
+
+
+def calibrate(fed: Federation, state) -> dict:
+    """Temperature fitted on validation; ECE on test before and after."""
+    model = _model(fed, state)
+    val_logits = fedlsm.predict(model, fed.val.weak, len(fed.val))
+    temperature = fit_temperature(val_logits, fed.val.labels, fed.multi_label)
+    test_logits = fedlsm.predict(model, fed.test.weak, len(fed.test))
+    return {"temperature": round(temperature, 4),
+            "test_ece_raw": round(ece(probabilities(test_logits, fed.multi_label), fed.test.labels, fed.multi_label), 2),
+            "test_ece": round(ece(probabilities(test_logits, fed.multi_label, temperature), fed.test.labels, fed.multi_label), 2)}
+
+
+def train_fedlsm(fed: Federation, method: str = "fedlsm", rounds: int = 20, lr: float = 1e-3, progress: bool = False) -> tuple[dict, dict]:
+    """Run ``method`` (a FedLSM variant) and keep the round with the best validation mean AUC."""
+    cfg = fedlsm.FedLSMConfig.variant(method, rounds=rounds, local_iters=fed.task.local_iters, lr=lr)
+    best = {"val_auc": -1.0}
+    start = time.perf_counter()
+
+    def on_round(round_, state, results):
+        val = fedlsm.evaluate(_model(fed, state), fed.val)["auc"]
+        if val > best["val_auc"]:
+            best.update(val_auc=val, round=round_, state={k: v.clone() for k, v in state.items()})
+
+    fedlsm.run(fed.model_fn, fed.clients, cfg, init_state=fed.init_state(), on_round=on_round, progress=progress)
+    info = {"method": method, "rounds": rounds, "best_round": best["round"], "val_auc": round(best["val_auc"], 2),
+            "lr": lr, "local_iters": cfg.local_iters, "seconds": round(time.perf_counter() - start, 1)}
+    return best["state"], info
+
+
+def train_task(task: str, data_root: Path, out: Path | None = None, method: str = "fedlsm", rounds: int = 20,
+               n_images: int | None = None, seed: int = 0, lr: float = 1e-3, command: str = "macro fl train",
+               progress: bool = True) -> dict:
+    fed = federation(task, data_root, "labelset", n_images, seed, progress=progress)
+    state, info = train_fedlsm(fed, method, rounds, lr, progress)
+    manifest = {"name": f"{task}-classifier", "task": task, "classes": list(fed.classes), "multi_label": fed.multi_label,
+                "method": method, "created": _now(), "command": command, "seed": seed, "federation": fed.recipe,
+                "label_sets": {str(k): v for k, v in fed.label_sets.items()}, "train": info,
+                "held_out": {"test": metrics(fed, state, fed.test)}, **calibrate(fed, state), "unlearned_clients": []}
+    return save_classifier(_model(fed, state), out or WEIGHTS_DIR / task, manifest)
+
+
+def audit_path() -> Path:
+    from macro.config import Home
+
+    return Home.current().ensure().root / "audit" / "unlearning.jsonl"
+
+
+def append_audit(record: dict, path: Path | None = None) -> Path:
+    """One JSON line per request, appended with O_APPEND so concurrent writers never interleave a line."""
+    path = path or audit_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return path
+
+
+def unlearn_task(task: str, client: int, data_root: Path, weights: Path | None = None, out: Path | None = None,
+                 requested_by: str | None = None, cfg: fcu_lib.FCUConfig | None = None, progress: bool = True) -> dict:
+    """Forget ``client`` from the task's shipped model with FCU; write new weights and an audit record."""
+    from macro.tools.classification.model import load_classifier
+
+    folder = weights or WEIGHTS_DIR / task
+    model, manifest = load_classifier(folder)
+    recipe = manifest["federation"]
+    if not 0 <= client < recipe["n_clients"]:
+        raise CaseError(None, f"client must be in 0..{recipe['n_clients'] - 1} for task {task}, got {client}")
+    if client in manifest.get("unlearned_clients", []):
+        raise CaseError(None, f"client {client} was already unlearned from this model ({folder})")
+    fed = federation(task, data_root, recipe["split"], recipe["n_images"], recipe["seed"], progress=progress)
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    remaining = [k for k in fed.clients if k != client and k not in manifest.get("unlearned_clients", [])]
+    cfg = cfg or fcu_lib.FCUConfig(lr=1e-4, post_rounds=2, post_iters=fed.task.local_iters, post_lr=1e-3)
+
+    def snapshot(state) -> dict:
+        return {"forgotten": metrics(fed, state, fed.site_eval([client])), "others": metrics(fed, state, fed.site_eval(remaining)),
+                "test": metrics(fed, state, fed.test)}
+
+    before = snapshot(trained)
+    final, _, stats = fcu_lib.fcu(fed.model_fn, fed.init_state(), trained, {k: fed.clients[k] for k in [client, *remaining]}, client, cfg)
+    after = snapshot(final)
+    new = {**manifest, "created": _now(), "unlearned_clients": sorted([*manifest.get("unlearned_clients", []), client]),
+           "previous_sha256": manifest["sha256"], "held_out": {"test": after["test"]}, **calibrate(fed, final)}
+    new = save_classifier(_model(fed, final), out or folder, new)
+    record = {"event": "client-unlearning", "task": task, "client": client, "requested_by": requested_by or getpass.getuser(),
+              "when": new["created"], "model_before": manifest["sha256"], "model_after": new["sha256"],
+              "method": "FCU", "config": {k: v for k, v in vars(cfg).items()}, "seconds": round(stats["seconds"], 1),
+              "metrics_before": before, "metrics_after": after, "weights": str(out or folder)}
+    record["audit_log"] = str(append_audit(record))
+    return record
+

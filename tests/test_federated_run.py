@@ -1,0 +1,64 @@
+"""Federated classifiers end to end on small federations: build, train, calibrate, unlearn with an audit trail,
+the classification tools, and a slice of ``macro eval federated``."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from macro.errors import CaseError
+
+
+@pytest.fixture(scope="module")
+def derm_fed(tmp_path_factory):
+    from macro.federated.tasks import federation
+
+    return federation("derm", tmp_path_factory.mktemp("data"), "labelset", n_images=150, seed=3, n_strong=1)
+
+
+def test_labelset_federation_erases_what_a_site_does_not_label(derm_fed):
+    fed = derm_fed
+    assert len(fed.clients) == 5 and fed.classes[:2] == ("MEL", "NV") and not fed.multi_label
+    all_rows = np.concatenate(list(fed.client_images.values()))
+    assert len(set(all_rows.tolist())) == len(all_rows)  # every training image sits at exactly one site
+    for k, data in fed.clients.items():
+        outside = [c for c in range(len(fed.classes)) if c not in fed.label_sets[k]]
+        assert 2 <= len(fed.label_sets[k]) <= 3 and data.label_mask[outside].sum() == 0
+        assert data.labels[:, outside].sum() == 0
+        assert data.weak(np.arange(4)).shape == (4, 320, 3, 3)
+    assert np.array_equal(fed.test.weak(np.arange(5)).numpy(), fed.test.weak(np.arange(5)).numpy())  # held-out view is fixed
+
+
+def test_unknown_task_and_bad_split_are_clear_errors(tmp_path):
+    from macro.federated.tasks import federation
+
+    with pytest.raises(CaseError, match="unknown task"):
+        federation("mri", tmp_path)
+    with pytest.raises(CaseError, match="single-label"):
+        federation("cxr", tmp_path, "dirichlet", n_images=100)
+
+
+@pytest.mark.slow
+def test_train_then_unlearn_writes_weights_manifest_and_audit(tmp_path, home):
+    from macro.federated.fcu import FCUConfig
+    from macro.federated.run import train_task, unlearn_task
+    from macro.tools.classification.model import load_classifier
+
+    out = tmp_path / "derm"
+    manifest = train_task("derm", tmp_path / "data", out, rounds=2, n_images=150, seed=3, progress=False)
+    model, loaded = load_classifier(out)
+    assert loaded["sha256"] == manifest["sha256"] and loaded["dtype"] == "float16" and 0.05 <= loaded["temperature"] <= 20
+    assert loaded["federation"]["n_clients"] == 5 and loaded["held_out"]["test"]["auc"] > 50
+    cfg = FCUConfig(iterations=10, fusion_interval=5, lr=1e-4, post_rounds=1, post_iters=2, post_lr=1e-3)
+    record = unlearn_task("derm", 2, tmp_path / "data", weights=out, requested_by="dpo@hospital", cfg=cfg, progress=False)
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["unlearned_clients"] == [2] and after["previous_sha256"] == manifest["sha256"] != after["sha256"]
+    assert record["model_before"] == manifest["sha256"] and record["model_after"] == after["sha256"]
+    assert record["requested_by"] == "dpo@hospital" and set(record["metrics_before"]) == {"forgotten", "others", "test"}
+    lines = [json.loads(line) for line in open(record["audit_log"])]
+    assert lines[-1]["client"] == 2 and lines[-1]["model_after"] == after["sha256"]
+    with pytest.raises(CaseError, match="already unlearned"):
+        unlearn_task("derm", 2, tmp_path / "data", weights=out, cfg=cfg, progress=False)
+    with pytest.raises(CaseError, match="client must be"):
+        unlearn_task("derm", 9, tmp_path / "data", weights=out, cfg=cfg, progress=False)

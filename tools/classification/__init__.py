@@ -1,0 +1,1 @@
+"""Image classification tools (dermoscopy lesions, chest X-ray findings) trained federatedly."""

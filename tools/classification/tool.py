@@ -1,0 +1,105 @@
+"""``classify_lesion`` (dermoscopy, 7 ISIC classes) and ``classify_findings`` (chest X-ray, multi-label findings).
+
+Both run the federatedly trained classifier of their task (``macro fl train --task derm|cxr``) and report
+temperature-calibrated probabilities with the model version (weights sha256 and the training run), so an answer
+can be traced to the exact model that produced it. After ``macro fl unlearn`` the shipped weights change, and the
+version tells which model answered.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+from pydantic import BaseModel, Field
+
+from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.classification.model import WEIGHTS_DIR, Trunk, case_pixels, imagenet_backbone, load_classifier, resize
+
+_LOCK = threading.Lock()
+_LOADED: dict = {}
+
+
+def task_model(task: str):
+    """(trunk, classifier, manifest) of a task, loaded once per process and reloaded when the weights change."""
+    folder = WEIGHTS_DIR / task
+    stamp = (folder / "manifest.json").stat().st_mtime if (folder / "manifest.json").exists() else None
+    with _LOCK:
+        hit = _LOADED.get(task)
+        if hit is None or hit[0] != stamp:
+            if "trunk" not in _LOADED:
+                _LOADED["trunk"] = Trunk(imagenet_backbone())
+            model, manifest = load_classifier(folder)
+            hit = _LOADED[task] = (stamp, model, manifest)
+        return _LOADED["trunk"], hit[1], hit[2]
+
+
+def classify(ctx: ToolContext, task: str) -> tuple[dict[str, float], dict]:
+    from macro.tools.classification.calibrate import probabilities
+
+    trunk, model, manifest = task_model(task)
+    with torch.no_grad():
+        _, logits = model(trunk(resize(case_pixels(ctx.case.image))))
+    probs = probabilities(logits, manifest["multi_label"], manifest["temperature"])[0]
+    version = {"sha256": manifest["sha256"][:12], "trained": manifest.get("created"), "method": manifest.get("method"),
+               "unlearned_clients": manifest.get("unlearned_clients", [])}
+    return {c: round(float(p), 4) for c, p in zip(manifest["classes"], probs)}, version
+
+
+class ClassifyArgs(BaseModel):
+    top_k: int = Field(3, ge=1, le=14, description="how many classes to list in the answer")
+
+
+class ClassifyLesion(MacroTool):
+    name: str = "classify_lesion"
+    description: str = "Classify a dermoscopy skin lesion (MEL, NV, BCC, AKIEC, BKL, DF, VASC) with calibrated probabilities."
+    args_schema: type[BaseModel] = ClassifyArgs
+    spec = ToolSpec(
+        modalities=("dermoscopy",), dims=(2,), version="1.0.0", weights=str(WEIGHTS_DIR / "derm" / "manifest.json"),
+        examples=(
+            ToolExample(request="What kind of lesion is this?", args={}),
+            ToolExample(request="Is this mole a melanoma?", args={}),
+            ToolExample(request="Classify the skin lesion.", args={}),
+            ToolExample(request="Give me the diagnosis probabilities for this dermoscopy image.", args={}),
+            ToolExample(request="Which of the seven ISIC classes fits best?", args={}),
+            ToolExample(request="Top two diagnoses for this lesion?", args={"top_k": 2}),
+            ToolExample(request="Benign nevus or something worse?", args={}),
+            ToolExample(request="List all class probabilities for the lesion.", args={"top_k": 7}),
+            ToolExample(request="Could this be a basal cell carcinoma?", args={}),
+            ToolExample(request="Most likely diagnosis only.", args={"top_k": 1}),
+        ),
+    )
+
+    def execute(self, ctx: ToolContext, args: ClassifyArgs) -> ToolResult:
+        probs, version = classify(ctx, "derm")
+        ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
+        text = "Lesion class probabilities (calibrated): " + ", ".join(f"{c} {p:.2f}" for c, p in ranked) + f" (model {version['sha256']})."
+        return ToolResult(text=text, data={"probabilities": probs, "top": ranked[0][0], "model_version": version})
+
+
+class ClassifyFindings(MacroTool):
+    name: str = "classify_findings"
+    description: str = "Detect chest X-ray findings (multi-label) with calibrated probabilities per finding."
+    args_schema: type[BaseModel] = ClassifyArgs
+    spec = ToolSpec(
+        modalities=("xray",), dims=(2,), version="1.0.0", weights=str(WEIGHTS_DIR / "cxr" / "manifest.json"),
+        examples=(
+            ToolExample(request="What findings are on this chest X-ray?", args={}),
+            ToolExample(request="Is there a pleural effusion?", args={}),
+            ToolExample(request="Read this chest radiograph.", args={}),
+            ToolExample(request="Any signs of cardiomegaly or pneumothorax?", args={}),
+            ToolExample(request="Screen the X-ray for abnormalities.", args={}),
+            ToolExample(request="Top five findings with probabilities, please.", args={"top_k": 5}),
+            ToolExample(request="Is there a nodule or mass?", args={}),
+            ToolExample(request="Which finding is most likely?", args={"top_k": 1}),
+            ToolExample(request="List the probability of every finding.", args={"top_k": 14}),
+            ToolExample(request="Does the film show consolidation?", args={}),
+        ),
+    )
+
+    def execute(self, ctx: ToolContext, args: ClassifyArgs) -> ToolResult:
+        probs, version = classify(ctx, "cxr")
+        ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
+        present = [c for c, p in probs.items() if p >= 0.5]
+        text = ("Findings (calibrated probability): " + ", ".join(f"{c} {p:.2f}" for c, p in ranked)
+                + f"; above 0.5: {', '.join(present) or 'none'} (model {version['sha256']}).")
+        return ToolResult(text=text, data={"probabilities": probs, "present": present, "model_version": version})
