@@ -17,6 +17,8 @@ AXIS_WORDS = {"coronal": "coronal", "sagittal": "sagittal", "axial": "axial", "t
 SEQUENCE_WORDS = [("t1ce", "t1ce"), ("post-contrast", "t1ce"), ("contrast", "t1ce"), ("flair", "flair"), ("t2", "t2"), ("t1", "t1")]
 RULES: list[tuple[str, str]] = [
     ("segment_brain_tumor", r"segment|delineat|outline|\bmasks?\b|boundar"),
+    ("classify_lesion", r"lesion|mole|melanoma|nev|carcinoma|diagnos|classif|what kind of|benign|malignan"),
+    ("classify_findings", r"finding|effusion|cardiomegal|pneumothorax|nodule|\bmass\b|consolidat|atelecta|infiltrat|x-?ray|radiograph|abnormal"),
     ("measure_volume", r"volume|how (big|large)|size of the (tumou?r|lesion|mass|core)|burden|\bml\b|millilit|measure"),
     ("render_slice", r"\bshow|render|display|\bview|picture|visuali[sz]e|\bplot|\bdraw|screenshot|\bsee\b"),
     ("crop_resample", r"resampl|\bcrop|isotropic|regrid|downsampl|interpolat"),

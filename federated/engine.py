@@ -50,6 +50,17 @@ def fedavg(global_state: State, results: Sequence[ClientResult], round_: int = 0
     return weighted_average([r.state for r in results], [1.0 if equal else r.n_samples for r in results])
 
 
+def local_model(model_fn: Callable[[], torch.nn.Module], state: Mapping[str, torch.Tensor], lr: float,
+                betas: tuple[float, float], weight_decay: float) -> tuple[torch.nn.Module, torch.optim.Adam]:
+    """A fresh model in train mode holding ``state``, and Adam over its trainable parameters: how every local
+    update (FedLSM, plain FedAvg, gradient ascent) starts."""
+    model = model_fn()
+    model.load_state_dict(state)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
 def simulate(state: State, clients: Sequence[int], rounds: int, client_fn: ClientFn, aggregate_fn: AggregateFn,
              on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None, progress: bool = False,
              desc: str = "federated rounds") -> State:

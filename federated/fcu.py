@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from macro.federated.engine import ClientFn, ClientResult, State, fedavg, simulate
+from macro.federated.engine import ClientFn, ClientResult, State, fedavg, local_model, simulate
 from macro.federated.fedlsm import ClientData, evaluate, label_loss, mean_auc
 
 __all__ = ["FLConfig", "FCUConfig", "supervised_client", "train_fedavg", "mcu_loss", "fusable_keys", "fgmp_fuse",
@@ -131,11 +131,7 @@ def supervised_client(model_fn: Callable[[], nn.Module], data: Mapping[int, Clie
     def client_fn(global_state: State, client: int, round_: int) -> ClientResult:
         start = time.perf_counter()
         d = data[client]
-        model = model_fn()
-        model.load_state_dict(global_state)
-        model.train()
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
-                                     weight_decay=cfg.weight_decay)
+        model, optimizer = local_model(model_fn, global_state, cfg.lr, cfg.betas, cfg.weight_decay)
         if client in states:
             optimizer.load_state_dict(states[client])
         rng = np.random.default_rng([cfg.seed, client, round_])
@@ -322,11 +318,8 @@ def gradient_ascent(model_fn: Callable[[], nn.Module], trained: State, data: Map
     at chance level and the gradient norm clipped to ``cfg.ga_clip``; then FCU's post-training."""
     start = time.perf_counter()
     d = data[forget]
-    model = model_fn()
-    model.load_state_dict(trained)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.ga_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    model, optimizer = local_model(model_fn, trained, cfg.ga_lr, cfg.betas, cfg.weight_decay)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     bound = math.log(2.0) if d.multi_label else math.log(d.labels.shape[1])
     rng = np.random.default_rng(cfg.seed)
     for _ in range(cfg.ga_iterations):

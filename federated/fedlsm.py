@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from macro.federated.engine import AggregateFn, ClientFn, ClientResult, State, fedavg, simulate
+from macro.federated.engine import AggregateFn, ClientFn, ClientResult, State, fedavg, local_model, simulate
 
 
 @dataclass
@@ -250,11 +250,7 @@ def fedlsm_client(model_fn: Callable[[], nn.Module], data: Mapping[int, ClientDa
     def client_fn(global_state: State, client: int, round_: int) -> ClientResult:
         start = time.perf_counter()
         d = data[client]
-        model = model_fn()
-        model.load_state_dict(global_state)
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        model, optimizer = local_model(model_fn, global_state, cfg.lr, cfg.betas, cfg.weight_decay)
         if client in states:
             optimizer.load_state_dict(states[client])
         teacher = _frozen_copy(model)

@@ -51,7 +51,7 @@ def calibrate(fed: Federation, state) -> dict:
             "test_ece": round(ece(probabilities(test_logits, fed.multi_label, temperature), fed.test.labels, fed.multi_label), 2)}
 
 
-def train_fedlsm(fed: Federation, method: str = "fedlsm", rounds: int = 20, lr: float = 1e-3, progress: bool = False) -> tuple[dict, dict]:
+def train_fedlsm(fed: Federation, method: str = "fedlsm", rounds: int = 50, lr: float = 1e-3, progress: bool = False) -> tuple[dict, dict]:
     """Run ``method`` (a FedLSM variant) and keep the round with the best validation mean AUC."""
     cfg = fedlsm.FedLSMConfig.variant(method, rounds=rounds, local_iters=fed.task.local_iters, lr=lr)
     best = {"val_auc": -1.0}
@@ -68,7 +68,7 @@ def train_fedlsm(fed: Federation, method: str = "fedlsm", rounds: int = 20, lr: 
     return best["state"], info
 
 
-def train_task(task: str, data_root: Path, out: Path | None = None, method: str = "fedlsm", rounds: int = 20,
+def train_task(task: str, data_root: Path, out: Path | None = None, method: str = "fedlsm", rounds: int = 50,
                n_images: int | None = None, seed: int = 0, lr: float = 1e-3, command: str = "macro fl train",
                progress: bool = True) -> dict:
     fed = federation(task, data_root, "labelset", n_images, seed, progress=progress)
@@ -114,7 +114,7 @@ def unlearn_task(task: str, client: int, data_root: Path, weights: Path | None =
     fed = federation(task, data_root, recipe["split"], recipe["n_images"], recipe["seed"], progress=progress)
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     remaining = [k for k in fed.clients if k != client and k not in manifest.get("unlearned_clients", [])]
-    cfg = cfg or fcu_lib.FCUConfig(lr=1e-4, post_rounds=2, post_iters=fed.task.local_iters, post_lr=1e-3)
+    cfg = cfg or fcu_lib.FCUConfig(lr=1e-3, post_rounds=2, post_iters=fed.task.local_iters, post_lr=1e-3)
 
     def snapshot(state) -> dict:
         return {"forgotten": metrics(fed, state, fed.site_eval([client])), "others": metrics(fed, state, fed.site_eval(remaining)),

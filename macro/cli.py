@@ -223,7 +223,7 @@ def eval_federated(quick: bool = typer.Option(False, "--quick", help="smaller fe
 @guarded
 def fl_train(task: str = typer.Option(..., "--task", help="derm | cxr"),
              method: str = typer.Option("fedlsm", help="fedlsm | fedavg | fedavg_labelled | pl | pl_ude"),
-             rounds: int = typer.Option(20), n_images: Optional[int] = typer.Option(None, "--n-images"), seed: int = typer.Option(0),
+             rounds: int = typer.Option(50), n_images: Optional[int] = typer.Option(None, "--n-images"), seed: int = typer.Option(0),
              out: Optional[Path] = typer.Option(None, "--out", help="weights folder (default: the shipped weights of the task)")):
     """Train a task's classifier across its sites (each labels only some classes); writes fp16 weights + manifest."""
     from macro.federated.run import train_task

@@ -53,3 +53,14 @@ def tiny_model(tmp_path_factory, model_home):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest (and share a busy machine best) on one intra-op thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

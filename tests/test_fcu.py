@@ -14,13 +14,7 @@ SIZE = 8
 TRIGGER = torch.tensor([[1.0, -1, 1], [-1, 1, -1], [1, -1, 1]]) * 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and share a busy machine best) on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CNN(nn.Module):

@@ -62,3 +62,22 @@ def test_train_then_unlearn_writes_weights_manifest_and_audit(tmp_path, home):
         unlearn_task("derm", 2, tmp_path / "data", weights=out, cfg=cfg, progress=False)
     with pytest.raises(CaseError, match="client must be"):
         unlearn_task("derm", 9, tmp_path / "data", weights=out, cfg=cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_eval_slice_keeps_the_shape_and_the_direction_of_the_full_run(tmp_path):
+    """A small slice of ``macro eval federated`` (the full run is in the README): the documented JSON shape, FedLSM
+    not behind FedAvg, and FCU forgetting more than it was trained to remember, faster than retraining."""
+    from macro.eval.federated import classification, markdown, unlearning
+
+    p = {"cxr_images": 600, "cxr_rounds": 4, "derm_images": 600, "fl_rounds": 6, "fl_iters": 10, "post_rounds": 1}
+    report = {"classification": classification(tmp_path, p, log=lambda *_: None),
+              "unlearning": unlearning(tmp_path, p, log=lambda *_: None)}
+    cls, unl = report["classification"], report["unlearning"]
+    assert set(cls) == {"fedavg", "fedavg_labelled", "fedlsm"} and all(0 <= r["mean_auc"] <= 100 for r in cls.values())
+    assert {"fcu", "retrain", "finetune", "gradient_ascent"} <= set(unl)
+    assert all({"forgotten_acc", "others_acc", "test_auc", "seconds"} <= set(r) for r in unl.values())
+    assert cls["fedlsm"]["mean_auc"] >= cls["fedavg"]["mean_auc"] - 1
+    assert unl["fcu"]["forgotten_acc"] < unl["original"]["forgotten_acc"]
+    assert unl["fcu"]["test_auc"] >= unl["retrain"]["test_auc"] - 5 and unl["fcu"]["seconds"] < unl["retrain"]["seconds"]
+    assert "fedlsm" in markdown(report)

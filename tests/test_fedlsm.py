@@ -16,13 +16,7 @@ from macro.federated.fedlsm import (VARIANTS, ClientData, FedLSMConfig, awpa, cl
 C, D = 6, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and share a busy machine best) on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MLP(nn.Module):

@@ -25,10 +25,11 @@ class Registry:
 
     @classmethod
     def default(cls) -> "Registry":
+        from macro.tools.classification.tool import ClassifyFindings, ClassifyLesion
         from macro.tools.imaging import BUILTINS
         from macro.tools.segmentation.tool import SegmentBrainTumor
 
-        registry = cls(tool() for tool in (*BUILTINS, SegmentBrainTumor))
+        registry = cls(tool() for tool in (*BUILTINS, SegmentBrainTumor, ClassifyLesion, ClassifyFindings))
         registry.load_entry_points()
         return registry
 
