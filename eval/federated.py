@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 from macro.federated import fcu as fcu_lib
-from macro.federated import fedlsm
 from macro.federated.run import metrics, train_fedlsm
 from macro.federated.tasks import federation
 

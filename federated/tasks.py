@@ -29,8 +29,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from macro.errors import CaseError
 from macro.data.labelled import LabelledSet, dirichlet_split, erase_labels, label_set_split, read_phantom, shard, train_val_test
+from macro.errors import CaseError
 from macro.federated.fedlsm import ClientData
 from macro.tools.classification.model import IMAGE_SIZE, Classifier, FeatureBank, Trunk, imagenet_backbone
 

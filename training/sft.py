@@ -51,7 +51,8 @@ class SFTRecipe:
 
 def training_cases(home: Home, n_demo: int) -> list[Case]:
     """Real cases: a brain-MRI phantom with a reference mask, a low-field phantom given as four bare sequences (no
-    mask, so volume questions start with a segmentation), a real T1 without a mask, a real 2D CT DICOM."""
+    mask, so volume questions start with a segmentation), a real T1 without a mask, a real 2D CT DICOM, and one
+    dermoscopy and one chest X-ray phantom (so the policy learns the classification tools)."""
     import nibabel
     from pydicom.data import get_testdata_file
 
@@ -64,6 +65,7 @@ def training_cases(home: Home, n_demo: int) -> list[Case]:
     cases.append(load_case(brats_files(shifted)[0]))
     cases.append(load_case(Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"))
     cases.append(load_case(get_testdata_file("CT_small.dcm")))
+    cases += [load_case(make(name, home.data / f"sft-{name}", n=1, seed=300)[0]) for name in ("derm-phantom", "cxr-phantom")]
     return cases
 
 
