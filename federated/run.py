@@ -9,6 +9,7 @@ who asked, when, which model versions, and the metrics before and after.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import getpass
 import json
@@ -128,7 +129,7 @@ def unlearn_task(task: str, client: int, data_root: Path, weights: Path | None =
     new = save_classifier(_model(fed, final), out or folder, new)
     record = {"event": "client-unlearning", "task": task, "client": client, "requested_by": requested_by or getpass.getuser(),
               "when": new["created"], "model_before": manifest["sha256"], "model_after": new["sha256"],
-              "method": "FCU", "config": {k: v for k, v in vars(cfg).items()}, "seconds": round(stats["seconds"], 1),
+              "method": "FCU", "config": dataclasses.asdict(cfg), "seconds": round(stats["seconds"], 1),
               "metrics_before": before, "metrics_after": after, "weights": str(out or folder)}
     record["audit_log"] = str(append_audit(record))
     return record

@@ -56,8 +56,6 @@ class Federation:
     """Everything a run needs: per-site data views, held-out sets, and how to make a fresh model."""
 
     task: Task
-    classes: tuple[str, ...]
-    multi_label: bool
     clients: dict[int, ClientData]
     val: ClientData
     test: ClientData
@@ -67,6 +65,14 @@ class Federation:
     bank: FeatureBank
     labelled: LabelledSet
     recipe: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.labelled.classes
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labelled.multi_label
 
     def model_fn(self) -> Classifier:
         return copy.deepcopy(self.template)
@@ -119,6 +125,8 @@ def federation(task_name: str, data_root: Path, split: str = "labelset", n_image
     task = TASKS[task_name]
     n_images = n_images or task.n_images
     data = labelled if labelled is not None else read_phantom(dataset_folder(data_root, task, n_images, seed))
+    if split == "dirichlet" and data.multi_label:
+        raise CaseError(None, "the Dirichlet label split needs a single-label task (derm)")
     train, val, test = train_val_test(len(data), seed=seed, groups=data.patient_ids)
     backbone = imagenet_backbone()
     torch.manual_seed(seed)
@@ -132,8 +140,6 @@ def federation(task_name: str, data_root: Path, split: str = "labelset", n_image
         parts = [train[p] for p in shard(len(train), task.n_clients, seed)]
         sets = label_set_split(len(data.classes), task.n_clients, task.per_client, seed)
     else:
-        if data.multi_label:
-            raise CaseError(None, "the Dirichlet label split needs a single-label task (derm)")
         parts = [train[p] for p in dirichlet_split(data.labels[train].argmax(1), task.n_clients, alpha=1.0, seed=seed)]
         sets = [list(range(len(data.classes)))] * task.n_clients
     clients, label_sets = {}, {}
@@ -143,7 +149,7 @@ def federation(task_name: str, data_root: Path, split: str = "labelset", n_image
         label_sets[k] = list(chosen)
     recipe = {"task": task.name, "dataset": task.dataset if labelled is None else "external", "n_images": len(data),
               "seed": seed, "split": split, "n_clients": task.n_clients, "image_size": IMAGE_SIZE, "n_strong": n_strong}
-    return Federation(task, data.classes, data.multi_label, clients,
+    return Federation(task, clients,
                       _client_data(bank, val, data.labels[val], full, data.multi_label, fixed=True),
                       _client_data(bank, test, data.labels[test], full, data.multi_label, fixed=True),
                       dict(enumerate(parts)), label_sets, template, bank, data, recipe)

@@ -161,9 +161,8 @@ class FeatureBank:
     def __len__(self) -> int:
         return self.views.shape[1]
 
-    def view(self, index: int, idx: np.ndarray | None = None) -> torch.Tensor:
-        maps = self.views[index]
-        return (maps if idx is None else maps[torch.as_tensor(idx)]).float()
+    def view(self, index: int, idx: np.ndarray) -> torch.Tensor:
+        return self.views[index, torch.as_tensor(idx)].float()
 
     def weak(self, idx: np.ndarray) -> torch.Tensor:
         return self._pick(idx, torch.randint(2, (len(idx),), generator=self.generator))
