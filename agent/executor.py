@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from macro.artifacts import ArtifactStore
 from macro.case import Case
 from macro.errors import CaseError
+from macro.skills.composite import bound_history, resolve_args
 from macro.tools.base import ToolContext
 from macro.tools.registry import Registry
 
@@ -35,6 +36,7 @@ class Step:
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     version: str | None = None
+    children: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +67,8 @@ class ToolExecutor:
             parsed = tool.args_schema(**args)
         except ValidationError as exc:
             return self._fail(name, raw_args, call_id, start, _explain(name, exc), tool.spec.version)
+        if getattr(type(tool), "definition", None) is not None:
+            return self._run_composite(tool, parsed, call_id, case, history, session, start)
         ctx = ToolContext(case=case, store=self.store, history=history, session={} if session is None else session)
         try:
             result = tool.execute(ctx, parsed)
@@ -81,6 +85,30 @@ class ToolExecutor:
                     inputs={"case": case.id, **ctx.used}, outputs=[a["id"] for a in result.artifacts], version=tool.spec.version)
         msg = ToolMessage(text, name=name, tool_call_id=call_id, artifact=result.model_dump())
         return msg, step, result.artifacts
+
+    def _run_composite(self, tool, parsed, call_id, case, history, session, start):
+        """Run a composite's steps through :meth:`run`: each is validated and recorded as a child step; the first
+        failure stops the composite and is reported with the step it happened in."""
+        comp = type(tool).definition
+        params = parsed.model_dump()
+        children, produced, results = [], [], []
+        for j, spec in enumerate(comp.steps):
+            call = {"name": spec["tool"], "args": resolve_args(spec, params, results), "id": f"{call_id}.{j}"}
+            msg, child, refs = self.run(call, case, bound_history(spec, history, produced), session)
+            children.append(child.to_dict())
+            if not child.ok:
+                error = f"{tool.name} stopped at step {j + 1}/{len(comp.steps)} ({spec['tool']}): {child.error}"
+                step = Step(tool=tool.name, args=params, ok=False, ms=(time.perf_counter() - start) * 1000, error=error,
+                            version=tool.spec.version, children=children)
+                return ToolMessage(f"error: {error}", name=tool.name, tool_call_id=call_id, status="error"), step, [r for p in produced for r in p]
+            produced.append(refs)
+            results.append(child.data)
+        refs = [r for p in produced for r in p]
+        text = " ".join(c["summary"] for c in children)
+        step = Step(tool=tool.name, args=params, ok=True, ms=(time.perf_counter() - start) * 1000, summary=text, data=results[-1],
+                    inputs={"case": case.id}, outputs=[r["id"] for r in refs], version=tool.spec.version, children=children)
+        msg = ToolMessage(text, name=tool.name, tool_call_id=call_id, artifact={"text": text, "data": results[-1], "artifacts": refs})
+        return msg, step, refs
 
     def _fail(self, name, args, call_id, start, error, version=None):
         step = Step(tool=name, args=args, ok=False, ms=(time.perf_counter() - start) * 1000, error=error, version=version)

@@ -47,6 +47,7 @@ class AgentState(TypedDict, total=False):
     steps: Annotated[list[dict], _turn_reducer]
     retries: Annotated[list[str], _turn_reducer]
     answer: str
+    hints: list[str]
 
 
 @dataclass
@@ -65,7 +66,7 @@ def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore,
     def policy_node(state: AgentState) -> dict:
         case = load_case_ref(state["case"])
         tools = registry.for_case(case)
-        messages = [system_message(case.summary()), *state["messages"]]
+        messages = [system_message(case.summary(), state.get("hints") or ()), *state["messages"]]
         ai = policy.bind_tools(tools).invoke(messages)
         if ai.tool_calls or not ai.invalid_tool_calls:
             return {"messages": [ai]}
@@ -168,10 +169,12 @@ class Agent:
     """Runs turns of the graph on a case within persistent threads, recording each turn's trajectory."""
 
     def __init__(self, policy: BaseChatModel, policy_id: str, registry: Registry | None = None, home: Home | None = None,
-                 max_steps: int = MAX_STEPS):
+                 max_steps: int = MAX_STEPS, memory: bool = True):
+        """``memory``: give the policy hints from similar verified cases in the home's image memory, when it has any."""
         self.home = (home or Home.current()).ensure()
         self.policy_id = policy_id
-        self.registry = registry or Registry.default()
+        self.registry = registry or Registry.default(home=self.home)
+        self.use_memory = memory
         self.trajectories = TrajectoryStore(self.home.trajectories_db)
         from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -189,8 +192,17 @@ class Agent:
     def _graph(self, store: ArtifactStore):
         return build_graph(self.policy, self.registry, store, self.max_steps, self.checkpointer, self.sessions)
 
-    def stream(self, case: Case | None, question: str, thread_id: str | None = None) -> Iterator[tuple[str, Any]]:
-        """Yield ``("step", Step)`` as tools finish, then ``("done", TurnResult)``."""
+    def hints(self, case: Case, family: str) -> list[str]:
+        if not self.use_memory or not self.home.memory.exists():
+            return []
+        from macro.agent.experience import hints_for
+        from macro.memory.store import ImageMemory
+
+        return hints_for(case, family, ImageMemory(self.home.memory))
+
+    def stream(self, case: Case | None, question: str, thread_id: str | None = None, family: str = "") -> Iterator[tuple[str, Any]]:
+        """Yield ``("step", Step)`` as tools finish, then ``("done", TurnResult)``. ``family`` names the task family
+        (a benchmark's); it defaults to the case's modality and scopes memory retrieval."""
         thread_id = thread_id or f"thread-{uuid.uuid4().hex[:12]}"
         config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 4 * self.max_steps + 10}
         case_ref = case.ref() if case is not None else self.thread_case(thread_id)
@@ -200,7 +212,10 @@ class Agent:
         graph = self._graph(store)
         start = time.perf_counter()
         final: dict = {}
-        inputs = {"messages": [HumanMessage(question)], "case": case_ref, "steps": None, "retries": None, "answer": ""}
+        case_obj = load_case_ref(case_ref)
+        family = family or case_obj.modality
+        inputs = {"messages": [HumanMessage(question)], "case": case_ref, "steps": None, "retries": None, "answer": "",
+                  "hints": self.hints(case_obj, family)}
         for update in graph.stream(inputs, config, stream_mode="updates"):
             for node, values in update.items():
                 for step in (values or {}).get("steps", []) if node == "tools" else []:
@@ -208,17 +223,16 @@ class Agent:
                 if node == "answer":
                     final = values
         state = graph.get_state(config).values
-        case_obj = load_case_ref(case_ref)
         steps = state.get("steps", [])
         traj = Trajectory(question=question, case_id=case_obj.id, steps=steps, answer=final.get("answer", ""), policy_id=self.policy_id,
-                          thread_id=thread_id, case_ref=case_ref, format_errors=state.get("retries", []), ms=(time.perf_counter() - start) * 1000,
+                          thread_id=thread_id, case_ref=case_ref, family=family, format_errors=state.get("retries", []), ms=(time.perf_counter() - start) * 1000,
                           tool_versions={s["tool"]: s["version"] for s in steps if s.get("version")})
         self.trajectories.add(traj)
         yield "done", TurnResult(traj.answer, thread_id, traj)
 
     def ask(self, case: Case | None, question: str, thread_id: str | None = None,
-            on_step: Callable[[Step], None] | None = None) -> TurnResult:
-        for kind, payload in self.stream(case, question, thread_id):
+            on_step: Callable[[Step], None] | None = None, family: str = "") -> TurnResult:
+        for kind, payload in self.stream(case, question, thread_id, family):
             if kind == "step" and on_step is not None:
                 on_step(payload)
             elif kind == "done":

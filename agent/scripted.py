@@ -1,10 +1,15 @@
 """A deterministic policy for tests and as the fixed-pipeline baseline: keyword rules or an explicit plan.
 
+Experience reaches it as it reaches an LLM, through the prompt: it calls an offered composite in place of the
+atomic chain it would have planned, and with no rule matching it follows the chain of the most similar verified
+case named in a memory hint.
+
 It speaks the same protocol as an LLM (``bind_tools`` then ``AIMessage`` with ``tool_calls``), so everything
 downstream of the policy is exercised exactly as in a real run.
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Sequence
 
@@ -26,10 +31,11 @@ RULES: list[tuple[str, str]] = [
 ]
 
 
-def plan_for(question: str, available: set[str], has_reference_mask: bool = True) -> list[dict]:
+def plan_for(question: str, available: set[str], has_reference_mask: bool = True, fallback: bool = True) -> list[dict]:
     """Keyword rules → ordered tool calls (by where each intent appears in the question).
 
-    A volume question on a case without a reference mask is answered from a fresh segmentation first.
+    A volume question on a case without a reference mask is answered from a fresh segmentation first. With no
+    rule matching, ``fallback`` describes the scan.
     """
     q = question.lower()
     hits = []
@@ -40,7 +46,7 @@ def plan_for(question: str, available: set[str], has_reference_mask: bool = True
     tools = [tool for _, tool in sorted(hits)]
     if "measure_volume" in tools and "segment_brain_tumor" in available and not has_reference_mask and "segment_brain_tumor" not in tools:
         tools.insert(tools.index("measure_volume"), "segment_brain_tumor")
-    if not tools and "describe_scan" in available:
+    if not tools and fallback and "describe_scan" in available:
         tools = ["describe_scan"]
     return [{"name": tool, "args": _args(tool, q)} for tool in tools]
 
@@ -74,6 +80,56 @@ def _args(tool: str, q: str) -> dict:
     return {}
 
 
+COMPOSITE = re.compile(r"Runs (\S+(?: -> \S+)+) in one call")
+MEMORY = re.compile(r"solved by: (\[.*\])")
+
+
+def use_composites(plan: list[dict], tools: list[dict]) -> list[dict]:
+    """Replace runs of planned atomic calls by an offered composite that chains the same tools (longest first).
+
+    A step argument maps to the composite parameter of the same name, or ``<arg>_<step>`` where two steps share
+    an argument name (the miner's naming)."""
+    composites = []
+    for t in tools:
+        match = COMPOSITE.search(t["function"].get("description", ""))
+        if match:
+            composites.append((match.group(1).split(" -> "), t["function"]["name"], set(t["function"]["parameters"].get("properties", {}))))
+    composites.sort(key=lambda c: -len(c[0]))
+    out, i = [], 0
+    while i < len(plan):
+        for chain, name, params in composites:
+            if [c["name"] for c in plan[i:i + len(chain)]] == chain:
+                args = {}
+                for j, call in enumerate(plan[i:i + len(chain)]):
+                    for arg, value in call.get("args", {}).items():
+                        key = arg if arg in params else f"{arg}_{j + 1}"
+                        if key in params:
+                            args[key] = value
+                out.append({"name": name, "args": args})
+                i += len(chain)
+                break
+        else:
+            out.append(plan[i])
+            i += 1
+    return out
+
+
+def remembered_plan(messages: list[BaseMessage], available: set[str]) -> list[dict]:
+    """The tool chain of the most similar verified case named in a memory hint (a first-action prior)."""
+    for msg in messages:
+        if isinstance(msg, SystemMessage):
+            for line in msg.text.splitlines():
+                match = MEMORY.search(line)
+                if match:
+                    try:
+                        chain = json.loads(match.group(1))
+                    except ValueError:
+                        continue
+                    if chain and all(c.get("name") in available for c in chain):
+                        return chain
+    return []
+
+
 class ScriptedPolicy(BaseChatModel):
     plan: list[dict] | None = None
 
@@ -90,7 +146,11 @@ class ScriptedPolicy(BaseChatModel):
         done = [m for m in messages[last_user:] if isinstance(m, ToolMessage)]
         available = {t["function"]["name"] for t in tools or []}
         reference = any(isinstance(m, SystemMessage) and "reference tumour mask available" in m.text for m in messages)
-        plan = self.plan if self.plan is not None else plan_for(messages[last_user].text, available, reference)
+        if self.plan is not None:
+            plan = self.plan
+        else:
+            plan = plan_for(messages[last_user].text, available, reference, fallback=False) or remembered_plan(messages, available)
+            plan = use_composites(plan or plan_for("", available, reference), tools or [])
         if len(done) < len(plan):
             call = plan[len(done)]
             msg = AIMessage("", tool_calls=[{"name": call["name"], "args": call.get("args", {}), "id": f"call_{len(done)}", "type": "tool_call"}])

@@ -38,6 +38,14 @@ class Home:
         return self.root / "models"
 
     @property
+    def memory(self) -> Path:
+        return self.root / "memory"
+
+    @property
+    def skills(self) -> Path:
+        return self.root / "skills"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 

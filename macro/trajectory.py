@@ -13,6 +13,7 @@ import uuid
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 VERIFICATION = ("unverified", "verified", "failed")
 
@@ -27,8 +28,11 @@ class Trajectory:
     thread_id: str
     case_ref: dict = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
+    family: str = ""
+    embedding_id: str | None = None
     verification: str = "unverified"
     verification_source: str | None = None
+    verification_note: str = ""
     format_errors: list[str] = field(default_factory=list)
     rewards: dict[str, float] = field(default_factory=dict)
     ms: float = 0.0
@@ -81,17 +85,34 @@ class TrajectoryStore:
             raise KeyError(f"no trajectory {traj_id!r}")
         return Trajectory(**json.loads(row[0]))
 
-    def list(self, thread_id: str | None = None, limit: int | None = None) -> list[Trajectory]:
-        query, params = "SELECT body FROM trajectories", []
+    def list(self, thread_id: str | None = None, limit: int | None = None, verification: Sequence[str] | None = None) -> list[Trajectory]:
+        where, params = [], []
         if thread_id is not None:
-            query, params = query + " WHERE thread_id = ?", [thread_id]
-        query += " ORDER BY created"
+            where, params = ["thread_id = ?"], [thread_id]
+        if verification is not None:
+            where.append(f"verification IN ({','.join('?' * len(verification))})")
+            params += list(verification)
+        query = "SELECT body FROM trajectories" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created"
         if limit is not None:
             query, params = query + " LIMIT ?", params + [limit]
         if not self.path.exists():
             return []
         with closing(self._connect()) as conn:
             return [Trajectory(**json.loads(r[0])) for r in conn.execute(query, params)]
+
+    def verify(self, traj_id: str, verification: str, source: str, note: str = "", embedding_id: str | None = None) -> Trajectory:
+        """Record a verdict (a benchmark checker's or a person's); the row and its JSON body change together."""
+        if verification not in VERIFICATION:
+            raise ValueError(f"verification must be one of {VERIFICATION}")
+        with closing(self._connect()) as conn, conn:
+            row = conn.execute("SELECT body FROM trajectories WHERE id = ?", (traj_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no trajectory {traj_id!r}")
+            traj = Trajectory(**json.loads(row[0]))
+            traj.verification, traj.verification_source, traj.verification_note = verification, source, note
+            traj.embedding_id = embedding_id or traj.embedding_id
+            conn.execute("UPDATE trajectories SET verification = ?, body = ? WHERE id = ?", (verification, json.dumps(traj.to_dict()), traj_id))
+        return traj
 
     def count(self) -> int:
         if not self.path.exists():

@@ -24,14 +24,33 @@ class Registry:
             self.add(tool)
 
     @classmethod
-    def default(cls) -> "Registry":
+    def default(cls, composites: bool = True, home=None) -> "Registry":
+        """Built-ins, plug-ins, then (unless ``composites`` is False) the current skill library's composites."""
         from macro.tools.classification.tool import ClassifyFindings, ClassifyLesion
         from macro.tools.imaging import BUILTINS
         from macro.tools.segmentation.tool import SegmentBrainTumor
 
         registry = cls(tool() for tool in (*BUILTINS, SegmentBrainTumor, ClassifyLesion, ClassifyFindings))
         registry.load_entry_points()
+        if composites:
+            registry.load_composites(home)
         return registry
+
+    def load_composites(self, home=None) -> None:
+        """Add the current library round's composites; one that no longer fits the tools is reported and skipped."""
+        from macro.config import Home
+        from macro.skills.composite import DefinitionError, make_tool
+        from macro.skills.library import Library
+
+        library = Library((home or Home.current()).skills / "library")
+        current = library.current()
+        self.problems += library.problems
+        atomic = {name: tool for name, tool in self._tools.items() if kind(tool) == "atomic"}
+        for comp in current.composites:
+            try:
+                self.add(make_tool(comp, atomic))
+            except (DefinitionError, ValueError) as exc:
+                self.problems.append(f"composite {comp.name} (library round {current.number}): {exc}")
 
     def add(self, tool: MacroTool) -> None:
         if not isinstance(tool, MacroTool):
@@ -64,6 +83,10 @@ class Registry:
     def for_case(self, case: Case) -> list[MacroTool]:
         """Only the tools that accept the case's modality and dimensionality."""
         return [t for t in self._tools.values() if t.spec.accepts(case)]
+
+
+def kind(tool: MacroTool) -> str:
+    return "composite" if getattr(type(tool), "definition", None) is not None else "atomic"
 
 
 def _instantiate(obj) -> list[MacroTool]:

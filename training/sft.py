@@ -79,7 +79,7 @@ def train_sft(out: Path, recipe: SFTRecipe, base: Path, cases: Sequence[Case], r
     from trl import SFTConfig, SFTTrainer
 
     set_seed(recipe.seed)
-    registry = registry or Registry.default()
+    registry = registry or Registry.default(composites=False)
     data = sft_data.build(cases, registry, seed=recipe.seed, per_example=recipe.per_example, n_answers=recipe.n_answers)
     train_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in data["train"]]
     tokenizer = AutoTokenizer.from_pretrained(base)

@@ -1,0 +1,189 @@
+"""Skill mining, composite definitions and their interpreter, the versioned library, and evolution end to end."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from macro.skills.composite import Composite, DefinitionError, make_tool
+from macro.skills.evolve import EvolveConfig, evolve, same_result
+from macro.skills.library import Library
+from macro.skills.mine import mine
+from macro.skills.synthetic import PLANTED, UNRELIABLE, synthetic_trajectories
+
+
+def _expected_steps(tools, inputs, args):
+    steps = []
+    for tool, slots, spec in zip(tools, inputs, args):
+        want = {}
+        for arg, rule in spec.items():
+            want[arg] = {"from": {"step": rule[1], "field": rule[2]}} if rule[0] == "from" else ("param", rule[1])
+        steps.append((tool, slots, want))
+    return steps
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_miner_recovers_the_planted_chains_with_their_bindings_and_nothing_else(seed):
+    found = {c.tools: c for c in mine(synthetic_trajectories(600, seed))}
+    assert set(found) == {tools for tools, _, _ in PLANTED.values()}
+    assert UNRELIABLE not in found
+    for tools, inputs, args in PLANTED.values():
+        comp = found[tools]
+        for step, (tool, slots, want) in zip(comp.steps, _expected_steps(tools, inputs, args)):
+            assert step["tool"] == tool and step["inputs"] == slots
+            assert set(step["args"]) == set(want), (tool, step["args"])
+            for arg, rule in want.items():
+                if isinstance(rule, dict):
+                    assert step["args"][arg] == rule
+                else:
+                    param = comp.params[step["args"][arg]["param"]]
+                    assert param.get("default") == rule[1] and param["arg"] == arg
+        assert comp.provenance["reliability"] >= 0.8 and comp.provenance["support"] >= 5
+
+
+def test_mining_ignores_unverified_runs_and_needs_support():
+    runs = synthetic_trajectories(600, 0)
+    for r in runs:
+        r["verification"] = "unverified"
+    assert mine(runs) == []
+    assert mine(synthetic_trajectories(12, 0)) == []
+
+
+def test_definition_checks_and_round_trip():
+    comp = Composite("seg_then_measure", [{"tool": "segment_brain_tumor", "args": {"adapt": {"param": "adapt"}}, "inputs": {}},
+                                          {"tool": "measure_volume", "args": {"region": {"param": "region"}}, "inputs": {"mask": 0}}],
+                     {"adapt": {"tool": "segment_brain_tumor", "arg": "adapt", "default": "none"}, "region": {"tool": "measure_volume", "arg": "region"}})
+    again = Composite.from_dict(json.loads(json.dumps(comp.to_dict())))
+    assert again == comp and again.digest() == comp.digest()
+    bad = comp.to_dict()
+    bad["steps"][1]["inputs"] = {"mask": 1}
+    with pytest.raises(DefinitionError, match="earlier step"):
+        Composite.from_dict(bad)
+    bad = comp.to_dict()
+    bad["params"]["unused"] = {"tool": "measure_volume", "arg": "region"}
+    with pytest.raises(DefinitionError, match="used by no step"):
+        Composite.from_dict(bad)
+
+
+def _seg_measure(default_adapt="none") -> Composite:
+    return Composite("seg_then_measure", [{"tool": "segment_brain_tumor", "args": {"adapt": {"param": "adapt"}}, "inputs": {}},
+                                          {"tool": "measure_volume", "args": {"region": {"param": "region"}}, "inputs": {"mask": 0}}],
+                     {"adapt": {"tool": "segment_brain_tumor", "arg": "adapt", "default": default_adapt},
+                      "region": {"tool": "measure_volume", "arg": "region"}})
+
+
+def test_composite_tool_derives_its_schema_and_modalities_from_its_steps(demo, home):
+    from macro.tools.registry import Registry, kind
+
+    registry = Registry.default()
+    tool = make_tool(_seg_measure(), {t.name: t for t in registry.all()})
+    fields = tool.args_schema.model_fields
+    assert fields["adapt"].default == "none" and fields["region"].default == "WT"
+    assert tool.spec.modalities == ("mri-multiseq",) and kind(tool) == "composite"
+    with pytest.raises(Exception):
+        tool.args_schema(region="XX")
+    registry.add(tool)
+    with pytest.raises(DefinitionError, match="atomic"):
+        make_tool(Composite("nested_one", [{"tool": "seg_then_measure", "args": {}, "inputs": {}}, {"tool": "describe_scan", "args": {}, "inputs": {}}]),
+                  {t.name: t for t in registry.all()})
+
+
+def test_executor_runs_a_composite_step_by_step_and_matches_the_atomic_chain(demo, home):
+    from macro.agent.executor import ToolExecutor
+    from macro.artifacts import ArtifactStore
+    from macro.tools.registry import Registry
+
+    registry = Registry.default()
+    registry.add(make_tool(_seg_measure(), {t.name: t for t in registry.all()}))
+    executor = ToolExecutor(registry, ArtifactStore(home / "artifacts"))
+    _, seg, produced = executor.run({"name": "segment_brain_tumor", "args": {"adapt": "none"}, "id": "a"}, demo, [], {})
+    _, measure, _ = executor.run({"name": "measure_volume", "args": {"region": "ET"}, "id": "b"}, demo, produced, {})
+    msg, step, refs = executor.run({"name": "seg_then_measure", "args": {"region": "ET"}, "id": "c"}, demo, [], {})
+    assert step.ok and [c["tool"] for c in step.children] == ["segment_brain_tumor", "measure_volume"]
+    first, second = step.children
+    assert second["inputs"]["mask"] == first["outputs"][0] and len(refs) == len(first["outputs"])
+    assert step.data["volume_ml"] == pytest.approx(measure.data["volume_ml"])
+    assert same_result(measure.data, step.data) and same_result(seg.data, first["data"])
+    _, bad, _ = executor.run({"name": "seg_then_measure", "args": {"region": "XX"}, "id": "d"}, demo, [], {})
+    assert not bad.ok and "region" in bad.error
+
+
+def test_a_failing_step_stops_the_composite_and_names_it(demo, home):
+    from macro.agent.executor import ToolExecutor
+    from macro.artifacts import ArtifactStore
+    from macro.tools.registry import Registry
+
+    comp = Composite("render_then_measure", [{"tool": "render_slice", "args": {"index": {"param": "index"}}, "inputs": {}},
+                                             {"tool": "measure_volume", "args": {}, "inputs": {}}],
+                     {"index": {"tool": "render_slice", "arg": "index"}})
+    registry = Registry.default()
+    registry.add(make_tool(comp, {t.name: t for t in registry.all()}))
+    msg, step, _ = ToolExecutor(registry, ArtifactStore(home / "artifacts")).run(
+        {"name": "render_then_measure", "args": {"index": 100000}, "id": "x"}, demo, [], {})
+    assert not step.ok and msg.status == "error" and "step 1/2 (render_slice)" in step.error and len(step.children) == 1
+
+
+def test_library_rounds_are_checksummed_and_a_damaged_round_falls_back(tmp_path):
+    lib = Library(tmp_path / "lib")
+    assert lib.current().number == 0
+    first = lib.commit([_seg_measure()], "first")
+    second = lib.commit([_seg_measure("tent")], "second")
+    assert lib.current().number == second.number == 2 and lib.current().composites[0].params["adapt"]["default"] == "tent"
+    second.path.write_text(second.path.read_text().replace("tent", "vista"))
+    again = Library(tmp_path / "lib")
+    current = again.current()
+    assert current.number == first.number and "checksum mismatch" in again.problems[0] and str(second.path) in again.problems[0]
+
+
+_WRITER = """
+import sys
+from macro.skills.library import Library
+from tests.test_skills import _seg_measure
+lib = Library(sys.argv[1])
+comps = []
+for k in range(4000):
+    c = _seg_measure()
+    c.name = f"seg_then_measure_{k}"
+    c.description = "x" * 150
+    comps.append(c)
+print("ready", flush=True)
+while True:
+    lib.commit(comps, "big")
+"""
+
+
+def test_killing_a_writer_mid_commit_leaves_a_loadable_library(tmp_path):
+    root = tmp_path / "lib"
+    Library(root).commit([_seg_measure()], "before")
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    for delay in (0.05, 0.4, 0.9):
+        proc = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.PIPE, env=env)
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        lib = Library(root)
+        current = lib.current()
+        assert lib.problems == [] and current.composites
+        assert current.note in ("before", "big")
+
+
+def test_evolve_admits_only_replayable_candidates_and_prunes_unreliable_composites(tmp_path):
+    runs = synthetic_trajectories(600, 3)
+    lib = Library(tmp_path / "lib")
+    report = evolve(runs, lib, replay=lambda comp, traj: comp.tools != PLANTED["screen_then_explain"][0], cfg=EvolveConfig())
+    admitted = {lib.current().get(n).tools for n in report["admitted"]}
+    assert admitted == {PLANTED["segment_then_measure"][0], PLANTED["describe_then_render_then_score"][0]}
+    assert report["verification"]["score_then_answer"]["reproduced"] == 0
+    name = report["admitted"][0]
+    later = [{"id": f"use-{k}", "created": time.time() + 1, "verification": "failed" if k % 4 else "verified", "case_id": f"u{k}",
+              "steps": [{"tool": name, "ok": True, "args": {}, "children": []}]} for k in range(8)]
+    again = evolve(later, lib, replay=lambda comp, traj: True)
+    assert any(p.startswith(name) for p in again["pruned"]) and name not in again["library"]
