@@ -148,6 +148,23 @@ def prune(current: Round, trajectories: list[dict], cfg: EvolveConfig) -> tuple[
     return kept, dropped
 
 
+def prune_round(trajectories: list[dict], library: Library, cfg: EvolveConfig | None = None) -> dict:
+    """A round that only prunes (``macro skills prune``)."""
+    kept, dropped = prune(library.current(), trajectories, cfg or EvolveConfig())
+    new = library.commit(kept, f"pruned {len(dropped)}") if dropped else library.current()
+    return {"round": new.number, "pruned": dropped, "library": [c.name for c in kept]}
+
+
+def replay_all(library: Library, trajectories: list[dict], replay: Replay, limit: int = 5) -> dict:
+    """Re-verify the current library on recorded verified runs (``macro skills verify``); changes nothing."""
+    out = {}
+    for comp in library.current().composites:
+        pool = [t for t in trajectories if t["verification"] == "verified" and occurrence(comp, t) is not None][:limit]
+        passed = sum(bool(replay(comp, t)) for t in pool)
+        out[comp.name] = {"replayed": len(pool), "reproduced": passed}
+    return out
+
+
 def evolve(trajectories: list[dict], library: Library, replay: Replay, cfg: EvolveConfig | None = None,
            progress: Callable[[str], None] | None = None) -> dict:
     """Mine, admit, prune and commit the next library round. Returns a report of what happened."""

@@ -3,10 +3,13 @@
 A candidate is a contiguous chain of successful atomic calls that recurs across trajectories:
 * support: verified trajectories that contain it; reliability: its verified share among verified + failed
   trajectories that contain it (unverified runs say nothing either way and are ignored);
-* lift at every split: for each way to cut the chain in two, it must occur ``min_lift`` times more often than
-  its halves would side by side by chance (occurrences × recorded calls / (left × right)). Without it, a real
-  chain plus whichever call happens to sit next to it, or two real chains that often run back to back, form a
-  frequent "longer chain", and frequent tools form chance pairs in noisy logs;
+* association at every split: for each way to cut the chain in two, its halves must belong together, by either
+  of two tests. Lift: the chain occurs ``min_lift`` times more often than its halves would side by side by
+  chance (occurrences × recorded calls / (left × right)), with the occurrences taken at a Poisson lower bound
+  (n − 2√n) so a handful of chance hits cannot pass. Confidence: each half is joined to the other in at least
+  ``min_confidence`` of its own occurrences; this is what holds in a log of only a few task types, where every
+  tool is frequent and lift cannot exceed a small constant. Without these, a real chain plus whichever call
+  sits next to it, or two real chains that often run back to back, form a frequent "longer chain";
 * score = support × (length − 1) × reliability: a composite saves ``length − 1`` decisions per use, so long
   reliable chains rank first;
 * closed-pattern dedup, relaxed: a chain is dropped when a longer candidate containing it holds at least
@@ -22,6 +25,7 @@ varying arguments is one composite with parameters, instead of many near-duplica
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ class MineConfig:
     min_support: int = 5
     min_reliability: float = 0.8
     min_lift: float = 3.0
+    min_confidence: float = 0.5
     min_length: int = 2
     max_length: int = 5
     closed_ratio: float = 0.8
@@ -76,9 +81,12 @@ def mine(trajectories: Iterable, cfg: MineConfig | None = None) -> list[Composit
         reliability = support / seen[chain]
         if support < cfg.min_support or reliability < cfg.min_reliability:
             continue
-        lift = min(seen[chain] * calls / (seen[chain[:k]] * seen[chain[k:]]) for k in range(1, len(chain)))
-        if lift >= cfg.min_lift:
-            candidates[chain] = (support, reliability, lift)
+        n = seen[chain]
+        splits = [(seen[chain[:k]], seen[chain[k:]]) for k in range(1, len(chain))]
+        lift = min(max(n - 2 * math.sqrt(n), 0.0) * calls / (left * right) for left, right in splits)
+        confidence = min(n / max(left, right) for left, right in splits)
+        if lift >= cfg.min_lift or confidence >= cfg.min_confidence:
+            candidates[chain] = (support, reliability, lift, confidence)
     kept = [c for c in candidates if not _absorbed(c, candidates, cfg.closed_ratio)]
     kept.sort(key=lambda c: (-_score(*candidates[c][:2], len(c)), c))
     kept = kept[:cfg.max_candidates]
@@ -86,9 +94,9 @@ def mine(trajectories: Iterable, cfg: MineConfig | None = None) -> list[Composit
     seconds = time.perf_counter() - start
     out = []
     for chain in kept:
-        support, reliability, lift = candidates[chain]
+        support, reliability, lift, confidence = candidates[chain]
         comp = bind(chain, [steps for _, steps in occurrences[chain]], cfg.bind_rate)
-        comp.provenance = {"support": support, "failed": failed[chain], "reliability": round(reliability, 4), "lift": round(lift, 2),
+        comp.provenance = {"support": support, "failed": failed[chain], "reliability": round(reliability, 4), "lift": round(lift, 2), "confidence": round(confidence, 3),
                            "score": round(_score(support, reliability, len(chain)), 3),
                            "trajectories": sorted({tid for tid, _ in occurrences[chain]})[:50],
                            "mined_from": len(runs), "mining_seconds": round(seconds, 3)}

@@ -54,6 +54,17 @@ def test_mining_ignores_unverified_runs_and_needs_support():
     assert mine(synthetic_trajectories(12, 0)) == []
 
 
+def test_a_log_of_one_task_type_still_yields_its_chain():
+    """Every call is frequent here, so lift is capped near 2 and the confidence test has to carry the chain."""
+    runs = [{"id": f"t{k}", "verification": "verified", "case_id": f"c{k}", "steps": [
+        {"tool": "segment_brain_tumor", "ok": True, "args": {"adapt": "none"}, "inputs": {"case": "c"}, "outputs": [f"m{k}"], "data": {}},
+        {"tool": "measure_volume", "ok": True, "args": {"region": "ET" if k % 2 else "WT"}, "inputs": {"case": "c", "mask": f"m{k}"}, "outputs": [], "data": {}}]}
+        for k in range(6)]
+    (comp,) = mine(runs)
+    assert comp.tools == ("segment_brain_tumor", "measure_volume") and comp.steps[1]["inputs"] == {"mask": 0}
+    assert comp.params["adapt"]["default"] == "none" and "default" not in comp.params["region"]
+
+
 def test_definition_checks_and_round_trip():
     comp = Composite("seg_then_measure", [{"tool": "segment_brain_tumor", "args": {"adapt": {"param": "adapt"}}, "inputs": {}},
                                           {"tool": "measure_volume", "args": {"region": {"param": "region"}}, "inputs": {"mask": 0}}],
