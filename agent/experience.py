@@ -27,13 +27,15 @@ def family_of(traj: Trajectory, case: Case | None = None) -> str:
     return traj.family or (case.modality if case is not None else traj.case_ref.get("modality", ""))
 
 
-def record_verdict(traj_id: str, verdict: str, source: str, note: str = "", home: Home | None = None, memory=None) -> Trajectory:
-    """Store a verdict; a verified run (with at least one successful call) also goes into the image memory."""
+def record_verdict(traj_id: str, verdict: str, source: str, note: str = "", home: Home | None = None, memory=None,
+                   remember: bool = True) -> Trajectory:
+    """Store a verdict; a verified run (with at least one successful call) also goes into the image memory unless
+    ``remember`` is False (a benchmark's test questions must not leak into later ones)."""
     home = home or Home.current()
     store = TrajectoryStore(home.trajectories_db)
     traj = store.get(traj_id)
     embedding_id = None
-    if verdict == "verified" and chain_of(traj) and traj.case_ref:
+    if remember and verdict == "verified" and chain_of(traj) and traj.case_ref:
         from macro.memory.encoder import case_embedding
         from macro.memory.store import ImageMemory
 

@@ -24,6 +24,8 @@ RULES: list[tuple[str, str]] = [
     ("segment_brain_tumor", r"segment|delineat|outline|\bmasks?\b|boundar"),
     ("classify_lesion", r"lesion|mole|melanoma|nev|carcinoma|diagnos|classif|what kind of|benign|malignan"),
     ("classify_findings", r"finding|effusion|cardiomegal|pneumothorax|nodule|\bmass\b|consolidat|atelecta|infiltrat|x-?ray|radiograph|abnormal"),
+    ("answer_stepwise", r"step[- ]by[- ]step|stepwise|chain of thought|\breason|diagnos"),
+    ("score_anomaly", r"anomal|abnormal|\bscreen"),
     ("measure_volume", r"volume|how (big|large)|size of the (tumou?r|lesion|mass|core)|burden|\bml\b|millilit|measure"),
     ("render_slice", r"\bshow|render|display|\bview|picture|visuali[sz]e|\bplot|\bdraw|screenshot|\bsee\b"),
     ("crop_resample", r"resampl|\bcrop|isotropic|regrid|downsampl|interpolat"),
@@ -48,10 +50,10 @@ def plan_for(question: str, available: set[str], has_reference_mask: bool = True
         tools.insert(tools.index("measure_volume"), "segment_brain_tumor")
     if not tools and fallback and "describe_scan" in available:
         tools = ["describe_scan"]
-    return [{"name": tool, "args": _args(tool, q)} for tool in tools]
+    return [{"name": tool, "args": keyword_args(tool, q)} for tool in tools]
 
 
-def _args(tool: str, q: str) -> dict:
+def keyword_args(tool: str, q: str) -> dict:
     if tool == "measure_volume":
         if re.search(r"enhanc|active|\bet\b|gadolinium", q):
             return {"region": "ET"}
@@ -74,6 +76,8 @@ def _args(tool: str, q: str) -> dict:
         if re.search(r"without (any )?(test-time )?adaptation|no adaptation|source model|as is|quick", q):
             return {"adapt": "none"}
         return {"adapt": "tent"} if "tent" in q else {}
+    if tool == "answer_stepwise":
+        return {"model": "teacher"} if re.search(r"teacher|graph", q) else {}
     if tool == "crop_resample":
         mm = re.search(r"(\d+(?:\.\d+)?)\s*mm", q)
         return {"spacing_mm": float(mm.group(1))} if mm else {"crop": True}

@@ -34,6 +34,10 @@ class Home:
         return self.root / "artifacts"
 
     @property
+    def memory(self) -> Path:
+        return self.root / "memory"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

@@ -1,0 +1,1 @@
+"""MACRO-Bench: tasks with checkers, the agents compared, the runner and the report."""
