@@ -30,7 +30,7 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
 def test_same_seed_gives_identical_bytes_in_any_batch_size(tmp_path, name):
     assert name in BUILDERS
     first = make(name, tmp_path / "a", n=4, seed=5, size=32)
-    again = make(name, tmp_path / "b", n=4, seed=5, size=32)
+    make(name, tmp_path / "b", n=4, seed=5, size=32)
     prefix = make(name, tmp_path / "c", n=2, seed=5, size=32)
     other = make(name, tmp_path / "d", n=2, seed=6, size=32)
     for path in sorted((tmp_path / "a").iterdir()):

@@ -93,3 +93,18 @@ def test_stream_is_continual_unless_reset_or_episodic():
     none = Adapter(build_unet(TINY), TTAConfig(method="none"))
     _, stats = none(_x(3))
     assert stats["steps"] == 0
+
+
+def test_batch_statistics_normalise_with_the_input_and_leave_running_stats_alone():
+    from macro.tools.segmentation.tta import batch_statistics
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(2, 3, 1), torch.nn.BatchNorm3d(3)).eval()
+    net[1].running_mean.fill_(5.0)
+    x = torch.randn(1, 2, 4, 4, 4) * 3 + 1
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad(), batch_statistics(net):
+        out = net(x)
+    assert torch.allclose(out.mean(dim=(0, 2, 3, 4)), net[1].bias, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and not net.training and not net[1].training
+    with torch.no_grad(), batch_statistics(net, enabled=False):
+        assert not torch.allclose(net(x).mean(dim=(0, 2, 3, 4)), net[1].bias, atol=1e-3)

@@ -119,7 +119,6 @@ def save_weights(model, folder: Path, cfg: SegNetConfig, manifest: dict) -> dict
 
 def load_weights(folder: Path = WEIGHTS_DIR):
     """Source model in eval mode (fp32) and its manifest."""
-    import torch
     from safetensors.torch import load_file
 
     from macro.agent.local_llm import ModelUnavailable
