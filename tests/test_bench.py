@@ -7,7 +7,7 @@ import pytest
 
 from macro.eval.bench.agents import specs, static_plan
 from macro.eval.bench.run import process_metrics
-from macro.eval.bench.tasks import Task, check_finding, check_lesion, check_volume, reported_volume
+from macro.eval.bench.tasks import Task, check_anomaly, check_diagnosis, check_finding, check_lesion, check_volume, reported_volume
 
 
 def _task(family: str, truth: dict) -> Task:
@@ -32,6 +32,19 @@ def test_class_and_finding_checkers():
     assert check_finding(_task("cxr-finding", {"finding": "Mass", "present": False}), summary)
     assert check_finding(_task("cxr-finding", {"finding": "Mass", "present": True}), "Yes, there is a mass.")
     assert not check_finding(_task("cxr-finding", {"finding": "Mass", "present": True}), "I am not sure.")
+
+
+def test_anomaly_and_diagnosis_checkers():
+    tool = "Anomaly score 3.10 vs threshold 2.50 (99th percentile of held-out normals): anomalous; strongest at row 4."
+    assert check_anomaly(_task("anomaly-screen", {"anomalous": True}), tool)
+    assert check_anomaly(_task("anomaly-screen", {"anomalous": False}), tool.replace("anomalous;", "within normal limits;"))
+    assert check_anomaly(_task("anomaly-screen", {"anomalous": False}), "No, it looks normal.")
+    assert not check_anomaly(_task("anomaly-screen", {"anomalous": True}), "Here is a description of the scan.")
+    options = ["Normal", "Pneumonia", "Lung cancer"]
+    chain = "Step 6 secondary signs: none (0.70). Step 7 diagnosis: Pneumonia (0.55). Diagnosis: Pneumonia. (student model x)"
+    assert check_diagnosis(_task("stepwise-dx", {"diagnosis": "Pneumonia", "options": options}), chain)
+    assert not check_diagnosis(_task("stepwise-dx", {"diagnosis": "Lung cancer", "options": options}), chain)
+    assert check_diagnosis(_task("stepwise-dx", {"diagnosis": "Lung cancer", "options": options}), "Most consistent with lung cancer.")
 
 
 def test_process_metrics_flatten_composites_and_score_the_chain():
