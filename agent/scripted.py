@@ -25,7 +25,7 @@ RULES: list[tuple[str, str]] = [
     ("classify_lesion", r"lesion|mole|melanoma|nev|carcinoma|diagnos|classif|what kind of|benign|malignan"),
     ("classify_findings", r"finding|effusion|cardiomegal|pneumothorax|nodule|\bmass\b|consolidat|atelecta|infiltrat|x-?ray|radiograph|abnormal"),
     ("answer_stepwise", r"step[- ]by[- ]step|stepwise|chain of thought|\breason|diagnos"),
-    ("score_anomaly", r"anomal|abnormal|\bscreen"),
+    ("score_anomaly", r"anomal|\bscreen|unusual|abnormal"),
     ("measure_volume", r"volume|how (big|large)|size of the (tumou?r|lesion|mass|core)|burden|\bml\b|millilit|measure"),
     ("render_slice", r"\bshow|render|display|\bview|picture|visuali[sz]e|\bplot|\bdraw|screenshot|\bsee\b"),
     ("crop_resample", r"resampl|\bcrop|isotropic|regrid|downsampl|interpolat"),
@@ -46,6 +46,8 @@ def plan_for(question: str, available: set[str], has_reference_mask: bool = True
         if match and tool in available:
             hits.append((match.start(), tool))
     tools = [tool for _, tool in sorted(hits)]
+    if {"classify_findings", "score_anomaly"} <= set(tools) and not re.search(r"anomal|\bscreen", q):
+        tools.remove("score_anomaly")  # "abnormal" on an X-ray asks for findings; the anomaly screen needs its own words
     if "measure_volume" in tools and "segment_brain_tumor" in available and not has_reference_mask and "segment_brain_tumor" not in tools:
         tools.insert(tools.index("measure_volume"), "segment_brain_tumor")
     if not tools and fallback and "describe_scan" in available:

@@ -21,11 +21,17 @@ data_app = typer.Typer(no_args_is_help=True, help="Demo and phantom data.")
 train_app = typer.Typer(no_args_is_help=True, help="Train policies.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluations and benchmarks that print figures.")
 fl_app = typer.Typer(no_args_is_help=True, help="Federated classifiers: train (FedLSM) and forget a site (FCU).")
+anomaly_app = typer.Typer(no_args_is_help=True, help="Continual anomaly detection (CADIC): one shared memory bank, learnt task by task.")
 app.add_typer(tools_app, name="tools")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(fl_app, name="fl")
+app.add_typer(anomaly_app, name="anomaly")
+skills_app = typer.Typer(no_args_is_help=True, help="Composite tools mined from verified trajectories.")
+app.add_typer(skills_app, name="skills")
+memory_app = typer.Typer(no_args_is_help=True, help="Image-feature memory of verified cases.")
+app.add_typer(memory_app, name="memory")
 
 PolicyOpt = typer.Option("embedded", "--policy", "-p", help="embedded | hf:PATH | openai:URL | scripted | scripted:PLAN.json")
 ModelOpt = typer.Option(None, "--model", help="model name for openai:URL (default: $MACRO_OPENAI_MODEL)")
@@ -123,18 +129,18 @@ def chat(case: Optional[str] = typer.Argument(None, help="scan to talk about (op
 @tools_app.command("list")
 def tools_list(as_json: bool = typer.Option(False, "--json"), case: Optional[str] = typer.Option(None, help="only tools offered for this scan")):
     """List registered tools (with modalities, inputs, outputs, version)."""
-    from macro.tools.registry import Registry
+    from macro.tools.registry import Registry, kind
 
     registry = Registry.default()
     tools = registry.for_case(_load(case, None)) if case else registry.all()
-    rows = [{"name": t.name, "kind": "atomic", "description": t.description, "modalities": list(t.spec.modalities), "dims": list(t.spec.dims),
+    rows = [{"name": t.name, "kind": kind(t), "description": t.description, "modalities": list(t.spec.modalities), "dims": list(t.spec.dims),
              "inputs": t.spec.inputs, "outputs": t.spec.outputs, "version": t.spec.version, "weights": t.spec.weights,
              "arguments": t.tool_call_schema.model_json_schema().get("properties", {})} for t in tools]
     if as_json:
         typer.echo(json.dumps({"tools": rows, "problems": registry.problems}, indent=2))
         return
     for r in rows:
-        typer.echo(f"{r['name']:<20} {r['version']:<7} {','.join(r['modalities']):<28} {r['description']}")
+        typer.echo(f"{r['name']:<20} {r['kind']:<9} {r['version']:<7} {','.join(r['modalities']):<28} {r['description']}")
     for problem in registry.problems:
         _err(f"plug-in skipped: {problem}")
 
@@ -142,13 +148,16 @@ def tools_list(as_json: bool = typer.Option(False, "--json"), case: Optional[str
 @data_app.command("make")
 @guarded
 def data_make(name: str = typer.Argument(..., help="dataset builder, e.g. brain-mri-demo"), out: Path = typer.Option(..., "--out"),
-              n: int = typer.Option(1, "--n", help="number of cases"), seed: int = typer.Option(0, "--seed"),
+              n: Optional[int] = typer.Option(None, "--n", help="number of cases (default 1; anomaly-stream: training images per task, default 60)"),
+              seed: int = typer.Option(0, "--seed"),
               domain: Optional[str] = typer.Option(None, "--domain", help="brats-phantom only: source, lowfield or pediatric")):
     """Build a deterministic phantom dataset from real anatomy."""
     from macro.data import make
 
     options = {"domain": domain} if domain else {}
-    for folder in make(name, out, n=n, seed=seed, **options):
+    if n is not None:
+        options["n"] = n
+    for folder in make(name, out, seed=seed, **options):
         typer.echo(str(folder))
 
 
@@ -180,6 +189,24 @@ def train_segmentation_cmd(out: Optional[Path] = typer.Option(None, "--out", hel
     command = ("macro train segmentation " + " ".join(sys.argv[3:])).strip()
     manifest = train_segmentation(out or WEIGHTS_DIR, cfg, home.data / "brats-phantom", command=command, progress=True)
     typer.echo(json.dumps({k: manifest[k] for k in ("sha256", "train", "held_out_source_dice")}, indent=2))
+
+
+@train_app.command("vqa")
+@guarded
+def train_vqa_cmd(out: Optional[Path] = typer.Option(None, "--out", help="weights folder (default: the shipped weights in the package)"),
+                  quick: bool = typer.Option(False, "--quick", help="1 500 images and a shorter schedule (a smoke run)"),
+                  seed: int = typer.Option(0, help="phantom seed (the training seed is 42, as in the notes)"),
+                  report_dir: Path = typer.Option(Path("runs/vqa-train"), "--report", help="where the held-out report goes")):
+    """Train the Step-CoT teacher and student on a seeded stepcot-phantom; writes fp16 weights + manifest."""
+    from macro.eval.vqa import run, write_report
+    from macro.tools.vqa.checkpoint import WEIGHTS_DIR, ship
+
+    home = Home.current().ensure()
+    report, trained = run(home.data, quick=quick, seed=seed, log=_err)
+    command = ("macro train vqa " + " ".join(sys.argv[3:])).strip()
+    manifest = ship(out or WEIGHTS_DIR, trained, report, command)
+    _err("wrote " + ", ".join(map(str, write_report(report, report_dir))))
+    typer.echo(json.dumps({"files": manifest["files"], "held_out": manifest["held_out"]}, indent=2))
 
 
 @eval_app.command("segmentation")
@@ -219,6 +246,30 @@ def eval_federated(quick: bool = typer.Option(False, "--quick", help="smaller fe
     _err("wrote " + ", ".join(map(str, files)))
 
 
+@eval_app.command("vqa")
+@guarded
+def eval_vqa(quick: bool = typer.Option(False, "--quick", help="1 500 images and a shorter schedule (minutes)"),
+             bench: bool = typer.Option(False, "--bench", help="only time the shipped student: p50/p95 ms per image"),
+             threads: int = typer.Option(1, "--threads", help="torch threads for --bench"),
+             seed: int = typer.Option(0), out: Path = typer.Option(Path("runs/vqa"), "--out", help="where the JSON, markdown and plot go"),
+             as_json: bool = typer.Option(False, "--json")):
+    """Step-CoT: per-step, diagnosis and consistency accuracy of baseline / teacher / student, and ms per image."""
+    if bench:
+        from macro.eval.vqa import bench_shipped
+
+        timing = bench_shipped(threads=threads)
+        typer.echo(json.dumps(timing) if as_json else f"student, 1 image, encoder included: p50 {timing['p50']} ms, p95 {timing['p95']} ms "
+                   f"({timing['runs']} runs, {timing['threads']} threads)")
+        return
+    from macro.eval.vqa import evaluate, markdown, write_report
+
+    home = Home.current().ensure()
+    report = evaluate(home.data, quick=quick, seed=seed, log=_err)
+    files = write_report(report, out)
+    typer.echo(json.dumps(report) if as_json else markdown(report))
+    _err("wrote " + ", ".join(map(str, files)))
+
+
 @fl_app.command("train")
 @guarded
 def fl_train(task: str = typer.Option(..., "--task", help="derm | cxr"),
@@ -247,6 +298,76 @@ def fl_unlearn(task: str = typer.Option("derm", "--task", help="derm | cxr"), cl
     typer.echo(json.dumps(record, indent=2))
 
 
+@anomaly_app.command("learn")
+@guarded
+def anomaly_learn(task: list[Path] = typer.Option([], "--task", help="MVTec-layout task folder (train/good, ...); repeat to learn several in order"),
+                  stream: Optional[Path] = typer.Option(None, "--stream", help="learn every task of an anomaly stream, in its order"),
+                  bank: Optional[Path] = typer.Option(None, "--bank", help="bank folder (default: MACRO_HOME/models/anomaly)"),
+                  reset: bool = typer.Option(False, "--reset", help="start an empty bank instead of extending the current one"),
+                  capacity: Optional[int] = typer.Option(None, help="vectors in a new bank (default: the first task's 10 % coreset)"),
+                  seed: int = typer.Option(0)):
+    """Add tasks to the shared CADIC bank (k-center over bank + new coreset, fixed size); recalibrates the threshold."""
+    from tqdm import tqdm
+
+    from macro.data.anomaly import stream_tasks
+    from macro.tools.anomaly.bank import active_bank_dir, load_bank, locked, save_bank
+    from macro.tools.anomaly.learn import empty_bank, learn
+
+    folders = [*task, *(stream_tasks(stream) if stream else [])]
+    if not folders:
+        raise CaseError(None, "give --task DIR (repeatable) or --stream DIR")
+    target = bank or Home.current().ensure().models / "anomaly"
+    command = ("macro anomaly learn " + " ".join(sys.argv[3:])).strip()
+    with locked(target), tqdm(desc="anomaly: images and k-center steps", file=sys.stderr, mininterval=5) as bar:
+        current = empty_bank(seed) if reset else load_bank(target if (target / "manifest.json").is_file() else active_bank_dir())
+        learnt, _ = learn(current, folders, capacity, command=command, progress=bar.update)
+        manifest = save_bank(learnt, target)
+    typer.echo(json.dumps({k: manifest[k] for k in ("sha256", "size", "capacity", "megabytes", "threshold", "held_out")}
+                          | {"tasks": [t["name"] for t in manifest["tasks"]], "bank": str(target)}, indent=2))
+
+
+@anomaly_app.command("info")
+@guarded
+def anomaly_info(as_json: bool = typer.Option(False, "--json")):
+    """The active bank: where it is, its tasks, size, threshold and held-out metrics."""
+    from macro.tools.anomaly.bank import MANIFEST, active_bank_dir, load_bank
+
+    folder = active_bank_dir()
+    load_bank(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if as_json:
+        typer.echo(json.dumps({"bank": str(folder), **manifest}, indent=2))
+        return
+    typer.echo(f"bank {folder}: {manifest['size']}/{manifest['capacity']} vectors, {manifest['megabytes']} MB, "
+               f"threshold {manifest['threshold']['value']} (q{manifest['threshold']['quantile']})")
+    for t in manifest["tasks"]:
+        metrics = manifest.get("held_out", {}).get(t["name"], {})
+        typer.echo(f"  {t['name']:<16} {t['modality']:<10} image AUROC {metrics.get('image_auroc', '-')}")
+
+
+@eval_app.command("anomaly")
+@guarded
+def eval_anomaly(quick: bool = typer.Option(False, "--quick", help="smaller stream (minutes)"),
+                 bench: bool = typer.Option(False, "--bench", help="only time the tool's scoring of 224 x 224 images (p50/p95)"),
+                 data: Optional[Path] = typer.Option(None, "--data", help="an anomaly stream or a root of MVTec-layout tasks"),
+                 seed: int = typer.Option(0), out: Path = typer.Option(Path("runs/anomaly"), "--out", help="where the JSON, markdown and plot go"),
+                 as_json: bool = typer.Option(False, "--json")):
+    """CADIC vs per-task PatchCore, FIFO and joint banks: AUROC per task, forgetting, pixel AUROC, MB, ms/image."""
+    from macro.eval import anomaly as anomaly_eval
+
+    if bench:
+        result = anomaly_eval.bench(seed=seed)
+        typer.echo(json.dumps(result) if as_json else
+                   f"score_anomaly scoring, {result['images']} images 224x224: p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms "
+                   f"(bank {result['bank_size']} vectors, {result['torch_threads']} torch threads, load {result['load_average_1min']})")
+        return
+    home = Home.current().ensure()
+    report = anomaly_eval.evaluate(home.data, quick=quick, seed=seed, progress=True, log=_err, source=data)
+    files = anomaly_eval.write_report(report, out)
+    typer.echo(json.dumps(report) if as_json else anomaly_eval.markdown(report))
+    _err("wrote " + ", ".join(map(str, files)))
+
+
 @eval_app.command("policy")
 @guarded
 def eval_policy(policy: str = PolicyOpt, model: Optional[str] = ModelOpt, n: int = typer.Option(50, "--n"), seed: int = typer.Option(0),
@@ -260,7 +381,7 @@ def eval_policy(policy: str = PolicyOpt, model: Optional[str] = ModelOpt, n: int
 
     home = Home.current().ensure()
     recipe = SFTRecipe(seed=seed)
-    registry = Registry.default()
+    registry = Registry.default(composites=False)
     rows = sft_data.build(training_cases(home, recipe.demo_cases), registry, seed=seed)["test"]
     chat_model, policy_id = make_policy(policy, model=model)
     report = evaluate_first_calls(chat_model, rows, n=n, seed=seed, registry=registry,
@@ -330,6 +451,200 @@ def demo(policy: str = PolicyOpt, question: str = typer.Option("What is the tumo
     gt = truth["volumes_ml"]
     typer.echo(f"\n(phantom ground truth: WT {gt['WT']:.2f} mL, TC {gt['TC']:.2f} mL, ET {gt['ET']:.2f} mL; "
                f"policy {agent.policy_id}; {len(result.trajectory.steps)} tool call(s))")
+
+
+@eval_app.command("skills")
+def eval_skills(sizes: str = typer.Option("10000,100000", help="comma-separated trajectory counts"), repeats: int = typer.Option(3),
+                as_json: bool = typer.Option(False, "--json")):
+    """Mining time on synthetic logs with planted chains (median of repeats), and whether they were recovered."""
+    from macro.eval.skills import mining_benchmark
+
+    report = mining_benchmark(tuple(int(n) for n in sizes.split(",")), repeats, log=_err)
+    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(f"{k}: {v['seconds_median']} s" for k, v in report.items()))
+
+
+@app.command()
+@guarded
+def bench(suite: str = typer.Option("quick", help="quick | full"),
+          agents: str = typer.Option(",".join(("static", "react", "react+memory", "react+composites", "react+memory+composites", "macro")),
+                                     help="comma-separated: static, react[+memory][+composites], macro, openai:URL, hf:PATH"),
+          llm: str = typer.Option("embedded", help="the LLM every agent uses: embedded | scripted | hf:PATH | openai:URL"),
+          families: Optional[str] = typer.Option(None, help="comma-separated task families (default: all with their tools registered)"),
+          seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the suite's)"),
+          n_eval: Optional[int] = typer.Option(None, "--n-eval", help="tasks per family, split and seed"),
+          n_train: Optional[int] = typer.Option(None, "--n-train", help="train tasks per family and seed (experience)"),
+          workers: int = typer.Option(1, help="parallel worker processes (each loads its own LLM)"),
+          grpo_adapter: Optional[Path] = typer.Option(None, "--grpo-adapter", help="LoRA adapter from GRPO training, for the 'macro' agent"),
+          out: Path = typer.Option(Path("runs/bench"), "--out", help="results, report and the benchmark's own home (resumable)"),
+          as_json: bool = typer.Option(False, "--json")):
+    """MACRO-Bench: static chain vs zero-shot ReAct vs + memory / + composites / full MACRO, on held-out and OOD tasks."""
+    from tqdm import tqdm
+
+    from macro.eval.bench.report import markdown, write_report
+    from macro.eval.bench.run import BenchConfig, run_bench
+    from macro.eval.bench.tasks import FAMILIES
+
+    chosen = tuple(families.split(",")) if families else None
+    if chosen and (unknown := [f for f in chosen if f not in FAMILIES]):
+        raise CaseError(None, f"unknown task families {unknown}", accepted=", ".join(FAMILIES))
+    cfg = BenchConfig.for_suite(suite, families=chosen, llm=llm, workers=workers, n_eval=n_eval, n_train=n_train,
+                                seeds=tuple(int(s) for s in seeds.split(",")) if seeds else None)
+    try:
+        report = run_bench(cfg, out, agents.split(","), str(grpo_adapter) if grpo_adapter else None, log=_err,
+                           progress=lambda **kw: tqdm(file=sys.stderr, **kw))
+    except ValueError as exc:
+        raise CaseError(None, str(exc)) from None
+    files = write_report(report, out)
+    typer.echo(json.dumps(report) if as_json else markdown(report))
+    _err("wrote " + ", ".join(map(str, files)))
+
+
+@app.command()
+@guarded
+def feedback(thread: str = typer.Argument(..., help="thread id printed by ask/chat"), verdict: str = typer.Argument(..., help="good | bad"),
+             note: str = typer.Option("", "--note"), all_turns: bool = typer.Option(False, "--all", help="judge every turn, not only the last")):
+    """Judge a thread's answer: good runs become verified experience (memory, mining), bad ones count as failures."""
+    from macro.agent.experience import record_verdict
+    from macro.trajectory import TrajectoryStore
+
+    if verdict not in ("good", "bad"):
+        raise CaseError(None, f"verdict must be good or bad, got {verdict!r}")
+    home = Home.current().ensure()
+    turns = TrajectoryStore(home.trajectories_db).list(thread_id=thread)
+    if not turns:
+        raise CaseError(None, f"no recorded turns for thread {thread!r}")
+    for traj in turns if all_turns else turns[-1:]:
+        done = record_verdict(traj.id, "verified" if verdict == "good" else "failed", "person", note, home)
+        typer.echo(f"{done.id}: {done.verification}" + (f" (memory entry {done.embedding_id})" if done.embedding_id else ""))
+
+
+def _skill_parts():
+    from macro.skills.evolve import executor_replay
+    from macro.skills.library import Library
+    from macro.tools.registry import Registry
+    from macro.trajectory import TrajectoryStore
+
+    home = Home.current().ensure()
+    trajectories = [t.to_dict() for t in TrajectoryStore(home.trajectories_db).list(verification=("verified", "failed"))]
+    replay = executor_replay(lambda: Registry.default(composites=False), home.artifacts)
+    return home, Library(home.skills / "library"), trajectories, replay
+
+
+def _skill_row(comp) -> dict:
+    prov = comp.provenance
+    return {"name": comp.name, "tools": list(comp.tools), "params": {k: v.get("default") for k, v in comp.params.items()},
+            "support": prov.get("support"), "reliability": prov.get("reliability"), "score": prov.get("score"),
+            "round": prov.get("round"), "verification": comp.verification, "usage": prov.get("usage")}
+
+
+@skills_app.command("mine")
+@guarded
+def skills_mine(min_support: int = typer.Option(5, help="verified runs that must contain a chain"),
+                as_json: bool = typer.Option(False, "--json")):
+    """One evolution round: mine candidates, admit those whose replay reproduces the recorded results, prune."""
+    from macro.skills.evolve import EvolveConfig, evolve
+    from macro.skills.mine import MineConfig
+
+    _, library, trajectories, replay = _skill_parts()
+    report = evolve(trajectories, library, replay, EvolveConfig(mine=MineConfig(min_support=min_support)), progress=_err)
+    typer.echo(json.dumps(report, indent=2) if as_json else report["note"] + f"; library round {report['round']}: {', '.join(report['library']) or 'empty'}")
+
+
+@skills_app.command("list")
+@guarded
+def skills_list(as_json: bool = typer.Option(False, "--json")):
+    """The current library round's composites."""
+    _, library, _, _ = _skill_parts()
+    current = library.current()
+    rows = [_skill_row(c) for c in current.composites]
+    if as_json:
+        typer.echo(json.dumps({"round": current.number, "composites": rows, "problems": library.problems}, indent=2))
+        return
+    typer.echo(f"library round {current.number}: {len(rows)} composite(s)")
+    for r in rows:
+        typer.echo(f"  {r['name']:<32} {' -> '.join(r['tools'])}  support {r['support']}, reliability {r['reliability']}")
+
+
+@skills_app.command("show")
+@guarded
+def skills_show(name: str = typer.Argument(...), as_json: bool = typer.Option(True, "--json", help="always JSON; accepted for symmetry")):
+    """A composite's full definition (steps, bindings, parameters, provenance, verification) as JSON."""
+    _, library, _, _ = _skill_parts()
+    try:
+        typer.echo(json.dumps(library.current().get(name).to_dict(), indent=2))
+    except KeyError as exc:
+        raise CaseError(None, exc.args[0]) from None
+
+
+@skills_app.command("verify")
+@guarded
+def skills_verify(as_json: bool = typer.Option(False, "--json")):
+    """Replay every composite of the current round on recorded verified runs; reports, changes nothing."""
+    from macro.skills.evolve import replay_all
+
+    _, library, trajectories, replay = _skill_parts()
+    report = replay_all(library, trajectories, replay)
+    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(f"{k}: {v['reproduced']}/{v['replayed']} reproduced" for k, v in report.items()))
+
+
+@skills_app.command("prune")
+@guarded
+def skills_prune(as_json: bool = typer.Option(False, "--json")):
+    """Drop composites whose runs are too often judged wrong; commits a new round if anything goes."""
+    from macro.skills.evolve import prune_round
+
+    _, library, trajectories, _ = _skill_parts()
+    report = prune_round(trajectories, library)
+    typer.echo(json.dumps(report, indent=2) if as_json else f"round {report['round']}; pruned: {', '.join(report['pruned']) or 'nothing'}")
+
+
+@memory_app.command("stats")
+@guarded
+def memory_stats(as_json: bool = typer.Option(False, "--json")):
+    """Entries, dimension, index kind, file size, version and entries per task family."""
+    from macro.memory.store import ImageMemory
+
+    info = ImageMemory(Home.current().memory).stats()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"{info['path']}: {info['entries']} entries, dim {info['dim']}, {info['kind']} index, version {info['version']}, {info['bytes']:,} bytes")
+    for family, count in sorted(info["families"].items()):
+        typer.echo(f"  {family:<22} {count}")
+
+
+@memory_app.command("query")
+@guarded
+def memory_query(case: str = typer.Argument(..., help="scan: file, DICOM/BraTS folder, or four comma-separated NIfTI (T1,T1ce,T2,FLAIR)"),
+                 k: int = typer.Option(5, "--k"), floor: float = typer.Option(0.0, "--floor", help="lowest cosine similarity returned"),
+                 family: Optional[str] = typer.Option(None, "--family", help="only entries of this task family"),
+                 verified: bool = typer.Option(False, "--verified", help="only verified entries"),
+                 modality: Optional[str] = ModalityOpt, as_json: bool = typer.Option(False, "--json")):
+    """The most similar remembered cases of a scan, with the tool chains that solved them."""
+    from macro.memory.encoder import case_embedding
+    from macro.memory.store import ImageMemory
+
+    where = {**({"family": family} if family else {}), **({"verification": "verified"} if verified else {})}
+    hits = ImageMemory(Home.current().memory).query(case_embedding(_load(case, modality)), k=k, floor=floor, where=where or None)
+    if as_json:
+        typer.echo(json.dumps([{"id": h.id, "score": round(h.score, 4), "meta": h.meta} for h in hits], indent=2))
+        return
+    for h in hits:
+        tools = " -> ".join(t["name"] if isinstance(t, dict) else str(t) for t in h.meta.get("tools", []))
+        typer.echo(f"{h.score:.3f}  {h.meta.get('case_id', h.id)}  [{h.meta.get('family')}, {h.meta.get('verification')}]  {tools}")
+    if not hits:
+        _err("no remembered case above the floor")
+
+
+@eval_app.command("memory")
+def eval_memory(sizes: str = typer.Option("10000,100000", help="comma-separated flat memory sizes"),
+                large: int = typer.Option(1_000_000, help="vectors for the IVF/HNSW recall benchmark (0 skips it)"),
+                queries: int = typer.Option(200), as_json: bool = typer.Option(False, "--json")):
+    """Flat memory query p50/p95 at 10k/100k entries; IVF and HNSW recall@5, latency and build time at 1M vectors."""
+    from macro.memory.bench import markdown, run
+
+    report = run(tuple(int(n) for n in sizes.split(",")), large=large, queries=queries, log=_err)
+    typer.echo(json.dumps(report, indent=2) if as_json else markdown(report))
 
 
 def main() -> None:

@@ -42,10 +42,6 @@ class Home:
         return self.root / "models"
 
     @property
-    def memory(self) -> Path:
-        return self.root / "memory"
-
-    @property
     def skills(self) -> Path:
         return self.root / "skills"
 

@@ -197,20 +197,6 @@ class ImageMemory:
             return self._snapshot
 
 
-def first_action_prior(hits: Sequence[MemoryHit]) -> dict[str, float]:
-    """p(first tool) proportional to the summed similarity of the neighbours that started with it (meta "tools")."""
-    weights: Counter = Counter()
-    for hit in hits:
-        tools = hit.meta.get("tools") or []
-        if tools:
-            first = tools[0]["name"] if isinstance(tools[0], dict) else tools[0]  # {"name", "args"} as the agent records chains
-            weights[first] += max(hit.score, 0.0)
-    total = sum(weights.values())
-    return {tool: w / total for tool, w in weights.most_common()} if total > 0 else {}
-
-
-# ---------------------------------------------------------------- file format
-
 def _stamp(path: Path) -> tuple | None:
     try:
         st = path.stat()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from macro.errors import CaseError
 from macro.memory.index import KINDS
-from macro.memory.store import FILE, ImageMemory, MemoryHit, first_action_prior
+from macro.memory.store import FILE, ImageMemory, MemoryHit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,14 +157,6 @@ def test_a_damaged_file_raises_case_error_naming_it(tmp_path, damage, message):
     with pytest.raises(CaseError, match=message) as err:
         ImageMemory(tmp_path).stats()
     assert err.value.path == str(path)
-
-
-def test_first_action_prior_weights_first_tools_by_similarity():
-    hits = [MemoryHit("a", 0.9, {"tools": [{"name": "segment_tumour", "args": {}}, {"name": "measure"}]}),
-            MemoryHit("b", 0.6, {"tools": ["describe_scan"]}), MemoryHit("c", 0.3, {"tools": [{"name": "segment_tumour"}]}),
-            MemoryHit("d", 0.8, {"tools": []})]
-    assert first_action_prior(hits) == pytest.approx({"segment_tumour": 1.2 / 1.8, "describe_scan": 0.6 / 1.8})
-    assert first_action_prior([]) == {}
 
 
 def test_cli_stats_and_query_on_a_small_memory(home, demo, demo_folder, tmp_path, one_thread):

@@ -31,7 +31,7 @@ def test_registry_offers_only_tools_that_accept_the_case(demo):
     registry = Registry.default()
     assert {t.name for t in registry.for_case(demo)} == {"describe_scan", "render_slice", "measure_volume", "crop_resample", "segment_brain_tumor"}
     ct_slice = load_case(get_testdata_file("CT_small.dcm"))
-    assert {t.name for t in registry.for_case(ct_slice)} == {"describe_scan", "render_slice"}
+    assert {t.name for t in registry.for_case(ct_slice)} == {"describe_scan", "render_slice", "score_anomaly"}
 
 
 def test_policy_facing_schema_has_no_ids_or_paths():

@@ -26,11 +26,13 @@ class Registry:
     @classmethod
     def default(cls, composites: bool = True, home=None) -> "Registry":
         """Built-ins, plug-ins, then (unless ``composites`` is False) the current skill library's composites."""
+        from macro.tools.anomaly.tool import ScoreAnomaly
         from macro.tools.classification.tool import ClassifyFindings, ClassifyLesion
         from macro.tools.imaging import BUILTINS
         from macro.tools.segmentation.tool import SegmentBrainTumor
+        from macro.tools.vqa.tool import AnswerStepwise
 
-        registry = cls(tool() for tool in (*BUILTINS, SegmentBrainTumor, ClassifyLesion, ClassifyFindings))
+        registry = cls(tool() for tool in (*BUILTINS, SegmentBrainTumor, ClassifyLesion, ClassifyFindings, ScoreAnomaly, AnswerStepwise))
         registry.load_entry_points()
         if composites:
             registry.load_composites(home)

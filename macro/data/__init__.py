@@ -59,3 +59,5 @@ def demo_case(home_data_dir: Path) -> Path:
 
 from macro.data import brain, domains  # noqa: E402  (imported last: their builders register themselves here)
 from macro.data import cxr, derm  # noqa: E402,F401  (classification phantoms register themselves)
+from macro.data import anomaly  # noqa: E402,F401  (the continual anomaly stream registers itself)
+from macro.data import stepcot  # noqa: E402,F401  (the Step-CoT VQA phantom registers itself)

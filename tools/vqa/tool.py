@@ -1,0 +1,103 @@
+"""``answer_stepwise``: a chest X-ray question answered through Step-CoT's seven diagnostic steps.
+
+Each step gets the chosen option, its probability and a templated reasoning sentence; the chain comes back as
+structured data and as text the policy can quote, ending with the diagnosis. The image-only student answers by
+default (fast, no text encoder); the graph-attention teacher on request. Both are the shipped weights of
+``macro train vqa`` (trained on the ``stepcot-phantom`` vocabulary), and the answer names the model's sha256.
+A question is optional: when it names one step (e.g. "where is the lesion?") that step's answer is repeated
+at the end, otherwise the diagnosis is.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+
+from macro.data import stepcot
+from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.classification.model import case_pixels
+from macro.tools.vqa.checkpoint import WEIGHTS_DIR, load_model
+from macro.tools.vqa.encoders import ImageEncoder
+
+_LOCK = threading.Lock()
+_LOADED: dict = {}
+STEP_WORDS = (r"densit|opaci|lucen", r"distribut|spread|focal|diffuse", r"pattern", r"where|locat|zone|side",
+              r"morpholog|margin|shape|border|contour", r"secondary|associated|effusion|cardiomegal|shift",
+              r"diagnos|what is it|disease")
+
+
+def models(kind: str):
+    """(encoder, model, manifest), loaded once per process and reloaded when the shipped manifest changes."""
+    stamp = (WEIGHTS_DIR / "manifest.json").stat().st_mtime if (WEIGHTS_DIR / "manifest.json").exists() else None
+    with _LOCK:
+        if "encoder" not in _LOADED:
+            _LOADED["encoder"] = ImageEncoder()
+        hit = _LOADED.get(kind)
+        if hit is None or hit[0] != stamp:
+            model, manifest = load_model(kind)
+            hit = _LOADED[kind] = (stamp, model, manifest)
+        return _LOADED["encoder"], hit[1], hit[2]
+
+
+def focus_step(question: str | None) -> int:
+    """The step a question asks about (index 0-6); the diagnosis when it names none or several."""
+    if not question:
+        return 6
+    hits = [k for k, pattern in enumerate(STEP_WORDS) if re.search(pattern, question.lower())]
+    return hits[0] if len(hits) == 1 else 6
+
+
+def answer_chain(pixels, kind: str = "student") -> tuple[list[dict], dict]:
+    """The seven steps for (1, 3, H, W) pixels in [0, 1]: name, answer, probability, reasoning."""
+    encoder, model, manifest = models(kind)
+    with torch.no_grad():
+        logits = model(encoder(pixels))[0]
+    steps, answers = [], {}
+    for k, (z, options) in enumerate(zip(logits, manifest["options"])):
+        p = torch.softmax(z[0], dim=-1)
+        best = int(p.argmax())
+        answers[stepcot.ATTRIBUTES[k]] = options[best]
+        steps.append({"step": k + 1, "name": stepcot.STEP_NAMES[k], "question": manifest["questions"][k], "answer": options[best],
+                      "probability": round(float(p[best]), 4)})
+    for k, step in enumerate(steps):
+        step["reasoning"] = stepcot.reasoning(answers, stepcot.ATTRIBUTES[k])
+    return steps, manifest
+
+
+class StepwiseArgs(BaseModel):
+    question: str | None = Field(None, description="the user's question, if it asks about one step (location, pattern, ...)")
+    model: Literal["student", "teacher"] = Field("student", description="student: image-only, fast; teacher: graph-attention")
+
+
+class AnswerStepwise(MacroTool):
+    name: str = "answer_stepwise"
+    description: str = "Reason step by step on a chest X-ray (density, distribution, pattern, location, morphology, signs) to a diagnosis."
+    args_schema: type[BaseModel] = StepwiseArgs
+    spec = ToolSpec(
+        modalities=("xray",), dims=(2,), version="1.0.0", weights=str(WEIGHTS_DIR / "manifest.json"), outputs={"chain": "text"},
+        examples=(
+            ToolExample(request="Walk me through the diagnosis step by step.", args={}),
+            ToolExample(request="What is the most likely diagnosis, with your reasoning?", args={}),
+            ToolExample(request="Where is the lesion located? Reason stepwise.", args={"question": "Where is the lesion located?"}),
+            ToolExample(request="Explain your diagnosis using the graph-attention teacher.", args={"model": "teacher"}),
+            ToolExample(request="Give me a chain of thought for this chest film.", args={}),
+            ToolExample(request="What pattern is the opacity, step by step?", args={"question": "What pattern is the opacity?"}),
+            ToolExample(request="Reason through the seven diagnostic steps.", args={}),
+            ToolExample(request="Diagnose this radiograph and show each step.", args={}),
+        ),
+    )
+
+    def execute(self, ctx: ToolContext, args: StepwiseArgs) -> ToolResult:
+        steps, manifest = answer_chain(case_pixels(ctx.case.image), args.model)
+        version = manifest["files"][args.model]["sha256"][:12]
+        focus = steps[focus_step(args.question)]
+        lines = [f"Step {s['step']} {s['name']}: {s['answer']} ({s['probability']:.2f}). {s['reasoning']}" for s in steps]
+        text = (" ".join(lines) + f" Diagnosis: {steps[-1]['answer']}."
+                + (f" Answer ({focus['name'].lower()}): {focus['answer']}." if focus is not steps[-1] else "")
+                + f" ({args.model} model {version})")
+        data = {"steps": steps, "diagnosis": steps[-1]["answer"], "focus_step": focus["step"], "model": args.model,
+                "model_version": {"sha256": version, "command": manifest.get("command")}}
+        return ToolResult(text=text, data=data)
