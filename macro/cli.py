@@ -468,7 +468,8 @@ def eval_skills(sizes: str = typer.Option("10000,100000", help="comma-separated 
 def bench(suite: str = typer.Option("quick", help="quick | full"),
           agents: str = typer.Option(",".join(("static", "react", "react+memory", "react+composites", "react+memory+composites", "macro")),
                                      help="comma-separated: static, react[+memory][+composites], macro, openai:URL, hf:PATH"),
-          llm: str = typer.Option("embedded", help="the LLM every agent uses: embedded | scripted | hf:PATH | openai:URL"),
+          llm: Optional[str] = typer.Option(None, help="the LLM every agent uses: embedded | scripted | hf:PATH | openai:URL "
+                                                      "(default: scripted for quick, embedded for full)"),
           families: Optional[str] = typer.Option(None, help="comma-separated task families (default: all with their tools registered)"),
           seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the suite's)"),
           n_eval: Optional[int] = typer.Option(None, "--n-eval", help="tasks per family, split and seed"),
