@@ -60,15 +60,45 @@ def flat_steps(steps: list[dict]) -> list[dict]:
 
 
 def mine(trajectories: Iterable, cfg: MineConfig | None = None) -> list[Composite]:
-    """Candidates, best score first, each with bindings, parameters and provenance (not yet verified)."""
+    """Candidates, best score first, each with bindings, parameters and provenance (not yet verified).
+
+    Runs are mined per task family: a chain that is reliable for one family (segment then measure on source
+    scans) must not be rejected because the same calls fail on another family's harder cases, nor admitted on
+    the strength of a family where it happens to pass. A chain found in several families is kept once, from the
+    family where it scores best, with the others listed."""
     cfg = cfg or MineConfig()
     start = time.perf_counter()
-    runs = []
+    families: dict[str, list] = defaultdict(list)
     for traj in trajectories:
         body = traj if isinstance(traj, dict) else traj.to_dict()
         if body.get("verification") in ("verified", "failed"):
             steps = flat_steps(body["steps"])
-            runs.append((body["id"], body["verification"] == "verified", steps, tuple(s["tool"] for s in steps)))
+            families[body.get("family", "")].append((body["id"], body["verification"] == "verified", steps, tuple(s["tool"] for s in steps)))
+    best: dict[tuple, tuple] = {}
+    for family, runs in sorted(families.items()):
+        for chain, stats in _candidates(runs, cfg).items():
+            if chain not in best or _score(*stats[:2], len(chain)) > _score(*best[chain][1][:2], len(chain)):
+                best[chain] = (family, stats, runs, best.get(chain, (None, None, None, []))[3] + [family])
+            else:
+                best[chain][3].append(family)
+    ranked = sorted(best, key=lambda c: (-_score(*best[c][1][:2], len(c)), c))[:cfg.max_candidates]
+    seconds = time.perf_counter() - start
+    out = []
+    for chain in ranked:
+        family, (support, reliability, lift, confidence, failed), runs, found_in = best[chain]
+        occurrences = _occurrences([chain], runs, cfg.max_occurrences)[chain]
+        comp = bind(chain, [steps for _, steps in occurrences], cfg.bind_rate)
+        comp.provenance = {"family": family, "families": sorted(set(found_in)), "support": support, "failed": failed,
+                           "reliability": round(reliability, 4), "lift": round(lift, 2), "confidence": round(confidence, 3),
+                           "score": round(_score(support, reliability, len(chain)), 3),
+                           "trajectories": sorted({tid for tid, _ in occurrences})[:50],
+                           "mined_from": len(runs), "mining_seconds": round(seconds, 3)}
+        out.append(comp)
+    return out
+
+
+def _candidates(runs: list, cfg: MineConfig) -> dict[tuple, tuple]:
+    """Chains of one family's runs that pass support, reliability and association, after closed dedup."""
     verified, failed = Counter(), Counter()
     for _, ok, _, tools in runs:
         (verified if ok else failed).update(_chains(tools, 1, cfg.max_length))
@@ -86,22 +116,8 @@ def mine(trajectories: Iterable, cfg: MineConfig | None = None) -> list[Composit
         lift = min(max(n - 2 * math.sqrt(n), 0.0) * calls / (left * right) for left, right in splits)
         confidence = min(n / max(left, right) for left, right in splits)
         if lift >= cfg.min_lift or confidence >= cfg.min_confidence:
-            candidates[chain] = (support, reliability, lift, confidence)
-    kept = [c for c in candidates if not _absorbed(c, candidates, cfg.closed_ratio)]
-    kept.sort(key=lambda c: (-_score(*candidates[c][:2], len(c)), c))
-    kept = kept[:cfg.max_candidates]
-    occurrences = _occurrences(kept, runs, cfg.max_occurrences)
-    seconds = time.perf_counter() - start
-    out = []
-    for chain in kept:
-        support, reliability, lift, confidence = candidates[chain]
-        comp = bind(chain, [steps for _, steps in occurrences[chain]], cfg.bind_rate)
-        comp.provenance = {"support": support, "failed": failed[chain], "reliability": round(reliability, 4), "lift": round(lift, 2), "confidence": round(confidence, 3),
-                           "score": round(_score(support, reliability, len(chain)), 3),
-                           "trajectories": sorted({tid for tid, _ in occurrences[chain]})[:50],
-                           "mined_from": len(runs), "mining_seconds": round(seconds, 3)}
-        out.append(comp)
-    return out
+            candidates[chain] = (support, reliability, lift, confidence, failed[chain])
+    return {c: v for c, v in candidates.items() if not _absorbed(c, candidates, cfg.closed_ratio)}
 
 
 def _chains(tools: tuple[str, ...], lo: int, hi: int) -> set[tuple[str, ...]]:

@@ -65,6 +65,18 @@ def test_a_log_of_one_task_type_still_yields_its_chain():
     assert comp.params["adapt"]["default"] == "none" and "default" not in comp.params["region"]
 
 
+def test_chains_are_judged_within_their_task_family():
+    """The same calls fail on a harder family; that must not sink the chain where it works, and vice versa."""
+    def run(k, family, verdict):
+        return {"id": f"{family}{k}", "verification": verdict, "family": family, "case_id": f"{family}{k}", "steps": [
+            {"tool": "segment_brain_tumor", "ok": True, "args": {}, "inputs": {}, "outputs": [f"m{family}{k}"], "data": {}},
+            {"tool": "measure_volume", "ok": True, "args": {}, "inputs": {"mask": f"m{family}{k}"}, "outputs": [], "data": {}}]}
+    runs = [run(k, "easy", "verified") for k in range(6)] + [run(k, "hard", "failed" if k % 4 else "verified") for k in range(12)]
+    (comp,) = mine(runs)
+    assert comp.provenance["family"] == "easy" and comp.provenance["reliability"] == 1.0
+    assert mine([r for r in runs if r["family"] == "hard"]) == []
+
+
 def test_definition_checks_and_round_trip():
     comp = Composite("seg_then_measure", [{"tool": "segment_brain_tumor", "args": {"adapt": {"param": "adapt"}}, "inputs": {}},
                                           {"tool": "measure_volume", "args": {"region": {"param": "region"}}, "inputs": {"mask": 0}}],
