@@ -6,11 +6,13 @@ and every write goes through a temporary file and ``os.replace`` so readers in o
 """
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import os
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,20 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def locked(folder: Path):
+    """Exclusive advisory lock on ``folder/.lock`` around a read-modify-write, across processes; readers that only
+    read files written with :func:`atomic_write_bytes` need none."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class ArtifactStore:

@@ -310,7 +310,8 @@ def anomaly_learn(task: list[Path] = typer.Option([], "--task", help="MVTec-layo
     from tqdm import tqdm
 
     from macro.data.anomaly import stream_tasks
-    from macro.tools.anomaly.bank import active_bank_dir, load_bank, locked, save_bank
+    from macro.artifacts import locked
+    from macro.tools.anomaly.bank import active_bank_dir, load_bank, save_bank
     from macro.tools.anomaly.learn import empty_bank, learn
 
     folders = [*task, *(stream_tasks(stream) if stream else [])]

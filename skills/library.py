@@ -7,15 +7,13 @@ checksum; a damaged current round falls back to the newest intact one and says s
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from macro.artifacts import atomic_write_bytes
+from macro.artifacts import atomic_write_bytes, locked
 from macro.errors import CaseError
 from macro.skills.composite import Composite, DefinitionError
 
@@ -39,18 +37,6 @@ class Round:
 
 def checksum(composites: list[dict]) -> str:
     return hashlib.sha256(json.dumps(composites, sort_keys=True).encode()).hexdigest()
-
-
-@contextmanager
-def locked(folder: Path):
-    """Exclusive advisory lock on ``folder`` for a read-modify-write across processes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Library:

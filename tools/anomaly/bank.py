@@ -15,12 +15,11 @@ What a bank holds
 Files (a folder): ``manifest.json`` (format, capacity, tasks, threshold, held-out metrics, history of commands,
 ``file`` and its ``sha256``) and ``bank-<sha256[:12]>.npz``. :func:`save_bank` writes the new npz under a new name
 (temporary file + ``os.replace``), then replaces the manifest the same way, then deletes older npz files; a crash
-at any point leaves a manifest that names a complete npz with the right hash. A learner holds :func:`locked` from
+at any point leaves a manifest that names a complete npz with the right hash. A learner holds :func:`macro.artifacts.locked` from
 load to save, so concurrent learners queue instead of losing a task.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -130,22 +129,6 @@ def load_bank(folder: Path) -> MemoryBank:
         calibration=Coreset(torch.from_numpy(arrays["calib_vectors"].astype(np.float32)), arrays["calib_owner"].astype(np.int64)),
         calibration_task=arrays["calib_task"].astype(np.int64), tasks=tuple(manifest["tasks"]),
         threshold=float(manifest["threshold"]["value"]), quantile=float(manifest["threshold"]["quantile"]), info=info)
-
-
-@contextlib.contextmanager
-def locked(folder: Path):
-    """Exclusive lock on ``folder/.lock`` for a whole load-learn-save, so two learners never overwrite each other's
-    task (readers need no lock: every file they read is complete)."""
-    import fcntl
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def active_bank_dir() -> Path:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from macro.tools.classification.model import MEAN, STD, imagenet_backbone, resize
+from macro.tools.classification.model import MEAN, STD, Trunk, imagenet_backbone, resize
 
 IMAGE_SIZE = 224
 MID_BLOCK = 4     # last block at stride 8 (the layer2 analogue)
@@ -31,18 +31,11 @@ _LOCK = threading.Lock()
 _EXTRACTOR: list = []
 
 
-class PatchFeatures(nn.Module):
+class PatchFeatures(Trunk):
     """Frozen stem and blocks[:DEEP_BLOCK + 1]; images -> (N, GRID * GRID, FEATURE_DIM) patch vectors."""
 
     def __init__(self, backbone):
-        super().__init__()
-        self.stem, self.bn0, self.act = backbone._conv_stem, backbone._bn0, backbone._swish
-        self.blocks = nn.ModuleList(backbone._blocks[:DEEP_BLOCK + 1])
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True):
-        return super().train(False)
+        super().__init__(backbone, depth=DEEP_BLOCK + 1)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

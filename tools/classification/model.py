@@ -47,12 +47,12 @@ def imagenet_backbone(image_size: int = IMAGE_SIZE):
 
 
 class Trunk(nn.Module):
-    """Frozen stem and blocks[:SPLIT_BLOCK]; maps normalised images to (B, 112, H/16, W/16)."""
+    """Frozen stem and blocks[:depth] (default SPLIT_BLOCK); maps normalised images to (B, 112, H/16, W/16)."""
 
-    def __init__(self, backbone):
+    def __init__(self, backbone, depth: int = SPLIT_BLOCK):
         super().__init__()
         self.stem, self.bn0, self.act = backbone._conv_stem, backbone._bn0, backbone._swish
-        self.blocks = nn.ModuleList(backbone._blocks[:SPLIT_BLOCK])
+        self.blocks = nn.ModuleList(backbone._blocks[:depth])
         self.requires_grad_(False)
         self.eval()
 
