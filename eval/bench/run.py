@@ -20,16 +20,18 @@ from typing import Callable
 
 from macro.eval.bench.agents import AgentSpec, build_agent, specs, static_plan
 from macro.eval.bench.tasks import FAMILIES, Task
+from macro.skills.evolve import EvolveConfig
 from macro.skills.mine import MineConfig
 
 # quick: the keyword policy stands in for the LLM (deterministic, minutes on 2 cores); full: the embedded LLM.
 SUITES = {
-    "quick": {"seeds": (0, 1, 2), "n_train": 3, "n_eval": 1, "llm": "scripted"},
+    "quick": {"seeds": (0, 1, 2), "n_train": 4, "n_eval": 1, "llm": "scripted"},
     "full": {"seeds": (0, 1, 2), "n_train": 4, "n_eval": 3, "llm": "embedded"},
 }
 EXPERIENCE_AGENT = "react"
-# A benchmark's train split is small (tens of runs per family), so a chain needs 3 verified runs, not the default 5.
-BENCH_MINING = MineConfig(min_support=3)
+# A benchmark's train split is small (about ten runs per family): a chain needs 3 verified runs (not 5), and 40 %
+# of the cases (not 30 %) are held out so a candidate has at least two replays.
+BENCH_EVOLVE = EvolveConfig(mine=MineConfig(min_support=3), holdout=0.4)
 
 
 @dataclass
@@ -171,7 +173,7 @@ def _run_all(jobs: list[tuple[AgentSpec, Task, bool]], cfg: BenchConfig, home: P
 def run_bench(cfg: BenchConfig, out: Path, agent_names: list[str], grpo_adapter: str | None = None,
               log: Callable[[str], None] = print, progress: Callable | None = None) -> dict:
     from macro.config import Home
-    from macro.skills.evolve import EvolveConfig, evolve, executor_replay
+    from macro.skills.evolve import evolve, executor_replay
     from macro.skills.library import Library
     from macro.tools.registry import Registry
     from macro.trajectory import TrajectoryStore
@@ -192,7 +194,7 @@ def run_bench(cfg: BenchConfig, out: Path, agent_names: list[str], grpo_adapter:
     if library.current().number == 0:
         trajectories = [t.to_dict() for t in TrajectoryStore(home.trajectories_db).list(verification=("verified", "failed"))]
         evolution = evolve(trajectories, library, executor_replay(lambda: Registry.default(composites=False, home=home), home.artifacts),
-                           EvolveConfig(mine=BENCH_MINING))
+                           BENCH_EVOLVE)
         (out / "evolution.json").write_text(json.dumps(evolution, indent=1))
     evolution = json.loads((out / "evolution.json").read_text())
     log(f"experience: {sum(r['success'] for r in train_rows)}/{len(train_rows)} train runs verified; library: {', '.join(evolution['library']) or 'empty'}")
