@@ -326,6 +326,12 @@ def render(rng: np.random.Generator, findings: Iterable[str] | dict[str, bool], 
     for name, draw in RENDER_FINDINGS:
         if present[name]:
             draw(chest, lungs)
+    return composite(chest, lungs, fat)
+
+
+def composite(chest: _Chest, lungs: dict[int, np.ndarray], fat: float) -> np.ndarray:
+    """Soft tissue, aerated lung filled by the opacity map, trachea, gastric bubble, bones, exposure and noise."""
+    rng = chest.rng
     soft = rng.uniform(0.50, 0.62) + 0.10 * fat
     air = rng.uniform(0.10, 0.20) + 0.08 * fat
     background = rng.uniform(0.0, 0.05)

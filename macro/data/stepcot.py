@@ -30,8 +30,9 @@ anatomy, vessel markings, bones, effusion and pneumothorax drawing): consolidati
 lucent centre, interstitial oedema as bilateral reticular haze, volume loss as a raised dome with the mediastinum
 pulled over, a mediastinal shift as the heart and trachea pushed aside. Lesion size, density and edge vary and
 the patient varies as in ``cxr-phantom``, so small or faint lesions stay ambiguous and accuracy is not 100 %.
-Reasoning sentences are templated from the drawn answers and the lesion's side. The image compositing
-follows ``cxr.render`` (which draws its findings at random places, so it cannot place a lesion in a named zone).
+Reasoning sentences are templated from the drawn answers and the lesion's side. Lesions are drawn here
+(``cxr.render`` draws its findings at random places, so it cannot place one in a named zone); the final image
+comes from ``cxr.composite``, the same compositing as ``cxr-phantom``.
 """
 from __future__ import annotations
 
@@ -41,10 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from macro.data import register
-from macro.data.cxr import _Chest, _bones, _effusion, _markings, _patient, _pneumothorax, _round_opacity, _sigmoid
+from macro.data.cxr import _Chest, _effusion, _patient, _pneumothorax, _round_opacity, _sigmoid, composite
 from macro.data.labelled import _check_int, case_rng, smooth_field
 from macro.errors import CaseError
 
@@ -414,33 +414,7 @@ def render(rng: np.random.Generator, a: dict[str, str], size: int = SIZE) -> np.
     chest.opacity = np.zeros((size, size), dtype=np.float32)
     chest.aerated = {-1: 1.0, 1: 1.0}
     _lesions(chest, a, lungs)
-    return _composite(chest, lungs)
-
-
-def _composite(chest: _Chest, lungs: dict[int, np.ndarray]) -> np.ndarray:
-    """Soft tissue, aerated lung filled by the opacity map, trachea, gastric bubble, bones, exposure and noise."""
-    rng = chest.rng
-    fat = rng.uniform(0, 1)
-    soft = rng.uniform(0.50, 0.62) + 0.10 * fat
-    air = rng.uniform(0.10, 0.20) + 0.08 * fat
-    background = rng.uniform(0.0, 0.05)
-    x, y = chest.x, chest.y
-    body = _sigmoid((0.82 + 0.17 * fat - np.abs(x)) / 0.02) * np.where(y < -0.85, _sigmoid((0.4 - np.abs(x)) / 0.03), 1.0)
-    image = background + body * (soft - background)
-    for side, lung in lungs.items():
-        opacity = np.clip(chest.opacity + _markings(chest, side) * chest.aerated[side], 0, 1)
-        image -= lung * (1 - opacity) * (soft - air)
-    if chest.lucent is not None:
-        image -= chest.lucent
-    image -= 0.12 * _sigmoid((0.035 - np.abs(x - 0.5 * chest.shift)) / 0.01) * _sigmoid((-0.30 - y) / 0.02)
-    if rng.random() < 0.6:
-        bubble = ((x - 0.32) / 0.09) ** 2 + ((y - chest.dome(1, 0.32) - 0.07) / 0.05) ** 2
-        image -= 0.15 * _sigmoid((1 - bubble) / 0.15)
-    image += _bones(chest)
-    image = np.clip(image, 0, 1) ** rng.uniform(0.8, 1.25) * rng.uniform(0.85, 1.1) + rng.uniform(-0.03, 0.05)
-    image = ndi.gaussian_filter(image.astype(np.float32), 0.5)
-    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(0.01, 0.03))
-    return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    return composite(chest, lungs, chest.rng.uniform(0, 1))
 
 
 # ---------------------------------------------------------------- templated text
