@@ -175,6 +175,7 @@ class Agent:
         self.policy_id = policy_id
         self.registry = registry or Registry.default(home=self.home)
         self.use_memory = memory
+        self._memory = None
         self.trajectories = TrajectoryStore(self.home.trajectories_db)
         from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -198,7 +199,9 @@ class Agent:
         from macro.agent.experience import hints_for
         from macro.memory.store import ImageMemory
 
-        return hints_for(case, family, ImageMemory(self.home.memory))
+        if self._memory is None:  # one instance: it reloads its file only when another process has changed it
+            self._memory = ImageMemory(self.home.memory)
+        return hints_for(case, family, self._memory)
 
     def stream(self, case: Case | None, question: str, thread_id: str | None = None, family: str = "") -> Iterator[tuple[str, Any]]:
         """Yield ``("step", Step)`` as tools finish, then ``("done", TurnResult)``. ``family`` names the task family

@@ -75,20 +75,20 @@ def mine(trajectories: Iterable, cfg: MineConfig | None = None) -> list[Composit
             steps = flat_steps(body["steps"])
             families[body.get("family", "")].append((body["id"], body["verification"] == "verified", steps, tuple(s["tool"] for s in steps)))
     best: dict[tuple, tuple] = {}
+    found_in: dict[tuple, list[str]] = defaultdict(list)
     for family, runs in sorted(families.items()):
         for chain, stats in _candidates(runs, cfg).items():
+            found_in[chain].append(family)
             if chain not in best or _score(*stats[:2], len(chain)) > _score(*best[chain][1][:2], len(chain)):
-                best[chain] = (family, stats, runs, best.get(chain, (None, None, None, []))[3] + [family])
-            else:
-                best[chain][3].append(family)
+                best[chain] = (family, stats, runs)
     ranked = sorted(best, key=lambda c: (-_score(*best[c][1][:2], len(c)), c))[:cfg.max_candidates]
     seconds = time.perf_counter() - start
     out = []
     for chain in ranked:
-        family, (support, reliability, lift, confidence, failed), runs, found_in = best[chain]
+        family, (support, reliability, lift, confidence, failed), runs = best[chain]
         occurrences = _occurrences([chain], runs, cfg.max_occurrences)[chain]
         comp = bind(chain, [steps for _, steps in occurrences], cfg.bind_rate)
-        comp.provenance = {"family": family, "families": sorted(set(found_in)), "support": support, "failed": failed,
+        comp.provenance = {"family": family, "families": found_in[chain], "support": support, "failed": failed,
                            "reliability": round(reliability, 4), "lift": round(lift, 2), "confidence": round(confidence, 3),
                            "score": round(_score(support, reliability, len(chain)), 3),
                            "trajectories": sorted({tid for tid, _ in occurrences})[:50],
