@@ -2,7 +2,7 @@
 tasks, after every task, with one harness for all four (``shared/research/tool_methods.md`` §4.3-4.4).
 
 Protocol. Tasks arrive in order (the ``anomaly-stream`` phantom by default, or any MVTec-layout root). Per task:
-patch features of ``train/good`` minus its calibration hold-out, thinned by k-center to PatchCore's 10 % coreset
+patch features of ``train/good`` minus its calibration hold-out, thinned by k-center to PatchCore's coreset (``continual.RATIO``, 25 %)
 (the candidates every method receives). Capacity K = the first task's coreset size, so a shared bank is 1/T of
 per-task PatchCore's total memory when tasks are the same size.
 
@@ -74,7 +74,7 @@ def stream_folders(data_root: Path, p: dict, seed: int, source: Path | None = No
 @dataclass
 class TaskData:
     name: str
-    candidates: Coreset       # PatchCore's 10 % coreset of the task's bank images
+    candidates: Coreset       # PatchCore's coreset of the task's bank images
     test: torch.Tensor        # (N, P, d) float16 test features
     labels: np.ndarray
     masks: np.ndarray         # (N, 224, 224) bool
@@ -225,15 +225,15 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, out: Path) -> list[Path]:
-    import matplotlib
+    from macro.reports import write_report as write
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return write(out, "anomaly", report, markdown(report), lambda figure: _plot(figure, report))
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "anomaly.json").write_text(json.dumps(report, indent=2))
-    (out / "anomaly.md").write_text(markdown(report) + "\n")
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+
+def _plot(fig, report: dict) -> None:
+    """Image AUROC per task after the last task, and the mean over the tasks seen after each task."""
+    fig.set_size_inches(11, 3.8)
+    a, b = fig.subplots(1, 2)
     tasks, methods = report["tasks"], report["methods"]
     width = 0.8 / len(methods)
     for k, (method, r) in enumerate(methods.items()):
@@ -246,7 +246,3 @@ def write_report(report: dict, out: Path) -> list[Path]:
     b.set_xlabel("tasks learnt")
     b.set_ylabel("mean image AUROC over tasks seen")
     b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "anomaly.png", dpi=120)
-    plt.close(fig)
-    return [out / "anomaly.json", out / "anomaly.md", out / "anomaly.png"]

@@ -20,7 +20,6 @@ accuracy stayed 7.6 points above retraining's (measured in the full run).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -98,15 +97,15 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, out: Path) -> list[Path]:
-    import matplotlib
+    from macro.reports import write_report as write
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return write(out, "federated", report, markdown(report), lambda figure: _plot(figure, report))
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "federated.json").write_text(json.dumps(report, indent=2))
-    (out / "federated.md").write_text(markdown(report) + "\n")
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+
+def _plot(fig, report: dict) -> None:
+    """Test mean AUC per classification method, and accuracy on the forgotten site per unlearning method."""
+    fig.set_size_inches(9, 3.5)
+    a, b = fig.subplots(1, 2)
     cls = report["classification"]
     a.bar(list(cls), [r["mean_auc"] for r in cls.values()], color="tab:blue")
     a.set_ylabel("test mean AUC")
@@ -116,7 +115,3 @@ def write_report(report: dict, out: Path) -> list[Path]:
     b.set_ylabel("accuracy on the forgotten site")
     b.set_title("unlearning site 0 (derm)")
     b.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(out / "federated.png", dpi=120)
-    plt.close(fig)
-    return [out / "federated.json", out / "federated.md", out / "federated.png"]

@@ -100,3 +100,19 @@ def test_channel_alignment_weights_the_kl_by_cka_and_trains_only_p_s():
     expected = cka(k_t, k_s) * (k_t * (k_t.log() - k_s.log())).sum(-1).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
     assert align(f_t, f_s, torch.tensor([True] + [False] * 9)) == 0  # needs two valid rows
+
+
+def test_chain_prior_decoding_answers_with_a_chain_seen_in_training():
+    import numpy as np
+
+    from macro.eval.vqa import structured_decoding
+
+    train = np.array([[0, 0]] * 5 + [[1, 1]] * 5 + [[-1, 1]])  # the invalid row is left out of the prior
+    probs = [np.array([[0.6, 0.4], [0.9, 0.1]]), np.array([[0.3, 0.7], [0.6, 0.4]])]
+    decoded = structured_decoding(probs, train)
+    for marginal in decoded:
+        assert np.allclose(marginal.sum(1), 1.0)
+    # image 0: the steps disagree on their own; the stronger second step wins both under the prior (1, 1)
+    assert [int(m[0].argmax()) for m in decoded] == [1, 1]
+    assert [int(m[1].argmax()) for m in decoded] == [0, 0]
+    assert structured_decoding(probs, np.full((3, 2), -1)) is None

@@ -4,7 +4,6 @@ and their combination change against zero-shot ReAct, with paired bootstrap CIs)
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -140,17 +139,16 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 def write_report(report: dict, out: Path) -> list[Path]:
-    import matplotlib
+    from macro.reports import write_report as write
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return write(out, "bench", report, markdown(report), lambda figure: _plot(figure, report))
 
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "bench.json", out / "bench.md", out / "bench.png"]
-    files[0].write_text(json.dumps(report, indent=1))
-    files[1].write_text(markdown(report))
+
+def _plot(fig, report: dict) -> None:
+    """Success per agent on the held-out and OOD splits, with bootstrap CIs."""
     agents = list(report["agents"])
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(agents)), 3.6))
+    fig.set_size_inches(max(6, 1.4 * len(agents)), 3.6)
+    ax = fig.subplots()
     width = 0.38
     for i, split in enumerate(("held_out", "ood")):
         cells = [report["agents"][a].get(split) for a in agents]
@@ -161,7 +159,3 @@ def write_report(report: dict, out: Path) -> list[Path]:
     ax.set_ylabel("success (points)")
     ax.set_ylim(0, 100)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(files[2], dpi=120)
-    plt.close(fig)
-    return files

@@ -6,7 +6,6 @@ sigmoid ≥ 0.5 after the ET ⊂ TC ⊂ WT hierarchy fix. Every method starts th
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -109,17 +108,16 @@ def markdown(report: dict) -> str:
 
 def write_report(report: dict, out: Path) -> list[Path]:
     """JSON, markdown table and a bar plot of mean Dice per domain and method."""
-    import matplotlib
+    from macro.reports import write_report as write
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return write(out, "segmentation", report, markdown(report), lambda figure: _plot(figure, report))
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "segmentation.json").write_text(json.dumps(report, indent=2))
-    (out / "segmentation.md").write_text(markdown(report) + "\n")
+
+def _plot(fig, report: dict) -> None:
     domains = list(report["domains"])
     methods = list(next(iter(report["domains"].values())))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig.set_size_inches(6, 3.5)
+    ax = fig.subplots()
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         values = [report["domains"][d][method]["dice"]["mean"] or 0 for d in domains]
@@ -127,7 +125,3 @@ def write_report(report: dict, out: Path) -> list[Path]:
     ax.set_xticks(np.arange(len(domains)) + width * (len(methods) - 1) / 2, domains)
     ax.set_ylabel("mean Dice (ET/TC/WT)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "segmentation.png", dpi=120)
-    plt.close(fig)
-    return [out / "segmentation.json", out / "segmentation.md", out / "segmentation.png"]
