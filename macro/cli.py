@@ -304,7 +304,7 @@ def anomaly_learn(task: list[Path] = typer.Option([], "--task", help="MVTec-layo
                   stream: Optional[Path] = typer.Option(None, "--stream", help="learn every task of an anomaly stream, in its order"),
                   bank: Optional[Path] = typer.Option(None, "--bank", help="bank folder (default: MACRO_HOME/models/anomaly)"),
                   reset: bool = typer.Option(False, "--reset", help="start an empty bank instead of extending the current one"),
-                  capacity: Optional[int] = typer.Option(None, help="vectors in a new bank (default: the first task's 10 % coreset)"),
+                  capacity: Optional[int] = typer.Option(None, help="vectors in a new bank (default: the first task's coreset, 25 % of its patches)"),
                   seed: int = typer.Option(0)):
     """Add tasks to the shared CADIC bank (k-center over bank + new coreset, fixed size); recalibrates the threshold."""
     from tqdm import tqdm

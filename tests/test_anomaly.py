@@ -134,11 +134,22 @@ def learnt(stream, tmp_path_factory):
     return bank
 
 
-def test_learnt_bank_is_fixed_size_calibrated_and_reloads(learnt, tmp_path):
+def test_learnt_bank_is_fixed_size_calibrated_and_reloads(learnt, stream, tmp_path):
+    from dataclasses import replace
+
+    from macro.data.anomaly import stream_tasks
+    from macro.data.mvtec import read_task
     from macro.tools.anomaly.bank import load_bank, save_bank
+    from macro.tools.anomaly.continual import RATIO
+    from macro.tools.anomaly.features import GRID
+    from macro.tools.anomaly.learn import empty_bank, learn_task
 
     assert [t["name"] for t in learnt.tasks] == list(TINY_TASKS)
     assert len(learnt.coreset) == learnt.capacity == learnt.tasks[0]["candidates"]
+    patches = learnt.tasks[0]["bank_images"] * GRID * GRID
+    assert learnt.tasks[0]["candidates"] == round(RATIO * patches)
+    built_at_ten = replace(empty_bank(), info={**empty_bank().info, "ratio": 0.1})  # a bank keeps its own ratio
+    assert learn_task(built_at_ten, read_task(stream_tasks(stream)[0])).tasks[0]["candidates"] == round(0.1 * patches)
     assert np.isfinite(learnt.threshold) and len(learnt.calibration_task) == 3 * 2
     assert set(np.unique(learnt.ref_task[learnt.coreset.owner])) == {0, 1, 2}
     manifest = save_bank(learnt, tmp_path)

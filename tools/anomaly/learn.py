@@ -1,11 +1,11 @@
 """``macro anomaly learn``: add tasks (MVTec-layout folders of normal images) to the CADIC bank, one after another.
 
 Per task: hold out the last 10 % of ``train/good`` (at least 2 images) for calibration, extract patch features of
-the rest, thin them to PatchCore's 10 % coreset, run CADIC's update (k-center over bank + candidates, keeping
-``capacity`` vectors), then recalibrate the threshold on every task's held-out normals. A new bank takes its
-capacity from ``capacity`` or, by default, from the first task's coreset size (the notes' "same K as a
-single-task 10 % PatchCore bank"). When a task folder has a ``test/`` split, its image AUROC and the decision's
-true/false-positive rates at the calibrated threshold are recorded in the manifest as held-out metrics.
+the rest, thin them to PatchCore's coreset (the bank's ``ratio``, 25 % by default), run CADIC's update (k-center
+over bank + candidates, keeping ``capacity`` vectors), then recalibrate the threshold on every task's held-out
+normals. A new bank takes its capacity from ``capacity`` or, by default, from the first task's coreset size (the
+notes' "same K as a single-task PatchCore bank"). When a task folder has a ``test/`` split, its image AUROC and the
+decision's true/false-positive rates at the calibrated threshold are recorded in the manifest as held-out metrics.
 """
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def learn_task(bank: MemoryBank, task: AnomalyTask, capacity: int | None = None,
     bank_paths, held_out = task.calibration_split()
     pixels, features = _features(bank_paths, progress)
     ids = len(bank.refs) + np.arange(len(bank_paths))
-    candidates = thin(Coreset.from_features(features, ids), bank.projection, RATIO, seed=seed, progress=progress)
+    ratio = float(bank.info.get("ratio", RATIO))  # a bank keeps the ratio it was built with
+    candidates = thin(Coreset.from_features(features, ids), bank.projection, ratio, seed=seed, progress=progress)
     capacity = bank.capacity or capacity or len(candidates)
     old = bank.coreset if len(bank.coreset) else None
     coreset = cadic_update(old, candidates, capacity, bank.projection, seed=seed, progress=progress)
