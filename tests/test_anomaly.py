@@ -34,6 +34,27 @@ def test_kcenter_is_seeded_distinct_and_covers_better_than_the_first_points():
     assert np.array_equal(greedy_kcenter(points, 10_000), np.arange(len(points)))
 
 
+def test_large_bank_scores_through_ivf_with_exact_image_scores():
+    from macro.tools.anomaly.scoring import IVF_MIN, NearestNeighbours, score
+
+    rng = np.random.default_rng(2)
+    bank = torch.as_tensor(rng.normal(size=(IVF_MIN + 1000, 16)), dtype=torch.float32)  # no clusters: IVF misses often
+    index = NearestNeighbours(bank)
+    assert index.ivf is not None and index.ivf.nprobe < index.ivf.nlist
+    queries = torch.as_tensor(rng.normal(size=(10, 20, 16)), dtype=torch.float32)
+    queries[3, 7] += 5.0  # one far-off patch: the image's score must be its exact distance
+    got = score(index, queries, batch=4)
+    exact, exact_idx = index.search(queries.reshape(-1, 16))
+    exact, exact_idx = exact.reshape(10, 20), exact_idx.reshape(10, 20)
+    assert (index.upper_bounds(queries.reshape(-1, 16))[0].reshape(10, 20).max(1) > exact.max(1) + 1e-4).any()  # refining matters
+    assert np.allclose(got.image, exact.max(1), rtol=1e-5)
+    assert (got.patches >= exact - 1e-4).all()
+    worst = exact.argmax(1)
+    assert np.array_equal(got.nearest[np.arange(10), worst], exact_idx[np.arange(10), worst])
+    small = NearestNeighbours(bank[:100])
+    assert small.ivf is None and np.allclose(score(small, queries).patches, small.search(queries.reshape(-1, 16))[0].reshape(10, 20))
+
+
 def test_shared_bank_keeps_its_size_and_every_task_while_fifo_forgets():
     rng = np.random.default_rng(1)
     proj = default_projection(16, seed=0)
