@@ -17,7 +17,7 @@ The baseline's seven posteriors are combined with the empirical prior over the s
 p(chain | x) proportional to p(chain) * prod_k p_k(y_k | x) / p_k(y_k), and each step answers with its marginal
 under that posterior. Per-step accuracy is maximised by each step's own posterior, which the independent
 classifiers already estimate, so a chain can only help through better estimates; this decoding measures what the
-label structure adds to the baseline's estimates. On the full phantom it adds about 1 point, which is why the
+label structure adds to the baseline's estimates. On the full phantom it adds 1.5 points, which is why the
 chained models sit within a point of the baseline there.
 
 Schedule: the notes' stage A (at most 10 epochs) and a 20-epoch stage B instead of 40 (in a 40-epoch trial on

@@ -162,10 +162,13 @@ def draw_findings(rng: np.random.Generator) -> dict[str, bool]:
 # ---------------------------------------------------------------- findings (each edits the opacity maps)
 
 
-def _effusion(chest: _Chest, lungs: dict[int, np.ndarray]) -> None:
+def _effusion(chest: _Chest, lungs: dict[int, np.ndarray], sides: tuple[int, ...] | None = None) -> None:
+    """Pleural fluid with a meniscus on ``sides`` (drawn when None: right, left or both)."""
     rng = chest.lesion_rng
-    pick = rng.random()
-    for side in ((-1,) if pick < 0.45 else (1,) if pick < 0.8 else (-1, 1)):
+    if sides is None:
+        pick = rng.random()
+        sides = (-1,) if pick < 0.45 else (1,) if pick < 0.8 else (-1, 1)
+    for side in sides:
         angle_y = chest.dome(side, LUNG_CENTRE[side] + side * LUNG_HALF_WIDTH[side])
         lateral = np.clip(side * (chest.x - LUNG_CENTRE[side]) / LUNG_HALF_WIDTH[side], -1, 1) * 0.5 + 0.5
         surface = angle_y - rng.uniform(0.05, 0.35) * (0.55 + 0.6 * lateral ** 2)
@@ -237,9 +240,10 @@ def _nodule(chest: _Chest, lungs: dict[int, np.ndarray]) -> None:
         _round_opacity(chest, centre, rng.uniform(0.03, 0.06), rng.uniform(0.55, 0.9), 0.008, 0.0)
 
 
-def _pneumothorax(chest: _Chest, lungs: dict[int, np.ndarray]) -> None:
+def _pneumothorax(chest: _Chest, lungs: dict[int, np.ndarray], side: int | None = None) -> None:
+    """A collapsed lung inside a lucent rim on ``side`` (drawn when None)."""
     rng = chest.lesion_rng
-    side = int(rng.choice((-1, 1)))
+    side = int(rng.choice((-1, 1))) if side is None else side
     keep = 1 - rng.uniform(0.10, 0.35)
     ax, ay = side * 0.22, 0.05
     cx, cy = ax + (chest.x - ax) / keep, ay + (chest.y - ay) / keep

@@ -28,8 +28,9 @@ Each answer is rendered with the sign a reader looks for, on the chest of :mod:`
 anatomy, vessel markings, bones, effusion and pneumothorax drawing): consolidation as a dense patch with an ill
 (or fissure-sharp) edge, nodules and masses as round opacities (smooth or lobulated), a cavity as a ring with a
 lucent centre, interstitial oedema as bilateral reticular haze, volume loss as a raised dome with the mediastinum
-pulled over, a mediastinal shift as the heart and trachea pushed aside. Lesion size, density and edge vary and
-the patient varies as in ``cxr-phantom``, so small or faint lesions stay ambiguous and accuracy is not 100 %.
+pulled over, a mediastinal shift as the heart and trachea pushed away from the abnormal side (pleural signs sit
+on that side). Lesion size, density and edge vary and the patient varies as in ``cxr-phantom``, so small or faint
+lesions stay ambiguous and accuracy is not 100 %.
 Reasoning sentences are templated from the drawn answers and the lesion's side. Lesions are drawn here
 (``cxr.render`` draws its findings at random places, so it cannot place one in a named zone); the final image
 comes from ``cxr.composite``, the same compositing as ``cxr-phantom``.
@@ -49,6 +50,7 @@ from macro.data.labelled import _check_int, case_rng, smooth_field
 from macro.errors import CaseError
 
 DATASET = "stepcot-phantom"
+GENERATOR = 2  # raised whenever the phantom's images or records change (2: pleural signs on the abnormal side)
 SIZE = 128
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -364,7 +366,9 @@ def _cavity(chest: _Chest, centre: complex, thick: bool) -> None:
     chest.lucent = (chest.lucent if chest.lucent is not None else 0) + 0.05 * hole
 
 
-def _lesions(chest: _Chest, a: dict[str, str], lungs: dict[int, np.ndarray]) -> None:
+def _lesions(chest: _Chest, a: dict[str, str], lungs: dict[int, np.ndarray], side: int) -> None:
+    """Draw the chain's lesions; pleural processes and secondary signs go on ``side``, the abnormal side, except
+    with bilateral disease, where an effusion may be on either side or both."""
     rng = chest.lesion_rng
     pattern, morphology = a["pattern"], a["morphology"]
     if pattern == "Consolidation":
@@ -387,15 +391,19 @@ def _lesions(chest: _Chest, a: dict[str, str], lungs: dict[int, np.ndarray]) -> 
     elif pattern == "Interstitial":
         _interstitial(chest, lungs)
     elif pattern == "Pleural":
-        (_pneumothorax if a["density"] == "Decreased opacity" else _effusion)(chest, lungs)
+        if a["density"] == "Decreased opacity":
+            _pneumothorax(chest, lungs, side)
+        else:
+            _effusion(chest, lungs, (side,))
     if a["secondary"] == "Pleural effusion":
-        _effusion(chest, lungs)
+        _effusion(chest, lungs, None if a["location"] == "Bilateral" else (side,))
     elif a["secondary"] == "Pneumothorax":
-        _pneumothorax(chest, lungs)
+        _pneumothorax(chest, lungs, side)
 
 
-def _volume_and_shift(chest: _Chest, a: dict[str, str]) -> None:
-    """Volume loss raises the dome on the lesion side and pulls the mediastinum over; a shift pushes it away."""
+def _volume_and_shift(chest: _Chest, a: dict[str, str]) -> int:
+    """The abnormal side (the lesion's zone, else drawn); volume loss raises the dome on that side and pulls the
+    mediastinum over, a shift (a tension pneumothorax or a large effusion) pushes it away from that side."""
     rng = chest.lesion_rng
     side = ZONES[a["location"]][0] if a["location"] in ZONES else int(rng.choice((-1, 1)))
     if a["secondary"] == "Volume loss":
@@ -403,17 +411,18 @@ def _volume_and_shift(chest: _Chest, a: dict[str, str]) -> None:
         chest.shift = side * rng.uniform(0.03, 0.06)
     elif a["secondary"] == "Mediastinal shift":
         chest.shift = -side * rng.uniform(0.06, 0.10)
+    return side
 
 
 def render(rng: np.random.Generator, a: dict[str, str], size: int = SIZE) -> np.ndarray:
     """A uint8 (size, size) radiograph showing the chain ``a`` (keys ``ATTRIBUTES``)."""
     patient_rng, lesion_rng = rng.spawn(2)
     chest = _patient(patient_rng, lesion_rng, size, {"Cardiomegaly": a["secondary"] == "Cardiomegaly", "Atelectasis": False})
-    _volume_and_shift(chest, a)
-    lungs = {side: chest.lung(side) * (1 - chest.heart()) for side in (-1, 1)}
+    side = _volume_and_shift(chest, a)
+    lungs = {s: chest.lung(s) * (1 - chest.heart()) for s in (-1, 1)}
     chest.opacity = np.zeros((size, size), dtype=np.float32)
     chest.aerated = {-1: 1.0, 1: 1.0}
-    _lesions(chest, a, lungs)
+    _lesions(chest, a, lungs, side)
     return composite(chest, lungs, chest.rng.uniform(0, 1))
 
 

@@ -31,8 +31,9 @@ class StepData:
 
 
 def phantom_folder(data_root: Path, n: int, seed: int) -> Path:
-    """``<data_root>/stepcot-phantom-n<N>-s<seed>``, built on first use (an unfinished build lacks data.json)."""
-    folder = Path(data_root) / f"stepcot-phantom-n{n}-s{seed}"
+    """``<data_root>/stepcot-phantom-g<generator>-n<N>-s<seed>``, built on first use (an unfinished build lacks
+    data.json). The generator's version is in the name, so a phantom made by an older generator is never reused."""
+    folder = Path(data_root) / f"stepcot-phantom-g{stepcot.GENERATOR}-n{n}-s{seed}"
     done = folder / "data.json"
     if not (done.is_file() and len(json.loads(done.read_text())) == n):
         stepcot.make_stepcot_phantom(folder, n=n, seed=seed)
