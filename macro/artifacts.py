@@ -32,10 +32,28 @@ class Artifact:
         return {"id": self.id, "kind": self.kind, "path": str(self.path), **({"meta": self.meta} if self.meta else {})}
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process umask (read without changing it where the
+    kernel reports it, since setting it is process-wide)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write through a temporary file and ``os.replace``. The file gets the usual umask-based mode (``mkstemp``
+    alone would make it 0o600), so a MACRO_HOME shared by a group stays readable by the group."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()

@@ -44,3 +44,17 @@ def test_artifacts_from_parallel_runs_resolve_and_leave_no_temp_files(tmp_path):
     store = ArtifactStore(tmp_path)
     assert len(set(ids)) == 15 and all(store.get(i).path.is_file() for i in ids)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_atomic_writes_take_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    import os
+    import stat
+
+    from macro.artifacts import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "group.bin", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "group.bin").stat().st_mode) == 0o640
