@@ -94,17 +94,14 @@ def prepare(task: AnomalyTask, first_id: int, proj: torch.Tensor, seed: int, bar
     return TaskData(task.name, candidates, test.half(), task.labels, load_masks(task), len(bank_paths))
 
 
-def _image_auroc(index, data: TaskData) -> float:
-    from macro.tools.anomaly.scoring import score
-
-    return 100.0 * roc_auc(score(index, data.test.float()).image, data.labels == 1)
+def _image_auroc(scores, data: TaskData) -> float:
+    return 100.0 * roc_auc(scores.image, data.labels == 1)
 
 
-def _pixel_auroc(index, data: TaskData) -> float:
-    from macro.tools.anomaly.scoring import anomaly_maps, score
+def _pixel_auroc(scores, data: TaskData) -> float:
+    from macro.tools.anomaly.scoring import anomaly_maps
 
-    maps = anomaly_maps(score(index, data.test.float()).patches)
-    return 100.0 * roc_auc(maps.ravel(), data.masks.ravel())
+    return 100.0 * roc_auc(anomaly_maps(scores.patches).ravel(), data.masks.ravel())
 
 
 def evaluate(data_root: Path, quick: bool = False, seed: int = 0, progress: bool = False, log=print,
@@ -114,7 +111,7 @@ def evaluate(data_root: Path, quick: bool = False, seed: int = 0, progress: bool
     from macro.data.mvtec import read_task
     from macro.tools.anomaly.continual import cadic_update, default_projection, fifo_update, joint_rebuild
     from macro.tools.anomaly.features import FEATURE_DIM
-    from macro.tools.anomaly.scoring import NearestNeighbours
+    from macro.tools.anomaly.scoring import NearestNeighbours, score
 
     p = p or profile(quick)
     start = time.perf_counter()
@@ -131,16 +128,20 @@ def evaluate(data_root: Path, quick: bool = False, seed: int = 0, progress: bool
     T = len(tasks)
     matrix = {m: np.full((T, T), np.nan) for m in METHODS}
     banks: dict = {"cadic": None, "fifo": None, "joint": None}
+    indexes: dict = {"patchcore_per_task": []}            # shared methods: the index of their current bank
+    latest: dict = {m: [None] * T for m in METHODS}        # each task's scores at the last stage that scored it
     for t, data in enumerate(tasks):
         banks["cadic"] = cadic_update(banks["cadic"], data.candidates, capacity, proj, seed=seed)
         banks["fifo"] = fifo_update(banks["fifo"], data.candidates, capacity)
         banks["joint"] = joint_rebuild([d.candidates for d in tasks[: t + 1]], capacity, proj, seed=seed)
-        own = _image_auroc(NearestNeighbours(data.candidates.vectors), data)
-        matrix["patchcore_per_task"][t:, t] = own
+        indexes["patchcore_per_task"].append(NearestNeighbours(data.candidates.vectors))
+        latest["patchcore_per_task"][t] = score(indexes["patchcore_per_task"][t], data.test.float())
+        matrix["patchcore_per_task"][t:, t] = _image_auroc(latest["patchcore_per_task"][t], data)
         for method in SHARED:
-            index = NearestNeighbours(banks[method].vectors)
+            indexes[method] = NearestNeighbours(banks[method].vectors)
             for s in range(t + 1):
-                matrix[method][t, s] = _image_auroc(index, tasks[s])
+                latest[method][s] = score(indexes[method], tasks[s].test.float())
+                matrix[method][t, s] = _image_auroc(latest[method][s], tasks[s])
         log(f"after task {t + 1}/{T} ({data.name}): " + ", ".join(
             f"{m} {np.mean(matrix[m][t, : t + 1]):.1f}" for m in METHODS))
     report = {"tasks": [d.name for d in tasks], "methods": {}}
@@ -149,18 +150,18 @@ def evaluate(data_root: Path, quick: bool = False, seed: int = 0, progress: bool
         final = matrix[method][-1]
         best = np.nanmax(matrix[method], axis=0)
         if method == "patchcore_per_task":
-            indexes = [NearestNeighbours(d.candidates.vectors) for d in tasks]
+            per_task = indexes[method]
             megabytes = sum(d.candidates.megabytes for d in tasks)
         else:
-            indexes = [NearestNeighbours(banks[method].vectors)] * T
+            per_task = [indexes[method]] * T
             megabytes = banks[method].megabytes
         report["methods"][method] = {
             "auroc_per_task": [round(float(a), 2) for a in final],
             "mean_auroc": round(float(np.mean(final)), 2),
             "forgetting": round(float(np.mean((best - final)[:-1])) if T > 1 else 0.0, 2),
-            "pixel_auroc": round(float(np.mean([_pixel_auroc(i, d) for i, d in zip(indexes, tasks)])), 2),
+            "pixel_auroc": round(float(np.mean([_pixel_auroc(r, d) for r, d in zip(latest[method], tasks)])), 2),
             "bank_mb": round(megabytes, 3),
-            "ms_per_image": round(feature_ms + _search_ms(indexes, tasks), 2),
+            "ms_per_image": round(feature_ms + _search_ms(per_task, tasks), 2),
             "stages": [[None if np.isnan(v) else round(float(v), 2) for v in row] for row in matrix[method]],
         }
     report["protocol"] = {**p, "seed": seed, "quick": quick, "capacity": capacity, "candidates_per_task": [len(d.candidates) for d in tasks],
