@@ -8,9 +8,10 @@ tool fails at import, not in the middle of a conversation.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
@@ -133,3 +134,21 @@ def _validate_definition(cls: type[MacroTool]) -> None:
             raise TypeError(f"{where}: unknown input/output kind {kind!r}; expected one of {KINDS}")
     for example in spec.examples:
         schema(**example.args)
+
+
+T = TypeVar("T")
+_LOAD_LOCK = threading.RLock()  # re-entrant: a load may itself call load_once
+_LOADED: dict[str, tuple[Any, Any]] = {}
+
+
+def load_once(key: str, load: Callable[[], T], manifest: Path | None = None) -> T:
+    """``load()``'s result, kept per process under ``key``; with a ``manifest``, loaded again when that file (its
+    path or modification time) changes, so retrained weights or a newly learnt bank are used without a restart."""
+    stamp = None
+    if manifest is not None:
+        stamp = (str(manifest), manifest.stat().st_mtime_ns if manifest.exists() else None)
+    with _LOAD_LOCK:
+        hit = _LOADED.get(key)
+        if hit is None or hit[0] != stamp:
+            hit = _LOADED[key] = (stamp, load())
+        return hit[1]

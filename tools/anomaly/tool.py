@@ -14,7 +14,6 @@ other 2D inputs (DICOM) are windowed to their 0.5-99.5 % range, since a bank lea
 """
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -25,23 +24,19 @@ from pydantic import BaseModel
 from macro.tools.anomaly.bank import MANIFEST, MemoryBank, active_bank_dir, load_bank
 from macro.tools.anomaly.features import IMAGE_SIZE, patch_features
 from macro.tools.anomaly.scoring import NearestNeighbours, anomaly_maps, score
-from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec, load_once
 from macro.tools.classification.model import case_pixels
-
-_LOCK = threading.Lock()
-_LOADED: dict = {}
 
 
 def active_bank() -> tuple[MemoryBank, NearestNeighbours]:
     """The active bank and its index, loaded once per process and reloaded when its manifest changes."""
     folder = active_bank_dir()
-    manifest = folder / MANIFEST
-    stamp = (str(folder), manifest.stat().st_mtime_ns if manifest.exists() else None)
-    with _LOCK:
-        if _LOADED.get("stamp") != stamp:
-            bank = load_bank(folder)
-            _LOADED.update(stamp=stamp, bank=bank, index=NearestNeighbours(bank.coreset.vectors))
-        return _LOADED["bank"], _LOADED["index"]
+
+    def load():
+        bank = load_bank(folder)
+        return bank, NearestNeighbours(bank.coreset.vectors)
+
+    return load_once("anomaly/bank", load, folder / MANIFEST)
 
 
 def image_pixels(image: np.ndarray, from_picture: bool) -> np.ndarray:
@@ -58,12 +53,11 @@ def score_image(pixels: np.ndarray, bank: MemoryBank, index: NearestNeighbours) 
     scores = score(index, features)
     owners = bank.coreset.owner[scores.nearest[0]]
     ref, ref_votes = Counter(owners.tolist()).most_common(1)[0]
-    task_votes = Counter(bank.ref_task[owners].tolist())
+    task, task_votes = Counter(bank.ref_task[owners].tolist()).most_common(1)[0]
     value = float(scores.image[0])
     return {"score": value, "anomalous": value > bank.threshold, "map": anomaly_maps(scores.patches)[0],
             "reference": int(ref), "reference_share": ref_votes / len(owners),
-            "nearest_task": bank.task_names[task_votes.most_common(1)[0][0]],
-            "task_share": task_votes.most_common(1)[0][1] / len(owners)}
+            "nearest_task": bank.task_names[task], "task_share": task_votes / len(owners)}
 
 
 def heatmap_panel(pixels: np.ndarray, amap: np.ndarray, threshold: float, reference: np.ndarray) -> np.ndarray:

@@ -7,30 +7,19 @@ version tells which model answered.
 """
 from __future__ import annotations
 
-import threading
-
 import torch
 from pydantic import BaseModel, Field
 
-from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec, load_once
 from macro.tools.classification.model import WEIGHTS_DIR, Trunk, case_pixels, imagenet_backbone, load_classifier, resize
-
-_LOCK = threading.Lock()
-_LOADED: dict = {}
 
 
 def task_model(task: str):
     """(trunk, classifier, manifest) of a task, loaded once per process and reloaded when the weights change."""
     folder = WEIGHTS_DIR / task
-    stamp = (folder / "manifest.json").stat().st_mtime if (folder / "manifest.json").exists() else None
-    with _LOCK:
-        hit = _LOADED.get(task)
-        if hit is None or hit[0] != stamp:
-            if "trunk" not in _LOADED:
-                _LOADED["trunk"] = Trunk(imagenet_backbone())
-            model, manifest = load_classifier(folder)
-            hit = _LOADED[task] = (stamp, model, manifest)
-        return _LOADED["trunk"], hit[1], hit[2]
+    trunk = load_once("classification/trunk", lambda: Trunk(imagenet_backbone()))
+    model, manifest = load_once(f"classification/{task}", lambda: load_classifier(folder), folder / "manifest.json")
+    return trunk, model, manifest
 
 
 def classify(ctx: ToolContext, task: str) -> tuple[dict[str, float], dict]:

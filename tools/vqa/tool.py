@@ -10,20 +10,17 @@ at the end, otherwise the diagnosis is.
 from __future__ import annotations
 
 import re
-import threading
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field
 
 from macro.data import stepcot
-from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec, load_once
 from macro.tools.classification.model import case_pixels
 from macro.tools.vqa.checkpoint import WEIGHTS_DIR, load_model
 from macro.tools.vqa.encoders import ImageEncoder
 
-_LOCK = threading.Lock()
-_LOADED: dict = {}
 STEP_WORDS = (r"densit|opaci|lucen", r"distribut|spread|focal|diffuse", r"pattern", r"where|locat|zone|side",
               r"morpholog|margin|shape|border|contour", r"secondary|associated|effusion|cardiomegal|shift",
               r"diagnos|what is it|disease")
@@ -31,15 +28,9 @@ STEP_WORDS = (r"densit|opaci|lucen", r"distribut|spread|focal|diffuse", r"patter
 
 def models(kind: str):
     """(encoder, model, manifest), loaded once per process and reloaded when the shipped manifest changes."""
-    stamp = (WEIGHTS_DIR / "manifest.json").stat().st_mtime if (WEIGHTS_DIR / "manifest.json").exists() else None
-    with _LOCK:
-        if "encoder" not in _LOADED:
-            _LOADED["encoder"] = ImageEncoder()
-        hit = _LOADED.get(kind)
-        if hit is None or hit[0] != stamp:
-            model, manifest = load_model(kind)
-            hit = _LOADED[kind] = (stamp, model, manifest)
-        return _LOADED["encoder"], hit[1], hit[2]
+    encoder = load_once("vqa/encoder", ImageEncoder)
+    model, manifest = load_once(f"vqa/{kind}", lambda: load_model(kind), WEIGHTS_DIR / "manifest.json")
+    return encoder, model, manifest
 
 
 def focus_step(question: str | None) -> int:
