@@ -139,13 +139,13 @@ def markdown(report: dict) -> str:
     steps = report["steps"]
     lines = ["| method | " + " | ".join(steps) + " | mean | diagnosis | consistency | all 7 right | ms/image |",
              "|---|" + "---|" * (len(steps) + 5)]
-    for name, r in report["methods"].items():
+    rows = [(name, r, f"{r['ms_per_image']:.1f}") for name, r in report["methods"].items()]
+    headroom = (report.get("headroom") or {}).get("baseline_with_chain_prior")
+    if headroom:
+        rows.append(("(headroom) baseline + chain-prior decoding", headroom, ""))
+    for name, r, ms in rows:
         lines.append(f"| {name} | " + " | ".join(f"{a:.1f}" for a in r["step_acc"])
-                     + f" | {r['mean_step_acc']:.1f} | {r['diagnosis_acc']:.1f} | {r['consistency']:.1f} | {r['all_steps_correct']:.1f} | {r['ms_per_image']:.1f} |")
-    h = (report.get("headroom") or {}).get("baseline_with_chain_prior")
-    if h:
-        lines.append("| (headroom) baseline + chain-prior decoding | " + " | ".join(f"{a:.1f}" for a in h["step_acc"])
-                     + f" | {h['mean_step_acc']:.1f} | {h['diagnosis_acc']:.1f} | {h['consistency']:.1f} | {h['all_steps_correct']:.1f} | |")
+                     + f" | {r['mean_step_acc']:.1f} | {r['diagnosis_acc']:.1f} | {r['consistency']:.1f} | {r['all_steps_correct']:.1f} | {ms} |")
     return "\n".join(lines)
 
 
