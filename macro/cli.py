@@ -507,6 +507,7 @@ def feedback(thread: str = typer.Argument(..., help="thread id printed by ask/ch
              note: str = typer.Option("", "--note"), all_turns: bool = typer.Option(False, "--all", help="judge every turn, not only the last")):
     """Judge a thread's answer: good runs become verified experience (memory, mining), bad ones count as failures."""
     from macro.agent.experience import record_verdict
+    from macro.memory.store import ImageMemory
     from macro.trajectory import TrajectoryStore
 
     if verdict not in ("good", "bad"):
@@ -515,8 +516,9 @@ def feedback(thread: str = typer.Argument(..., help="thread id printed by ask/ch
     turns = TrajectoryStore(home.trajectories_db).list(thread_id=thread)
     if not turns:
         raise CaseError(None, f"no recorded turns for thread {thread!r}")
+    memory = ImageMemory(home.memory)  # one handle for every turn judged (opening reads nothing until used)
     for traj in turns if all_turns else turns[-1:]:
-        done = record_verdict(traj.id, "verified" if verdict == "good" else "failed", "person", note, home)
+        done = record_verdict(traj.id, "verified" if verdict == "good" else "failed", "person", note, home, memory=memory)
         typer.echo(f"{done.id}: {done.verification}" + (f" (memory entry {done.embedding_id})" if done.embedding_id else ""))
 
 
