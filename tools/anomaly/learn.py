@@ -59,11 +59,12 @@ def _thumbnails(pixels: np.ndarray) -> np.ndarray:
     return small.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def calibrate(bank: MemoryBank) -> MemoryBank:
-    """Rescore every held-out normal's kept patches against the bank; threshold = their ``quantile``."""
+def calibrate(bank: MemoryBank, neighbours: NearestNeighbours) -> MemoryBank:
+    """Rescore every held-out normal's kept patches against the bank (``neighbours`` indexes its coreset); threshold =
+    their ``quantile``."""
     if len(bank.calibration) == 0:
         return replace(bank, threshold=float("inf"))
-    dist, _ = NearestNeighbours(bank.coreset.vectors).search(bank.calibration.vectors)
+    dist, _ = neighbours.search(bank.calibration.vectors)
     per_image = np.full(int(bank.calibration.owner.max()) + 1, -np.inf)
     np.maximum.at(per_image, bank.calibration.owner, dist)
     return replace(bank, threshold=float(np.quantile(per_image, bank.quantile)))
@@ -89,7 +90,8 @@ def learn_task(bank: MemoryBank, task: AnomalyTask, capacity: int | None = None,
                    ref_task=np.concatenate([bank.ref_task, np.full(len(names), index)]),
                    thumbs=np.concatenate([bank.thumbs, _thumbnails(pixels)]))
     _, held = _features(held_out, progress)
-    scores = score(NearestNeighbours(coreset.vectors), held)
+    neighbours = NearestNeighbours(coreset.vectors)
+    scores = score(neighbours, held)
     top = np.argsort(-scores.patches, axis=1)[:, :CALIBRATION_PATCHES]
     first = int(bank.calibration.owner.max()) + 1 if len(bank.calibration) else 0
     kept = Coreset(torch.stack([held[i, top[i]] for i in range(len(held))]).reshape(-1, held.shape[-1]).half().float(),
@@ -100,16 +102,16 @@ def learn_task(bank: MemoryBank, task: AnomalyTask, capacity: int | None = None,
     bank = replace(bank, calibration=Coreset.concat([bank.calibration, kept]),
                    calibration_task=np.concatenate([bank.calibration_task, np.full(len(held), index)]),
                    tasks=bank.tasks + (task_info,))
-    return calibrate(prune_references(bank))
+    return calibrate(prune_references(bank), neighbours)
 
 
-def held_out_metrics(bank: MemoryBank, task: AnomalyTask, progress=None) -> dict | None:
+def held_out_metrics(bank: MemoryBank, neighbours: NearestNeighbours, task: AnomalyTask, progress=None) -> dict | None:
     """Image AUROC (points) on the task's test split and the decision's rates at the bank's threshold."""
     labels = task.labels
     if len(labels) == 0 or labels.min() == labels.max():
         return None
     _, features = _features(task.test, progress)
-    image = score(NearestNeighbours(bank.coreset.vectors), features).image
+    image = score(neighbours, features).image
     flagged = image > bank.threshold
     return {"image_auroc": round(100 * roc_auc(image, labels == 1), 2), "n_test": int(len(labels)),
             "tpr_at_threshold": round(100 * float(flagged[labels == 1].mean()), 1),
@@ -122,8 +124,9 @@ def learn(bank: MemoryBank, folders, capacity: int | None = None, command: str =
     for task in tasks:
         bank = learn_task(bank, task, capacity, progress)
     held_out = dict(bank.info.get("held_out", {}))
+    neighbours = NearestNeighbours(bank.coreset.vectors)
     for task in tasks:
-        metrics = held_out_metrics(bank, task, progress)
+        metrics = held_out_metrics(bank, neighbours, task, progress)
         if metrics is not None:
             held_out[task.name] = metrics
     history = list(bank.info.get("history", [])) + [{"command": command, "tasks": [t.name for t in tasks],
