@@ -111,13 +111,13 @@ def _open(path: Path):
 
 
 def load_images(paths: tuple[Path, ...] | list[Path], size: int = 224) -> np.ndarray:
-    """uint8 (N, 3, size, size) RGB pixels; greyscale is replicated."""
-    from PIL import Image
+    """uint8 (N, 3, size, size) RGB pixels, read as the labelled sets read theirs (greyscale replicated, 16-bit
+    images scaled to the 8-bit range, JPEGs decoded at the smallest sufficient scale)."""
+    from macro.data.labelled import _load_rgb
 
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     for i, path in enumerate(paths):
-        rgb = _open(path).convert("RGB").resize((size, size), Image.BILINEAR)
-        out[i] = np.asarray(rgb).transpose(2, 0, 1)
+        out[i] = np.round(_load_rgb(Path(path), size) * 255.0)
     return out
 
 
