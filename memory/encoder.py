@@ -36,6 +36,7 @@ import torch
 
 from macro.case import Case
 from macro.errors import CaseError
+from macro.tools.base import load_once
 from macro.tools.classification.model import Trunk, case_pixels, imagenet_backbone, resize
 
 EMBED_SIZE = 128
@@ -48,7 +49,6 @@ CASES_PER_PASS = 16  # bounds the views held at once (16 volumes x 36 views x 12
 CACHE_SIZE = 256
 
 _LOCK = threading.Lock()
-_TRUNK: list[Trunk] = []
 _CACHE: OrderedDict[str, np.ndarray] = OrderedDict()
 
 
@@ -82,15 +82,8 @@ def _embedded(cases: Sequence[Case]) -> list[np.ndarray]:
     return [found[c.id] for c in cases]
 
 
-def _trunk() -> Trunk:
-    with _LOCK:
-        if not _TRUNK:
-            _TRUNK.append(Trunk(imagenet_backbone(EMBED_SIZE)))
-        return _TRUNK[0]
-
-
 def _features(views: torch.Tensor) -> np.ndarray:
-    trunk = _trunk()
+    trunk = load_once("memory/trunk", lambda: Trunk(imagenet_backbone(EMBED_SIZE)))
     return torch.cat([trunk(views[i:i + BATCH]).mean(dim=(2, 3)) for i in range(0, len(views), BATCH)]).numpy()
 
 

@@ -13,12 +13,11 @@ centre crop (anatomy fills the field, and an anomaly at the edge must stay visib
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 from torch import nn
 
+from macro.tools.base import load_once
 from macro.tools.classification.model import MEAN, STD, Trunk, imagenet_backbone, resize
 
 IMAGE_SIZE = 224
@@ -26,9 +25,6 @@ MID_BLOCK = 4     # last block at stride 8 (the layer2 analogue)
 DEEP_BLOCK = 10   # last block at stride 16 (the layer3 analogue)
 GRID = IMAGE_SIZE // 8
 FEATURE_DIM = 40 + 112
-
-_LOCK = threading.Lock()
-_EXTRACTOR: list = []
 
 
 class PatchFeatures(Trunk):
@@ -52,10 +48,7 @@ class PatchFeatures(Trunk):
 
 def extractor() -> PatchFeatures:
     """The process-wide extractor, built once (loading the backbone takes about a second)."""
-    with _LOCK:
-        if not _EXTRACTOR:
-            _EXTRACTOR.append(PatchFeatures(imagenet_backbone(IMAGE_SIZE)))
-        return _EXTRACTOR[0]
+    return load_once("anomaly/features", lambda: PatchFeatures(imagenet_backbone(IMAGE_SIZE)))
 
 
 def patch_features(images: np.ndarray | torch.Tensor, batch: int = 16, progress=None) -> torch.Tensor:
