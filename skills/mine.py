@@ -48,15 +48,17 @@ class MineConfig:
     max_candidates: int = 20
 
 
-def flat_steps(steps: list[dict]) -> list[dict]:
-    """Successful atomic calls in order; a composite's recorded children stand in for it."""
+def atomic_steps(steps: list[dict]) -> list[dict]:
+    """Every atomic call in order, failed ones included; a composite's recorded children stand in for it."""
     out = []
     for step in steps:
-        if step.get("children"):
-            out += flat_steps(step["children"])
-        elif step.get("ok"):
-            out.append(step)
+        out += atomic_steps(step["children"]) if step.get("children") else [step]
     return out
+
+
+def flat_steps(steps: list[dict]) -> list[dict]:
+    """Successful atomic calls in order; a composite's recorded children stand in for it."""
+    return [step for step in atomic_steps(steps) if step.get("ok")]
 
 
 def mine(trajectories: Iterable, cfg: MineConfig | None = None) -> list[Composite]:

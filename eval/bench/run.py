@@ -21,7 +21,7 @@ from typing import Callable
 from macro.eval.bench.agents import AgentSpec, build_agent, specs, static_plan
 from macro.eval.bench.tasks import FAMILIES, Task
 from macro.skills.evolve import EvolveConfig
-from macro.skills.mine import MineConfig
+from macro.skills.mine import MineConfig, atomic_steps
 
 # quick: the keyword policy stands in for the LLM (deterministic, minutes on 2 cores); full: the embedded LLM.
 SUITES = {
@@ -94,16 +94,9 @@ def episode(spec: AgentSpec, task: Task, home_root: str, remember: bool, threads
     return row
 
 
-def _atomic(steps: list[dict]) -> list[dict]:
-    out = []
-    for s in steps:
-        out += _atomic(s["children"]) if s.get("children") else [s]
-    return out
-
-
 def process_metrics(expected: list[dict], steps: list[dict]) -> dict:
     """MedCTA-style process metrics of one run against the family's expected chain."""
-    calls = _atomic(steps)
+    calls = atomic_steps(steps)
     ok_names = [s["tool"] for s in calls if s["ok"]]
     want = [e["name"] for e in expected]
     valid = [not (s.get("error") or "").startswith(("invalid arguments", "unknown tool", "tool ")) for s in calls]
