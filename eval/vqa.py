@@ -117,13 +117,14 @@ def _run(data_root: Path, quick: bool, seed: int, progress: bool, log, n_images:
     teacher, student, history = fit_teacher_student(data, cfg, progress=progress)
     log(f"teacher + student trained in {history['seconds']} s, selected stage B epoch {history['selected_epoch']}")
     encoder = ImageEncoder()
-    methods = {}
+    methods, probs = {}, {}
     for name, model in zip(METHODS, (baseline, teacher, student)):
-        row = summary(predict(model, data.features["test"]), data.labels["test"], data.options, diagnose, ATTRIBUTES)
+        probs[name] = predict(model, data.features["test"])
+        row = summary(probs[name], data.labels["test"], data.options, diagnose, ATTRIBUTES)
         timing = latency(model, encoder)
         methods[name] = {**row, "ms_per_image": timing["p50"], "ms_p95": timing["p95"]}
         log(f"{name}: {methods[name]}")
-    decoded = structured_decoding(predict(baseline, data.features["test"]), data.labels["train"])
+    decoded = structured_decoding(probs["baseline"], data.labels["train"])
     headroom = None if decoded is None else summary(decoded, data.labels["test"], data.options, diagnose, ATTRIBUTES)
     if headroom:
         log(f"baseline + chain-prior decoding (headroom): {headroom}")
