@@ -7,26 +7,18 @@ the README), and on shifted scanners it is the method that helps.
 """
 from __future__ import annotations
 
-import threading
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec, load_once
 from macro.tools.imaging import gli_labels
 from macro.tools.segmentation.model import REGIONS, WEIGHTS_DIR, load_weights, prepare
 
-_LOCK = threading.Lock()
-_SOURCE: dict = {}
-
-
 def source_model():
     """Source weights, loaded once per process; adapters deep-copy what they change."""
-    with _LOCK:
-        if "model" not in _SOURCE:
-            _SOURCE["model"], _SOURCE["cfg"], _SOURCE["manifest"] = load_weights(WEIGHTS_DIR)
-        return _SOURCE["model"], _SOURCE["cfg"], _SOURCE["manifest"]
+    return load_once("segmentation/source", lambda: load_weights(WEIGHTS_DIR))
 
 
 class SegmentArgs(BaseModel):
