@@ -4,6 +4,7 @@ It knows nothing about LangGraph, so the chat graph, the benchmark runner and GR
 through this one function and get identical behaviour. A failing tool never raises out of here: the error comes
 back as a ``ToolMessage`` with ``status="error"`` for the policy, and as a failed step for the trajectory.
 """
+
 from __future__ import annotations
 
 import time
@@ -47,7 +48,9 @@ class ToolExecutor:
         self.registry = registry
         self.store = store
 
-    def run(self, call: dict, case: Case, history: list[dict], session: dict | None = None) -> tuple[ToolMessage, Step, list[dict]]:
+    def run(
+        self, call: dict, case: Case, history: list[dict], session: dict | None = None
+    ) -> tuple[ToolMessage, Step, list[dict]]:
         """Execute one ``{"name", "args", "id"}`` call. Returns the message, the step and new artifact refs.
 
         ``session`` is the thread's in-memory tool state; pass the same dict for every call of a thread.
@@ -58,8 +61,11 @@ class ToolExecutor:
         tool = next((t for t in offered if t.name == name), None)
         if tool is None:
             known = ", ".join(t.name for t in offered)
-            problem = (f"tool {name!r} does not accept this {case.modality} case" if name in self.registry
-                       else f"unknown tool {name!r}")
+            problem = (
+                f"tool {name!r} does not accept this {case.modality} case"
+                if name in self.registry
+                else f"unknown tool {name!r}"
+            )
             return self._fail(name, raw_args, call_id, start, f"{problem}; available: {known}")
         ignored = sorted(k for k in raw_args if k not in tool.args_schema.model_fields)
         args = {k: v for k, v in raw_args.items() if k not in ignored}
@@ -76,13 +82,29 @@ class ToolExecutor:
             where = f"{Path(exc.path).name}: " if exc.path else ""
             return self._fail(name, parsed.model_dump(), call_id, start, where + exc.problem, tool.spec.version)
         except Exception as exc:  # the agent survives any tool bug; the policy sees what happened
-            return self._fail(name, parsed.model_dump(), call_id, start, f"{name} failed: {type(exc).__name__}: {exc}", tool.spec.version)
+            return self._fail(
+                name,
+                parsed.model_dump(),
+                call_id,
+                start,
+                f"{name} failed: {type(exc).__name__}: {exc}",
+                tool.spec.version,
+            )
         ms = (time.perf_counter() - start) * 1000
         text = result.text
         if ignored and not set(ignored) <= INJECTED_NAMES:
             text += f" (ignored unknown argument(s): {', '.join(ignored)})"
-        step = Step(tool=name, args=parsed.model_dump(), ok=True, ms=ms, summary=text, data=result.data,
-                    inputs={"case": case.id, **ctx.used}, outputs=[a["id"] for a in result.artifacts], version=tool.spec.version)
+        step = Step(
+            tool=name,
+            args=parsed.model_dump(),
+            ok=True,
+            ms=ms,
+            summary=text,
+            data=result.data,
+            inputs={"case": case.id, **ctx.used},
+            outputs=[a["id"] for a in result.artifacts],
+            version=tool.spec.version,
+        )
         msg = ToolMessage(text, name=name, tool_call_id=call_id, artifact=result.model_dump())
         return msg, step, result.artifacts
 
@@ -98,20 +120,45 @@ class ToolExecutor:
             children.append(child.to_dict())
             if not child.ok:
                 error = f"{tool.name} stopped at step {j + 1}/{len(comp.steps)} ({spec['tool']}): {child.error}"
-                step = Step(tool=tool.name, args=params, ok=False, ms=(time.perf_counter() - start) * 1000, error=error,
-                            version=tool.spec.version, children=children)
-                return ToolMessage(f"error: {error}", name=tool.name, tool_call_id=call_id, status="error"), step, [r for p in produced for r in p]
+                step = Step(
+                    tool=tool.name,
+                    args=params,
+                    ok=False,
+                    ms=(time.perf_counter() - start) * 1000,
+                    error=error,
+                    version=tool.spec.version,
+                    children=children,
+                )
+                return (
+                    ToolMessage(f"error: {error}", name=tool.name, tool_call_id=call_id, status="error"),
+                    step,
+                    [r for p in produced for r in p],
+                )
             produced.append(refs)
             results.append(child.data)
         refs = [r for p in produced for r in p]
         text = " ".join(c["summary"] for c in children)
-        step = Step(tool=tool.name, args=params, ok=True, ms=(time.perf_counter() - start) * 1000, summary=text, data=results[-1],
-                    inputs={"case": case.id}, outputs=[r["id"] for r in refs], version=tool.spec.version, children=children)
-        msg = ToolMessage(text, name=tool.name, tool_call_id=call_id, artifact={"text": text, "data": results[-1], "artifacts": refs})
+        step = Step(
+            tool=tool.name,
+            args=params,
+            ok=True,
+            ms=(time.perf_counter() - start) * 1000,
+            summary=text,
+            data=results[-1],
+            inputs={"case": case.id},
+            outputs=[r["id"] for r in refs],
+            version=tool.spec.version,
+            children=children,
+        )
+        msg = ToolMessage(
+            text, name=tool.name, tool_call_id=call_id, artifact={"text": text, "data": results[-1], "artifacts": refs}
+        )
         return msg, step, refs
 
     def _fail(self, name, args, call_id, start, error, version=None):
-        step = Step(tool=name, args=args, ok=False, ms=(time.perf_counter() - start) * 1000, error=error, version=version)
+        step = Step(
+            tool=name, args=args, ok=False, ms=(time.perf_counter() - start) * 1000, error=error, version=version
+        )
         return ToolMessage(f"error: {error}", name=name or "unknown", tool_call_id=call_id, status="error"), step, []
 
 

@@ -5,6 +5,7 @@ run's case is embedded and added to the image-feature memory with the atomic too
 start of a turn, the most similar verified cases of the same task family become prompt hints, so a policy sees
 what worked before on images like this one (agent_methods.md §1.6).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,25 @@ HINT_FLOOR = 0.6
 
 def chain_of(traj: Trajectory) -> list[dict]:
     """The successful atomic calls of a run, in order (a composite's steps stand in for it)."""
-    return [{"name": s["tool"], "args": {k: v for k, v in s["args"].items() if v is not None}} for s in flat_steps(traj.steps)]
+    return [
+        {"name": s["tool"], "args": {k: v for k, v in s["args"].items() if v is not None}}
+        for s in flat_steps(traj.steps)
+    ]
 
 
 def family_of(traj: Trajectory, case: Case | None = None) -> str:
     return traj.family or (case.modality if case is not None else traj.case_ref.get("modality", ""))
 
 
-def record_verdict(traj_id: str, verdict: str, source: str, note: str = "", home: Home | None = None, memory=None,
-                   remember: bool = True) -> Trajectory:
+def record_verdict(
+    traj_id: str,
+    verdict: str,
+    source: str,
+    note: str = "",
+    home: Home | None = None,
+    memory=None,
+    remember: bool = True,
+) -> Trajectory:
     """Store a verdict; a verified run (with at least one successful call) also goes into the image memory unless
     ``remember`` is False (a benchmark's test questions must not leak into later ones)."""
     home = home or Home.current()
@@ -41,9 +52,19 @@ def record_verdict(traj_id: str, verdict: str, source: str, note: str = "", home
 
         memory = memory or ImageMemory(home.memory)
         case = load_case_ref(traj.case_ref)
-        embedding_id = memory.add(case_embedding(case), {
-            "case_id": traj.case_id, "modality": case.modality, "family": family_of(traj, case), "trajectory_id": traj.id,
-            "verification": verdict, "tools": chain_of(traj), "question": traj.question[:200], "answer": traj.answer[:200]})
+        embedding_id = memory.add(
+            case_embedding(case),
+            {
+                "case_id": traj.case_id,
+                "modality": case.modality,
+                "family": family_of(traj, case),
+                "trajectory_id": traj.id,
+                "verification": verdict,
+                "tools": chain_of(traj),
+                "question": traj.question[:200],
+                "answer": traj.answer[:200],
+            },
+        )
     return store.verify(traj_id, verdict, source, note, embedding_id=embedding_id)
 
 
@@ -53,11 +74,15 @@ def hints_for(case: Case, family: str, memory, k: int = HINT_K, floor: float = H
 
     if memory is None or memory.stats().get("entries", 0) == 0:
         return []
-    hits = memory.query(case_embedding(case), k=k + 1, floor=floor, where={"family": family, "verification": "verified"})
+    hits = memory.query(
+        case_embedding(case), k=k + 1, floor=floor, where={"family": family, "verification": "verified"}
+    )
     hints = []
     for hit in hits:
         if hit.meta.get("case_id") == case.id:
             continue
-        hints.append(f"a similar verified case (similarity {hit.score:.2f}) asked {json.dumps(hit.meta.get('question', ''))} "
-                     f"and was solved by: {json.dumps(hit.meta['tools'])}")
+        hints.append(
+            f"a similar verified case (similarity {hit.score:.2f}) asked {json.dumps(hit.meta.get('question', ''))} "
+            f"and was solved by: {json.dumps(hit.meta['tools'])}"
+        )
     return hints[:k]

@@ -5,6 +5,7 @@ this repeats until the policy answers in prose, or the step limit is hit. The an
 answer: the policy's prose only if every number in it comes from a tool result or the question, followed by a
 findings block built from the trajectory. Every turn is recorded as a :class:`~macro.trajectory.Trajectory`.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,14 @@ class TurnResult:
     trajectory: Trajectory
 
 
-def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore, max_steps: int = MAX_STEPS, checkpointer: Any = None,
-                sessions: dict[str, dict] | None = None):
+def build_graph(
+    policy: BaseChatModel,
+    registry: Registry,
+    store: ArtifactStore,
+    max_steps: int = MAX_STEPS,
+    checkpointer: Any = None,
+    sessions: dict[str, dict] | None = None,
+):
     """``sessions`` maps thread id → in-memory tool state (adapted models), kept for the life of the process."""
     executor = ToolExecutor(registry, store)
     sessions = {} if sessions is None else sessions
@@ -78,7 +85,12 @@ def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore,
         last = state["messages"][-1]
         if isinstance(last, HumanMessage):  # a format retry was queued
             return "policy" if len(state.get("retries", [])) <= MAX_FORMAT_RETRIES else "answer"
-        if isinstance(last, AIMessage) and last.tool_calls and len(state.get("steps", [])) < max_steps and not _repeats(state["messages"]):
+        if (
+            isinstance(last, AIMessage)
+            and last.tool_calls
+            and len(state.get("steps", [])) < max_steps
+            and not _repeats(state["messages"])
+        ):
             return "tools"
         return "answer"
 
@@ -102,14 +114,20 @@ def build_graph(policy: BaseChatModel, registry: Registry, store: ArtifactStore,
         question = next((m.text for m in reversed(state["messages"]) if isinstance(m, HumanMessage)), "")
         note, closing = "", []
         if isinstance(last, AIMessage) and last.tool_calls:
-            note = ("Stopped: the policy repeated a call it had already made." if _repeats(state["messages"])
-                    else f"Stopped after the step limit ({max_steps} tool calls).")
+            note = (
+                "Stopped: the policy repeated a call it had already made."
+                if _repeats(state["messages"])
+                else f"Stopped after the step limit ({max_steps} tool calls)."
+            )
         elif state.get("retries") and not prose:
             note = "The policy did not produce a valid tool call or an answer."
         answer = compose_answer(prose, steps, question, note)
         if isinstance(last, AIMessage) and last.tool_calls:
             # Every tool call needs a reply, or the thread is invalid for OpenAI-style backends on the next turn.
-            closing = [ToolMessage(f"not run: {note}", name=c["name"], tool_call_id=c["id"], status="error") for c in last.tool_calls]
+            closing = [
+                ToolMessage(f"not run: {note}", name=c["name"], tool_call_id=c["id"], status="error")
+                for c in last.tool_calls
+            ]
             closing.append(AIMessage(answer))
         return {"answer": answer, "messages": closing}
 
@@ -168,8 +186,15 @@ def _same(a: float, b: float) -> bool:
 class Agent:
     """Runs turns of the graph on a case within persistent threads, recording each turn's trajectory."""
 
-    def __init__(self, policy: BaseChatModel, policy_id: str, registry: Registry | None = None, home: Home | None = None,
-                 max_steps: int = MAX_STEPS, memory: bool = True):
+    def __init__(
+        self,
+        policy: BaseChatModel,
+        policy_id: str,
+        registry: Registry | None = None,
+        home: Home | None = None,
+        max_steps: int = MAX_STEPS,
+        memory: bool = True,
+    ):
         """``memory``: give the policy hints from similar verified cases in the home's image memory, when it has any."""
         self.home = (home or Home.current()).ensure()
         self.policy_id = policy_id
@@ -203,7 +228,9 @@ class Agent:
             self._memory = ImageMemory(self.home.memory)
         return hints_for(case, family, self._memory)
 
-    def stream(self, case: Case | None, question: str, thread_id: str | None = None, family: str = "") -> Iterator[tuple[str, Any]]:
+    def stream(
+        self, case: Case | None, question: str, thread_id: str | None = None, family: str = ""
+    ) -> Iterator[tuple[str, Any]]:
         """Yield ``("step", Step)`` as tools finish, then ``("done", TurnResult)``. ``family`` names the task family
         (a benchmark's); it defaults to the case's modality and scopes memory retrieval."""
         thread_id = thread_id or f"thread-{uuid.uuid4().hex[:12]}"
@@ -217,8 +244,14 @@ class Agent:
         final: dict = {}
         case_obj = load_case_ref(case_ref)
         family = family or case_obj.modality
-        inputs = {"messages": [HumanMessage(question)], "case": case_ref, "steps": None, "retries": None, "answer": "",
-                  "hints": self.hints(case_obj, family)}
+        inputs = {
+            "messages": [HumanMessage(question)],
+            "case": case_ref,
+            "steps": None,
+            "retries": None,
+            "answer": "",
+            "hints": self.hints(case_obj, family),
+        }
         for update in graph.stream(inputs, config, stream_mode="updates"):
             for node, values in update.items():
                 for step in (values or {}).get("steps", []) if node == "tools" else []:
@@ -227,14 +260,30 @@ class Agent:
                     final = values
         state = graph.get_state(config).values
         steps = state.get("steps", [])
-        traj = Trajectory(question=question, case_id=case_obj.id, steps=steps, answer=final.get("answer", ""), policy_id=self.policy_id,
-                          thread_id=thread_id, case_ref=case_ref, family=family, format_errors=state.get("retries", []), ms=(time.perf_counter() - start) * 1000,
-                          tool_versions={s["tool"]: s["version"] for s in steps if s.get("version")})
+        traj = Trajectory(
+            question=question,
+            case_id=case_obj.id,
+            steps=steps,
+            answer=final.get("answer", ""),
+            policy_id=self.policy_id,
+            thread_id=thread_id,
+            case_ref=case_ref,
+            family=family,
+            format_errors=state.get("retries", []),
+            ms=(time.perf_counter() - start) * 1000,
+            tool_versions={s["tool"]: s["version"] for s in steps if s.get("version")},
+        )
         self.trajectories.add(traj)
         yield "done", TurnResult(traj.answer, thread_id, traj)
 
-    def ask(self, case: Case | None, question: str, thread_id: str | None = None,
-            on_step: Callable[[Step], None] | None = None, family: str = "") -> TurnResult:
+    def ask(
+        self,
+        case: Case | None,
+        question: str,
+        thread_id: str | None = None,
+        on_step: Callable[[Step], None] | None = None,
+        family: str = "",
+    ) -> TurnResult:
         for kind, payload in self.stream(case, question, thread_id, family):
             if kind == "step" and on_step is not None:
                 on_step(payload)

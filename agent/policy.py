@@ -1,4 +1,5 @@
 """Policy backends by name: ``embedded``, ``hf:PATH``, ``openai:URL``, ``scripted`` or ``scripted:PLAN.json``."""
+
 from __future__ import annotations
 
 import hashlib
@@ -46,6 +47,8 @@ def make_policy(spec: str, home: Home | None = None, model: str | None = None) -
         from langchain_openai import ChatOpenAI
 
         name = model or os.environ.get("MACRO_OPENAI_MODEL", "default")
-        chat = ChatOpenAI(base_url=spec[len("openai:"):], model=name, api_key=os.environ.get("OPENAI_API_KEY", "none"), temperature=0)
+        chat = ChatOpenAI(
+            base_url=spec[len("openai:") :], model=name, api_key=os.environ.get("OPENAI_API_KEY", "none"), temperature=0
+        )
         return chat, f"{spec}#{name}"
     raise ModelUnavailable(f"unknown policy {spec!r}; choose one of: {BACKENDS}")

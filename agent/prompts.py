@@ -3,6 +3,7 @@
 The same functions render conversations at run time and when generating SFT data, so the embedded policy is
 trained on exactly the text it later sees. Only tools that accept the case are listed, one line each.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from macro.agent.toolcall import format_call
 
 PREAMBLE = "You are MACRO, a medical imaging assistant. Never guess a measurement."
-CALL_RULE = ('To use a tool reply with one <tool_call>{"name": ..., "arguments": {...}}</tool_call>. '
-             "Once tool results answer the question, reply in plain text quoting them.")
+CALL_RULE = (
+    'To use a tool reply with one <tool_call>{"name": ..., "arguments": {...}}</tool_call>. '
+    "Once tool results answer the question, reply in plain text quoting them."
+)
 
 
 def system_message(case_summary: str, hints: Sequence[str] = ()) -> SystemMessage:

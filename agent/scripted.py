@@ -7,6 +7,7 @@ case named in a memory hint.
 It speaks the same protocol as an LLM (``bind_tools`` then ``AIMessage`` with ``tool_calls``), so everything
 downstream of the policy is exercised exactly as in a real run.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,17 +20,30 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 AXIS_WORDS = {"coronal": "coronal", "sagittal": "sagittal", "axial": "axial", "transverse": "axial"}
-SEQUENCE_WORDS = [("t1ce", "t1ce"), ("post-contrast", "t1ce"), ("contrast", "t1ce"), ("flair", "flair"), ("t2", "t2"), ("t1", "t1")]
+SEQUENCE_WORDS = [
+    ("t1ce", "t1ce"),
+    ("post-contrast", "t1ce"),
+    ("contrast", "t1ce"),
+    ("flair", "flair"),
+    ("t2", "t2"),
+    ("t1", "t1"),
+]
 RULES: list[tuple[str, str]] = [
     ("segment_brain_tumor", r"segment|delineat|outline|\bmasks?\b|boundar"),
     ("classify_lesion", r"lesion|mole|melanoma|nev|carcinoma|diagnos|classif|what kind of|benign|malignan"),
-    ("classify_findings", r"finding|effusion|cardiomegal|pneumothorax|nodule|\bmass\b|consolidat|atelecta|infiltrat|x-?ray|radiograph|abnormal"),
+    (
+        "classify_findings",
+        r"finding|effusion|cardiomegal|pneumothorax|nodule|\bmass\b|consolidat|atelecta|infiltrat|x-?ray|radiograph|abnormal",
+    ),
     ("answer_stepwise", r"step[- ]by[- ]step|stepwise|chain of thought|\breason|diagnos"),
     ("score_anomaly", r"anomal|\bscreen|unusual|abnormal"),
     ("measure_volume", r"volume|how (big|large)|size of the (tumou?r|lesion|mass|core)|burden|\bml\b|millilit|measure"),
     ("render_slice", r"\bshow|render|display|\bview|picture|visuali[sz]e|\bplot|\bdraw|screenshot|\bsee\b"),
     ("crop_resample", r"resampl|\bcrop|isotropic|regrid|downsampl|interpolat"),
-    ("describe_scan", r"describ|what (kind|type) of|modality|dimension|spacing|resolution|sequences|metadata|overview|what is this"),
+    (
+        "describe_scan",
+        r"describ|what (kind|type) of|modality|dimension|spacing|resolution|sequences|metadata|overview|what is this",
+    ),
 ]
 
 
@@ -47,8 +61,15 @@ def plan_for(question: str, available: set[str], has_reference_mask: bool = True
             hits.append((match.start(), tool))
     tools = [tool for _, tool in sorted(hits)]
     if {"classify_findings", "score_anomaly"} <= set(tools) and not re.search(r"anomal|\bscreen", q):
-        tools.remove("score_anomaly")  # "abnormal" on an X-ray asks for findings; the anomaly screen needs its own words
-    if "measure_volume" in tools and "segment_brain_tumor" in available and not has_reference_mask and "segment_brain_tumor" not in tools:
+        tools.remove(
+            "score_anomaly"
+        )  # "abnormal" on an X-ray asks for findings; the anomaly screen needs its own words
+    if (
+        "measure_volume" in tools
+        and "segment_brain_tumor" in available
+        and not has_reference_mask
+        and "segment_brain_tumor" not in tools
+    ):
         tools.insert(tools.index("measure_volume"), "segment_brain_tumor")
     if not tools and fallback and "describe_scan" in available:
         tools = ["describe_scan"]
@@ -99,14 +120,20 @@ def use_composites(plan: list[dict], tools: list[dict]) -> list[dict]:
     for t in tools:
         match = COMPOSITE.search(t["function"].get("description", ""))
         if match:
-            composites.append((match.group(1).split(" -> "), t["function"]["name"], set(t["function"]["parameters"].get("properties", {}))))
+            composites.append(
+                (
+                    match.group(1).split(" -> "),
+                    t["function"]["name"],
+                    set(t["function"]["parameters"].get("properties", {})),
+                )
+            )
     composites.sort(key=lambda c: -len(c[0]))
     out, i = [], 0
     while i < len(plan):
         for chain, name, params in composites:
-            if [c["name"] for c in plan[i:i + len(chain)]] == chain:
+            if [c["name"] for c in plan[i : i + len(chain)]] == chain:
                 args = {}
-                for j, call in enumerate(plan[i:i + len(chain)]):
+                for j, call in enumerate(plan[i : i + len(chain)]):
                     for arg, value in call.get("args", {}).items():
                         key = arg if arg in params else f"{arg}_{j + 1}"
                         if key in params:
@@ -146,8 +173,14 @@ class ScriptedPolicy(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any):
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
-                  tools: list[dict] | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        tools: list[dict] | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         last_user = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
         done = [m for m in messages[last_user:] if isinstance(m, ToolMessage)]
         available = {t["function"]["name"] for t in tools or []}
@@ -155,11 +188,20 @@ class ScriptedPolicy(BaseChatModel):
         if self.plan is not None:
             plan = self.plan
         else:
-            plan = plan_for(messages[last_user].text, available, reference, fallback=False) or remembered_plan(messages, available)
+            plan = plan_for(messages[last_user].text, available, reference, fallback=False) or remembered_plan(
+                messages, available
+            )
             plan = use_composites(plan or plan_for("", available, reference), tools or [])
         if len(done) < len(plan):
             call = plan[len(done)]
-            msg = AIMessage("", tool_calls=[{"name": call["name"], "args": call.get("args", {}), "id": f"call_{len(done)}", "type": "tool_call"}])
+            msg = AIMessage(
+                "",
+                tool_calls=[
+                    {"name": call["name"], "args": call.get("args", {}), "id": f"call_{len(done)}", "type": "tool_call"}
+                ],
+            )
         else:
-            msg = AIMessage(" ".join(m.text for m in done if m.status != "error") or "I could not get a result from the tools.")
+            msg = AIMessage(
+                " ".join(m.text for m in done if m.status != "error") or "I could not get a result from the tools."
+            )
         return ChatResult(generations=[ChatGeneration(message=msg)])

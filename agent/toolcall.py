@@ -4,6 +4,7 @@ Parsing is forgiving about what small models get wrong (a missing closing tag, t
 ``parameters`` instead of ``arguments``, a trailing brace too many) and strict about what matters: a string
 ``name`` and an object of arguments. Anything else is reported as an error string for a retry message.
 """
+
 from __future__ import annotations
 
 import json

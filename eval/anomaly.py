@@ -2,7 +2,8 @@
 tasks, after every task, with one harness for all four (``shared/research/tool_methods.md`` §4.3-4.4).
 
 Protocol. Tasks arrive in order (the ``anomaly-stream`` phantom by default, or any MVTec-layout root). Per task:
-patch features of ``train/good`` minus its calibration hold-out, thinned by k-center to PatchCore's coreset (``continual.RATIO``, 25 %)
+patch features of ``train/good`` minus its calibration hold-out, thinned by k-center to PatchCore's coreset
+(``continual.RATIO``, 25 %)
 (the candidates every method receives). Capacity K = the first task's coreset size, so a shared bank is 1/T of
 per-task PatchCore's total memory when tasks are the same size.
 
@@ -20,6 +21,7 @@ task, averaged over tasks; bank size in MB (float16, as stored); scoring ms per 
 (shared) + nearest-neighbour search and map, on the final banks. ``bench`` times the tool's scoring path on the
 active bank (p50/p95 over repeated 224 x 224 images).
 """
+
 from __future__ import annotations
 
 import json
@@ -74,10 +76,10 @@ def stream_folders(data_root: Path, p: dict, seed: int, source: Path | None = No
 @dataclass
 class TaskData:
     name: str
-    candidates: Coreset       # PatchCore's coreset of the task's bank images
-    test: torch.Tensor        # (N, P, d) float16 test features
+    candidates: Coreset  # PatchCore's coreset of the task's bank images
+    test: torch.Tensor  # (N, P, d) float16 test features
     labels: np.ndarray
-    masks: np.ndarray         # (N, 224, 224) bool
+    masks: np.ndarray  # (N, 224, 224) bool
     bank_images: int
 
 
@@ -104,8 +106,15 @@ def _pixel_auroc(scores, data: TaskData) -> float:
     return 100.0 * roc_auc(anomaly_maps(scores.patches).ravel(), data.masks.ravel())
 
 
-def evaluate(data_root: Path, quick: bool = False, seed: int = 0, progress: bool = False, log=print,
-             p: dict | None = None, source: Path | None = None) -> dict:
+def evaluate(
+    data_root: Path,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    log=print,
+    p: dict | None = None,
+    source: Path | None = None,
+) -> dict:
     from tqdm import tqdm
 
     from macro.data.mvtec import read_task
@@ -128,8 +137,8 @@ def evaluate(data_root: Path, quick: bool = False, seed: int = 0, progress: bool
     T = len(tasks)
     matrix = {m: np.full((T, T), np.nan) for m in METHODS}
     banks: dict = {"cadic": None, "fifo": None, "joint": None}
-    indexes: dict = {"patchcore_per_task": []}            # shared methods: the index of their current bank
-    latest: dict = {m: [None] * T for m in METHODS}        # each task's scores at the last stage that scored it
+    indexes: dict = {"patchcore_per_task": []}  # shared methods: the index of their current bank
+    latest: dict = {m: [None] * T for m in METHODS}  # each task's scores at the last stage that scored it
     for t, data in enumerate(tasks):
         banks["cadic"] = cadic_update(banks["cadic"], data.candidates, capacity, proj, seed=seed)
         banks["fifo"] = fifo_update(banks["fifo"], data.candidates, capacity)
@@ -142,8 +151,10 @@ def evaluate(data_root: Path, quick: bool = False, seed: int = 0, progress: bool
             for s in range(t + 1):
                 latest[method][s] = score(indexes[method], tasks[s].test.float())
                 matrix[method][t, s] = _image_auroc(latest[method][s], tasks[s])
-        log(f"after task {t + 1}/{T} ({data.name}): " + ", ".join(
-            f"{m} {np.mean(matrix[m][t, : t + 1]):.1f}" for m in METHODS))
+        log(
+            f"after task {t + 1}/{T} ({data.name}): "
+            + ", ".join(f"{m} {np.mean(matrix[m][t, : t + 1]):.1f}" for m in METHODS)
+        )
     report = {"tasks": [d.name for d in tasks], "methods": {}}
     feature_ms = _feature_ms(tasks)
     for method in METHODS:
@@ -164,8 +175,15 @@ def evaluate(data_root: Path, quick: bool = False, seed: int = 0, progress: bool
             "ms_per_image": round(feature_ms + _search_ms(per_task, tasks), 2),
             "stages": [[None if np.isnan(v) else round(float(v), 2) for v in row] for row in matrix[method]],
         }
-    report["protocol"] = {**p, "seed": seed, "quick": quick, "capacity": capacity, "candidates_per_task": [len(d.candidates) for d in tasks],
-                          "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - start, 1)}
+    report["protocol"] = {
+        **p,
+        "seed": seed,
+        "quick": quick,
+        "capacity": capacity,
+        "candidates_per_task": [len(d.candidates) for d in tasks],
+        "torch_threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     return report
 
 
@@ -190,7 +208,7 @@ def _search_ms(indexes, tasks: list[TaskData]) -> float:
     count, t0 = 0, time.perf_counter()
     for index, data in zip(indexes, tasks):
         for i in range(min(8, len(data.test))):
-            anomaly_maps(score(index, data.test[i:i + 1].float()).patches)
+            anomaly_maps(score(index, data.test[i : i + 1].float()).patches)
             count += 1
     return 1000.0 * (time.perf_counter() - t0) / max(count, 1)
 
@@ -204,7 +222,11 @@ def bench(images: int = 50, seed: int = 0) -> dict:
     bank, index = active_bank()
     inputs = []
     for i in range(images):
-        pixels = normal_image(seed + 1000, i % len(TASKS), "test-good", i) if i % 2 else anomalous_image(seed + 1000, i % len(TASKS), i)[0]
+        pixels = (
+            normal_image(seed + 1000, i % len(TASKS), "test-good", i)
+            if i % 2
+            else anomalous_image(seed + 1000, i % len(TASKS), i)[0]
+        )
         inputs.append(np.repeat(pixels[None, None].astype(np.float32) / 255.0, 3, axis=1))
     score_image(inputs[0], bank, index)
     times = []
@@ -212,16 +234,28 @@ def bench(images: int = 50, seed: int = 0) -> dict:
         t0 = time.perf_counter()
         score_image(pixels, bank, index)
         times.append(1000.0 * (time.perf_counter() - t0))
-    return {"images": images, "p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2),
-            "bank_size": len(bank.coreset), "torch_threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2)}
+    return {
+        "images": images,
+        "p50_ms": round(float(np.percentile(times, 50)), 2),
+        "p95_ms": round(float(np.percentile(times, 95)), 2),
+        "bank_size": len(bank.coreset),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
 
 
 def markdown(report: dict) -> str:
-    lines = ["| method | " + " | ".join(report["tasks"]) + " | mean | forgetting | pixel AUROC | bank MB | ms/image |",
-             "|---|" + "---|" * (len(report["tasks"]) + 5)]
+    lines = [
+        "| method | " + " | ".join(report["tasks"]) + " | mean | forgetting | pixel AUROC | bank MB | ms/image |",
+        "|---|" + "---|" * (len(report["tasks"]) + 5),
+    ]
     for method, r in report["methods"].items():
-        lines.append(f"| {method} | " + " | ".join(f"{a:.1f}" for a in r["auroc_per_task"])
-                     + f" | {r['mean_auroc']:.2f} | {r['forgetting']:.2f} | {r['pixel_auroc']:.2f} | {r['bank_mb']:.2f} | {r['ms_per_image']:.1f} |")
+        lines.append(
+            f"| {method} | "
+            + " | ".join(f"{a:.1f}" for a in r["auroc_per_task"])
+            + f" | {r['mean_auroc']:.2f} | {r['forgetting']:.2f} | {r['pixel_auroc']:.2f} | {r['bank_mb']:.2f} | "
+            f"{r['ms_per_image']:.1f} |"
+        )
     return "\n".join(lines)
 
 

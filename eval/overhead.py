@@ -4,6 +4,7 @@ Overhead = (time of a one-call agent turn with the scripted policy) − (time of
 both on the demo case, after one warm-up. The agent side includes the graph, argument validation, the SQLite
 checkpoint and the trajectory write: everything a real turn pays apart from the policy's own thinking.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -18,7 +19,11 @@ TOOL, ARGS, QUESTION = "measure_volume", {"region": "WT"}, "What is the whole tu
 
 def _pct(values: list[float]) -> dict:
     ordered = sorted(values)
-    return {"p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))], "n": len(ordered)}
+    return {
+        "p50": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "n": len(ordered),
+    }
 
 
 def run_overhead(home: Home, calls: int = 40, tokens: bool = True) -> dict:
@@ -42,15 +47,23 @@ def run_overhead(home: Home, calls: int = 40, tokens: bool = True) -> dict:
             start = time.perf_counter()
             tool.execute(ctx, tool.args_schema(**ARGS))
             direct.append((time.perf_counter() - start) * 1000)
-        agent = Agent(ScriptedPolicy(plan=[{"name": TOOL, "args": ARGS}]), "scripted", registry=registry, home=bench_home)
+        agent = Agent(
+            ScriptedPolicy(plan=[{"name": TOOL, "args": ARGS}]), "scripted", registry=registry, home=bench_home
+        )
         through = []
         for _ in range(calls + 1):
             start = time.perf_counter()
             agent.ask(case, QUESTION)
             through.append((time.perf_counter() - start) * 1000)
     direct, through = direct[1:], through[1:]
-    report = {"tool": TOOL, "case": case.id, "calls": calls, "direct_ms": _pct(direct), "agent_ms": _pct(through),
-              "overhead_ms": _pct([a - d for a, d in zip(through, direct)])}
+    report = {
+        "tool": TOOL,
+        "case": case.id,
+        "calls": calls,
+        "direct_ms": _pct(direct),
+        "agent_ms": _pct(through),
+        "overhead_ms": _pct([a - d for a, d in zip(through, direct)]),
+    }
     if tokens:
         report["embedded"] = embedded_speed(home, case)
     return report
@@ -72,9 +85,16 @@ def embedded_speed(home: Home, case, repeats: int = 3) -> dict:
     seconds = statistics.median(r["seconds"] for r in runs)
     prefill = _prefill_seconds(policy, messages, bound)
     new = statistics.median(r["new_tokens"] for r in runs)
-    return {"policy": policy_id, "prompt_tokens": runs[0]["prompt_tokens"], "new_tokens": new, "seconds_per_call": seconds,
-            "tokens_per_s": new / seconds, "prefill_seconds": prefill, "prefill_tokens_per_s": runs[0]["prompt_tokens"] / prefill,
-            "decode_tokens_per_s": (new - 1) / max(seconds - prefill, 1e-6)}
+    return {
+        "policy": policy_id,
+        "prompt_tokens": runs[0]["prompt_tokens"],
+        "new_tokens": new,
+        "seconds_per_call": seconds,
+        "tokens_per_s": new / seconds,
+        "prefill_seconds": prefill,
+        "prefill_tokens_per_s": runs[0]["prompt_tokens"] / prefill,
+        "decode_tokens_per_s": (new - 1) / max(seconds - prefill, 1e-6),
+    }
 
 
 def _prefill_seconds(policy, messages, bound) -> float:

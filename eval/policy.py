@@ -3,6 +3,7 @@
 Works for any backend: each request goes through ``bind_tools`` + ``invoke`` with the same system message the
 agent uses, so the figure measures the deployed path, not a shortcut.
 """
+
 from __future__ import annotations
 
 import random
@@ -19,8 +20,14 @@ from macro.case import load_case_ref
 from macro.tools.registry import Registry
 
 
-def evaluate_first_calls(policy: BaseChatModel, rows: Sequence[dict], n: int = 50, seed: int = 0, registry: Registry | None = None,
-                         progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate_first_calls(
+    policy: BaseChatModel,
+    rows: Sequence[dict],
+    n: int = 50,
+    seed: int = 0,
+    registry: Registry | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     registry = registry or Registry.default()
     rows = [r for r in rows if r["kind"] == "first_call"]
     picked = random.Random(seed).sample(rows, min(n, len(rows)))
@@ -42,11 +49,30 @@ def evaluate_first_calls(policy: BaseChatModel, rows: Sequence[dict], n: int = 5
         right_tool = call is not None and call["name"] == row["tool"]
         gold = registry.get(row["tool"]).args_schema(**row["args"]).model_dump()
         exact = bool(valid and right_tool and parsed.model_dump() == gold)
-        results.append({"user": row["user"], "gold_tool": row["tool"], "gold_args": row["args"], "call": call and {"name": call["name"], "args": call["args"]},
-                        "parseable": call is not None, "valid": valid, "right_tool": right_tool, "valid_right_tool": valid and right_tool,
-                        "exact_args": exact, "raw": ai.response_metadata.get("raw", ai.text)})
+        results.append(
+            {
+                "user": row["user"],
+                "gold_tool": row["tool"],
+                "gold_args": row["args"],
+                "call": call and {"name": call["name"], "args": call["args"]},
+                "parseable": call is not None,
+                "valid": valid,
+                "right_tool": right_tool,
+                "valid_right_tool": valid and right_tool,
+                "exact_args": exact,
+                "raw": ai.response_metadata.get("raw", ai.text),
+            }
+        )
         if progress:
             progress(i + 1, len(picked))
     count = max(len(results), 1)
-    summary = {k: round(100.0 * sum(r[k] for r in results) / count, 1) for k in ("parseable", "valid", "right_tool", "valid_right_tool", "exact_args")}
-    return {"n": len(results), **summary, "seconds_per_prompt": round((time.perf_counter() - start) / count, 2), "rows": results}
+    summary = {
+        k: round(100.0 * sum(r[k] for r in results) / count, 1)
+        for k in ("parseable", "valid", "right_tool", "valid_right_tool", "exact_args")
+    }
+    return {
+        "n": len(results),
+        **summary,
+        "seconds_per_prompt": round((time.perf_counter() - start) / count, 2),
+        "rows": results,
+    }

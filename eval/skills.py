@@ -3,6 +3,7 @@
 Each size is generated once, then mined ``repeats`` times; the median is reported with the recovery check
 (whether exactly the planted chains came out), so a fast miner that finds the wrong thing does not pass.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -23,8 +24,16 @@ def mining_benchmark(sizes=(10_000, 100_000), repeats: int = 3, seed: int = 0, l
             start = time.perf_counter()
             found = mine(runs)
             times.append(time.perf_counter() - start)
-        out[str(n)] = {"trajectories": n, "steps": steps, "seconds_median": round(statistics.median(times), 3),
-                       "seconds_all": [round(t, 3) for t in times], "recovered_planted": {c.tools for c in found} == planted}
+        out[str(n)] = {
+            "trajectories": n,
+            "steps": steps,
+            "seconds_median": round(statistics.median(times), 3),
+            "seconds_all": [round(t, 3) for t in times],
+            "recovered_planted": {c.tools for c in found} == planted,
+        }
         if log:
-            log(f"{n} trajectories ({steps} steps): {out[str(n)]['seconds_median']} s median, planted chains recovered: {out[str(n)]['recovered_planted']}")
+            log(
+                f"{n} trajectories ({steps} steps): {out[str(n)]['seconds_median']} s median, planted chains "
+                f"recovered: {out[str(n)]['recovered_planted']}"
+            )
     return out

@@ -24,6 +24,7 @@ Schedule: the notes' stage A (at most 10 epochs) and a 20-epoch stage B instead 
 1 500 phantom images the best validation epoch was the 16th and the later ones were no better; the checkpoint
 kept is still the best validation epoch, as in the notes). ``--quick``: 6 + 10 epochs on 1 500 images.
 """
+
 from __future__ import annotations
 
 import time
@@ -59,8 +60,12 @@ def latency(model: torch.nn.Module, encoder: ImageEncoder, runs: int = BENCH_RUN
             [torch.softmax(z, dim=-1) for z in model(encoder(pixels))[0]]
             if i >= 5:
                 times.append(1000 * (time.perf_counter() - start))
-    return {"p50": round(float(np.percentile(times, 50)), 2), "p95": round(float(np.percentile(times, 95)), 2), "runs": runs,
-            "threads": torch.get_num_threads()}
+    return {
+        "p50": round(float(np.percentile(times, 50)), 2),
+        "p95": round(float(np.percentile(times, 95)), 2),
+        "runs": runs,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def bench_shipped(runs: int = 200, threads: int = 1) -> dict:
@@ -89,14 +94,20 @@ def structured_decoding(probs: list[np.ndarray], train_labels: np.ndarray) -> li
         log_post += np.log(p[:, chains[:, k]] + 1e-9) - np.log(marginal[chains[:, k]] + 1e-9)
     post = np.exp(log_post - log_post.max(1, keepdims=True))
     post /= post.sum(1, keepdims=True)
-    return [np.stack([post[:, chains[:, k] == c].sum(1) for c in range(p.shape[1])], axis=1) for k, p in enumerate(probs)]
+    return [
+        np.stack([post[:, chains[:, k] == c].sum(1) for c in range(p.shape[1])], axis=1) for k, p in enumerate(probs)
+    ]
 
 
-def evaluate(data_root: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print, n_images: int | None = None) -> dict:
+def evaluate(
+    data_root: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print, n_images: int | None = None
+) -> dict:
     return run(data_root, quick, seed, progress, log, n_images)[0]
 
 
-def run(data_root: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print, n_images: int | None = None):
+def run(
+    data_root: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print, n_images: int | None = None
+):
     """(report, trained) where ``trained`` holds the three models and the :class:`StepData` they were scored on."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -111,7 +122,9 @@ def _run(data_root: Path, quick: bool, seed: int, progress: bool, log, n_images:
     n = n_images or p["n_images"]
     start = time.perf_counter()
     data = load_folder(phantom_folder(data_root, n, seed), progress=progress)
-    cfg = TrainConfig(stage_a_epochs=p["stage_a_epochs"], stage_b_epochs=p["stage_b_epochs"], baseline_epochs=p["baseline_epochs"])
+    cfg = TrainConfig(
+        stage_a_epochs=p["stage_a_epochs"], stage_b_epochs=p["stage_b_epochs"], baseline_epochs=p["baseline_epochs"]
+    )
     baseline, baseline_info = fit_baseline(data, cfg, progress=progress)
     log(f"baseline trained in {baseline_info['seconds']} s: {baseline_info['steps']}")
     teacher, student, history = fit_teacher_student(data, cfg, progress=progress)
@@ -128,25 +141,46 @@ def _run(data_root: Path, quick: bool, seed: int, progress: bool, log, n_images:
     headroom = None if decoded is None else summary(decoded, data.labels["test"], data.options, diagnose, ATTRIBUTES)
     if headroom:
         log(f"baseline + chain-prior decoding (headroom): {headroom}")
-    protocol = {**p, "n_images": n, "seed": seed, "quick": quick, "sizes": data.source["sizes"], "train_seed": cfg.seed,
-                "threads": torch.get_num_threads(), "image_size": IMAGE_SIZE, "seconds": round(time.perf_counter() - start, 1),
-                "baseline_settings": baseline_info["steps"], "stage_a_val": history["stage_a"], "selected_stage_b_epoch": history["selected_epoch"]}
-    report = {"methods": methods, "headroom": {"baseline_with_chain_prior": headroom},
-              "steps": [f"{k + 1}. {a}" for k, a in enumerate(ATTRIBUTES)], "protocol": protocol}
+    protocol = {
+        **p,
+        "n_images": n,
+        "seed": seed,
+        "quick": quick,
+        "sizes": data.source["sizes"],
+        "train_seed": cfg.seed,
+        "threads": torch.get_num_threads(),
+        "image_size": IMAGE_SIZE,
+        "seconds": round(time.perf_counter() - start, 1),
+        "baseline_settings": baseline_info["steps"],
+        "stage_a_val": history["stage_a"],
+        "selected_stage_b_epoch": history["selected_epoch"],
+    }
+    report = {
+        "methods": methods,
+        "headroom": {"baseline_with_chain_prior": headroom},
+        "steps": [f"{k + 1}. {a}" for k, a in enumerate(ATTRIBUTES)],
+        "protocol": protocol,
+    }
     return report, {"baseline": baseline, "teacher": teacher, "student": student, "data": data}
 
 
 def markdown(report: dict) -> str:
     steps = report["steps"]
-    lines = ["| method | " + " | ".join(steps) + " | mean | diagnosis | consistency | all 7 right | ms/image |",
-             "|---|" + "---|" * (len(steps) + 5)]
+    lines = [
+        "| method | " + " | ".join(steps) + " | mean | diagnosis | consistency | all 7 right | ms/image |",
+        "|---|" + "---|" * (len(steps) + 5),
+    ]
     rows = [(name, r, f"{r['ms_per_image']:.1f}") for name, r in report["methods"].items()]
     headroom = (report.get("headroom") or {}).get("baseline_with_chain_prior")
     if headroom:
         rows.append(("(headroom) baseline + chain-prior decoding", headroom, ""))
     for name, r, ms in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{a:.1f}" for a in r["step_acc"])
-                     + f" | {r['mean_step_acc']:.1f} | {r['diagnosis_acc']:.1f} | {r['consistency']:.1f} | {r['all_steps_correct']:.1f} | {ms} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{a:.1f}" for a in r["step_acc"])
+            + f" | {r['mean_step_acc']:.1f} | {r['diagnosis_acc']:.1f} | {r['consistency']:.1f} | "
+            f"{r['all_steps_correct']:.1f} | {ms} |"
+        )
     return "\n".join(lines)
 
 

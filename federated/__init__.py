@@ -1,1 +1,1 @@
-"""Federated training and unlearning: plain client/server functions shared by the in-process simulation and the Flower app."""
+"""Federated training and unlearning: plain client/server functions shared by the in-process simulation and Flower."""

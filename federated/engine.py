@@ -8,6 +8,7 @@ benchmark run here and a real multi-site run differ only in transport.
 States are ``state_dict``-like mappings of name -> CPU tensor; every client result carries its sample count and a
 JSON-able ``stats`` dict for method-specific messages (FedLSM's per-class positive estimates, losses, timings).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,8 +51,13 @@ def fedavg(global_state: State, results: Sequence[ClientResult], round_: int = 0
     return weighted_average([r.state for r in results], [1.0 if equal else r.n_samples for r in results])
 
 
-def local_model(model_fn: Callable[[], torch.nn.Module], state: Mapping[str, torch.Tensor], lr: float,
-                betas: tuple[float, float], weight_decay: float) -> tuple[torch.nn.Module, torch.optim.Adam]:
+def local_model(
+    model_fn: Callable[[], torch.nn.Module],
+    state: Mapping[str, torch.Tensor],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+) -> tuple[torch.nn.Module, torch.optim.Adam]:
     """A fresh model in train mode holding ``state``, and Adam over its trainable parameters: how every local
     update (FedLSM, plain FedAvg, gradient ascent) starts."""
     model = model_fn()
@@ -61,9 +67,16 @@ def local_model(model_fn: Callable[[], torch.nn.Module], state: Mapping[str, tor
     return model, torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
-def simulate(state: State, clients: Sequence[int], rounds: int, client_fn: ClientFn, aggregate_fn: AggregateFn,
-             on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None, progress: bool = False,
-             desc: str = "federated rounds") -> State:
+def simulate(
+    state: State,
+    clients: Sequence[int],
+    rounds: int,
+    client_fn: ClientFn,
+    aggregate_fn: AggregateFn,
+    on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
+    progress: bool = False,
+    desc: str = "federated rounds",
+) -> State:
     """Run ``rounds`` rounds in this process: every client trains from the current global state in turn, then
     the server aggregates. ``on_round(round, new_state, results)`` is the hook for evaluation and logging."""
     from tqdm import tqdm

@@ -40,6 +40,7 @@ Baselines: :func:`retrain` (the gold standard: the original FedAvg schedule from
 forgotten client), :func:`finetune` (FedAvg continued from the trained model without it, FCU's post-training
 budget), :func:`gradient_ascent`. Ablations: ``FCUConfig(fuse=False)`` (MCU only) and ``low_from="unlearned"``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -57,8 +58,23 @@ from torch import nn
 from macro.federated.engine import ClientFn, ClientResult, State, fedavg, local_model, simulate
 from macro.federated.fedlsm import ClientData, evaluate, label_loss, mean_auc
 
-__all__ = ["FLConfig", "FCUConfig", "supervised_client", "train_fedavg", "mcu_loss", "fusable_keys", "fgmp_fuse",
-           "unlearn", "post_train", "fcu", "retrain", "finetune", "gradient_ascent", "evaluate", "mean_auc"]
+__all__ = [
+    "FLConfig",
+    "FCUConfig",
+    "supervised_client",
+    "train_fedavg",
+    "mcu_loss",
+    "fusable_keys",
+    "fgmp_fuse",
+    "unlearn",
+    "post_train",
+    "fcu",
+    "retrain",
+    "finetune",
+    "gradient_ascent",
+    "evaluate",
+    "mean_auc",
+]
 
 
 @dataclass
@@ -101,8 +117,16 @@ class FCUConfig:
             raise ValueError(f"low_from must be 'original' or 'unlearned', not {self.low_from!r}")
 
     def post(self) -> FLConfig:
-        return FLConfig(rounds=self.post_rounds, iterations=self.post_iters, batch_size=self.post_batch, lr=self.post_lr,
-                        betas=self.betas, weight_decay=self.weight_decay, equal=True, seed=self.seed)
+        return FLConfig(
+            rounds=self.post_rounds,
+            iterations=self.post_iters,
+            batch_size=self.post_batch,
+            lr=self.post_lr,
+            betas=self.betas,
+            weight_decay=self.weight_decay,
+            equal=True,
+            seed=self.seed,
+        )
 
 
 def _clone(state: Mapping[str, torch.Tensor]) -> State:
@@ -120,8 +144,12 @@ def _batch(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return rng.choice(n, size=min(size, n), replace=False)
 
 
-def supervised_client(model_fn: Callable[[], nn.Module], data: Mapping[int, ClientData], cfg: FLConfig,
-                      optimizer_states: dict[int, dict] | None = None) -> ClientFn:
+def supervised_client(
+    model_fn: Callable[[], nn.Module],
+    data: Mapping[int, ClientData],
+    cfg: FLConfig,
+    optimizer_states: dict[int, dict] | None = None,
+) -> ClientFn:
     """Plain local training (BCE or CE on the client's labels, strong view, Adam) as an engine ``ClientFn``.
 
     The loss covers the client's own label set only (``label_mask``): with full labels that is the plain loss, and
@@ -145,19 +173,36 @@ def supervised_client(model_fn: Callable[[], nn.Module], data: Mapping[int, Clie
             optimizer.step()
             losses.append(float(loss.detach()))
         states[client] = optimizer.state_dict()
-        return ClientResult(client, _clone(model.state_dict()), len(d),
-                            {"loss": float(np.mean(losses)) if losses else None, "seconds": time.perf_counter() - start})
+        return ClientResult(
+            client,
+            _clone(model.state_dict()),
+            len(d),
+            {"loss": float(np.mean(losses)) if losses else None, "seconds": time.perf_counter() - start},
+        )
 
     return client_fn
 
 
-def train_fedavg(model_fn: Callable[[], nn.Module], state: State, data: Mapping[int, ClientData], clients: Sequence[int],
-                 cfg: FLConfig, on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
-                 desc: str = "FedAvg rounds") -> tuple[State, float]:
+def train_fedavg(
+    model_fn: Callable[[], nn.Module],
+    state: State,
+    data: Mapping[int, ClientData],
+    clients: Sequence[int],
+    cfg: FLConfig,
+    on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
+    desc: str = "FedAvg rounds",
+) -> tuple[State, float]:
     """FedAvg from ``state`` over ``clients``; returns the final state and the wall-clock seconds."""
     start = time.perf_counter()
-    out = simulate(_clone(state), list(clients), cfg.rounds, supervised_client(model_fn, data, cfg),
-                   partial(fedavg, equal=cfg.equal), on_round=on_round, desc=desc)
+    out = simulate(
+        _clone(state),
+        list(clients),
+        cfg.rounds,
+        supervised_client(model_fn, data, cfg),
+        partial(fedavg, equal=cfg.equal),
+        on_round=on_round,
+        desc=desc,
+    )
     return out, time.perf_counter() - start
 
 
@@ -169,8 +214,9 @@ def mcu_loss(f: torch.Tensor, f_d: torch.Tensor, f_o: torch.Tensor, tau: float =
 
 def fusable_keys(model: nn.Module, head: str = "head") -> list[str]:
     """State keys FGMP fuses: the weights of trainable 2D convolutions and of the classifier."""
-    keys = [f"{name}.weight" for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
+    keys = [
+        f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad
+    ]
     classifier = model.get_submodule(head)
     if classifier.weight.requires_grad:
         keys.append(f"{head}.weight")
@@ -214,8 +260,9 @@ def _fuse_tensor(low: torch.Tensor, high: torch.Tensor, r: float) -> torch.Tenso
     return _from_matrix(fused, high.shape).to(high.dtype)
 
 
-def fgmp_fuse(low_source: Mapping[str, torch.Tensor], high_source: Mapping[str, torch.Tensor], r: float,
-              fuse_keys: Sequence[str]) -> State:
+def fgmp_fuse(
+    low_source: Mapping[str, torch.Tensor], high_source: Mapping[str, torch.Tensor], r: float, fuse_keys: Sequence[str]
+) -> State:
     """FGMP: ``fuse_keys`` get the low-frequency amplitude of ``low_source`` and the high-frequency amplitude and
     phase of ``high_source``; every other tensor (BN, biases, the rest) is copied from ``high_source``."""
     out = _clone(high_source)
@@ -225,12 +272,21 @@ def fgmp_fuse(low_source: Mapping[str, torch.Tensor], high_source: Mapping[str, 
 
 
 @torch.no_grad()
-def _features(model: nn.Module, view: Callable[[np.ndarray], torch.Tensor], n: int, batch_size: int = 256) -> torch.Tensor:
+def _features(
+    model: nn.Module, view: Callable[[np.ndarray], torch.Tensor], n: int, batch_size: int = 256
+) -> torch.Tensor:
     return torch.cat([model(view(np.arange(i, min(i + batch_size, n))))[0] for i in range(0, n, batch_size)]).float()
 
 
-def unlearn(model: nn.Module, downgraded: Mapping[str, torch.Tensor], trained: Mapping[str, torch.Tensor],
-            data: ClientData, cfg: FCUConfig, head: str = "head", fuse_keys: Sequence[str] | None = None) -> tuple[State, dict]:
+def unlearn(
+    model: nn.Module,
+    downgraded: Mapping[str, torch.Tensor],
+    trained: Mapping[str, torch.Tensor],
+    data: ClientData,
+    cfg: FCUConfig,
+    head: str = "head",
+    fuse_keys: Sequence[str] | None = None,
+) -> tuple[State, dict]:
     """FCU's local unlearning on the forgotten client: ``cfg.iterations`` MCU steps, an FGMP fusion with the trained
     model after every ``cfg.fusion_interval`` (unless ``cfg.fuse`` is off). ``model`` is any instance of the
     architecture (its weights are replaced by ``trained``). Returns the unlearned state and per-iteration stats."""
@@ -265,9 +321,16 @@ def unlearn(model: nn.Module, downgraded: Mapping[str, torch.Tensor], trained: M
     f = _features(model, data.weak, len(data))
     final_d = float(F.cosine_similarity(f, _features(m_d, data.weak, len(data)), dim=1).mean())
     final_o = float(F.cosine_similarity(f, _features(m_o, data.weak, len(data)), dim=1).mean())
-    stats = {"loss": losses, "cos_downgraded": cos_d, "cos_original": cos_o, "final_cos_downgraded": final_d,
-             "final_cos_original": final_o, "fused_keys": len(keys) if cfg.fuse else 0, "low_from": cfg.low_from,
-             "seconds": time.perf_counter() - start}
+    stats = {
+        "loss": losses,
+        "cos_downgraded": cos_d,
+        "cos_original": cos_o,
+        "final_cos_downgraded": final_d,
+        "final_cos_original": final_o,
+        "fused_keys": len(keys) if cfg.fuse else 0,
+        "low_from": cfg.low_from,
+        "seconds": time.perf_counter() - start,
+    }
     return _clone(model.state_dict()), stats
 
 
@@ -276,32 +339,61 @@ def _remaining(data: Mapping[int, ClientData], forget: int | Sequence[int]) -> l
     return [k for k in sorted(data) if k not in gone]
 
 
-def post_train(model_fn: Callable[[], nn.Module], state: State, data: Mapping[int, ClientData], clients: Sequence[int],
-               cfg: FCUConfig, on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None) -> tuple[State, float]:
+def post_train(
+    model_fn: Callable[[], nn.Module],
+    state: State,
+    data: Mapping[int, ClientData],
+    clients: Sequence[int],
+    cfg: FCUConfig,
+    on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
+) -> tuple[State, float]:
     """The server's short post-training: equal-weight FedAvg over ``clients`` (the remaining ones)."""
     return train_fedavg(model_fn, state, data, clients, cfg.post(), on_round, desc="FCU post-training")
 
 
-def fcu(model_fn: Callable[[], nn.Module], downgraded: State, trained: State, data: Mapping[int, ClientData],
-        forget: int, cfg: FCUConfig, head: str = "head",
-        on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None) -> tuple[State, State, dict]:
+def fcu(
+    model_fn: Callable[[], nn.Module],
+    downgraded: State,
+    trained: State,
+    data: Mapping[int, ClientData],
+    forget: int,
+    cfg: FCUConfig,
+    head: str = "head",
+    on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
+) -> tuple[State, State, dict]:
     """The whole protocol: ``forget`` unlearns locally, then the others post-train. Returns (final state, unlearned
     state, stats with the unlearning stats and the seconds of each phase)."""
     unlearned, stats = unlearn(model_fn(), downgraded, trained, data[forget], cfg, head)
     final, post_seconds = post_train(model_fn, unlearned, data, _remaining(data, forget), cfg, on_round)
-    stats = {**stats, "unlearn_seconds": stats["seconds"], "post_seconds": post_seconds,
-             "seconds": stats["seconds"] + post_seconds}
+    stats = {
+        **stats,
+        "unlearn_seconds": stats["seconds"],
+        "post_seconds": post_seconds,
+        "seconds": stats["seconds"] + post_seconds,
+    }
     return final, unlearned, stats
 
 
-def retrain(model_fn: Callable[[], nn.Module], init_state: State, data: Mapping[int, ClientData], forget: int,
-            cfg: FLConfig, on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None) -> tuple[State, float]:
+def retrain(
+    model_fn: Callable[[], nn.Module],
+    init_state: State,
+    data: Mapping[int, ClientData],
+    forget: int,
+    cfg: FLConfig,
+    on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
+) -> tuple[State, float]:
     """Gold standard: the original FedAvg schedule from the initial state, without the forgotten client."""
     return train_fedavg(model_fn, init_state, data, _remaining(data, forget), cfg, on_round, desc="retrain")
 
 
-def finetune(model_fn: Callable[[], nn.Module], trained: State, data: Mapping[int, ClientData], forget: int,
-             cfg: FCUConfig, on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None) -> tuple[State, float]:
+def finetune(
+    model_fn: Callable[[], nn.Module],
+    trained: State,
+    data: Mapping[int, ClientData],
+    forget: int,
+    cfg: FCUConfig,
+    on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
+) -> tuple[State, float]:
     """FedAvg continued from the trained model without the forgotten client, with FCU's post-training budget."""
     return train_fedavg(model_fn, trained, data, _remaining(data, forget), cfg.post(), on_round, desc="fine-tune")
 
@@ -312,8 +404,14 @@ def _per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bo
     return -(labels.float() * F.log_softmax(logits, dim=1)).sum(1)
 
 
-def gradient_ascent(model_fn: Callable[[], nn.Module], trained: State, data: Mapping[int, ClientData], forget: int,
-                    cfg: FCUConfig, on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None) -> tuple[State, float]:
+def gradient_ascent(
+    model_fn: Callable[[], nn.Module],
+    trained: State,
+    data: Mapping[int, ClientData],
+    forget: int,
+    cfg: FCUConfig,
+    on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
+) -> tuple[State, float]:
     """Baseline: ``cfg.ga_iterations`` Adam steps maximising the forgotten client's loss, each sample's loss clamped
     at chance level and the gradient norm clipped to ``cfg.ga_clip``; then FCU's post-training."""
     start = time.perf_counter()

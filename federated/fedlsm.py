@@ -40,9 +40,11 @@ Deviations and choices the notes leave open:
 
 Baselines and ablations share this harness (same optimiser, rounds, iterations, batch): :data:`VARIANTS` holds
 ``fedavg`` (missing labels as negatives, plain unweighted loss), ``fedavg_labelled`` (masked loss, with FedLSM's class
-weights so that each later step adds one component), ``pl``, ``pl_ude`` and ``fedlsm`` (everything on). For single-label data an erased row has no "negative" form under a softmax, so the
-two FedAvg baselines coincide there (the row contributes nothing in both).
+weights so that each later step adds one component), ``pl``, ``pl_ude`` and ``fedlsm`` (everything on). For
+single-label data an erased row has no "negative" form under a softmax, so the two FedAvg baselines coincide there
+(the row contributes nothing in both).
 """
+
 from __future__ import annotations
 
 import copy
@@ -161,11 +163,12 @@ def tiers(unc: torch.Tensor, n_uncertain: float, n_confident: float) -> tuple[np
     order = np.argsort(unc.numpy(), kind="stable")
     n_u = min(max(_count(n_uncertain, n), 1), n - 1)
     n_c = min(max(_count(n_confident, n), 1), n - n_u)
-    return order[n - n_u:], order[:n_c], order[:n - n_u]
+    return order[n - n_u :], order[:n_c], order[: n - n_u]
 
 
-def pseudo_labels(q: torch.Tensor, labels: torch.Tensor, label_mask: torch.Tensor, multi_label: bool, tau_pos: float,
-                  tau_neg: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_labels(
+    q: torch.Tensor, labels: torch.Tensor, label_mask: torch.Tensor, multi_label: bool, tau_pos: float, tau_neg: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets and loss mask (both (B, C)) from the teacher's probabilities ``q``.
 
     Multi-label: labelled classes keep their label; an unlabelled class is 1 at q ≥ τ⁺, 0 at q ≤ τ⁻, masked out in
@@ -185,14 +188,26 @@ def pseudo_labels(q: torch.Tensor, labels: torch.Tensor, label_mask: torch.Tenso
     return target, (has | conf).float().expand_as(labels)
 
 
-def mix(x_u: torch.Tensor, x_c: torch.Tensor, t_u: torch.Tensor, m_u: torch.Tensor, t_c: torch.Tensor,
-        m_c: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mix(
+    x_u: torch.Tensor,
+    x_c: torch.Tensor,
+    t_u: torch.Tensor,
+    m_u: torch.Tensor,
+    t_c: torch.Tensor,
+    m_c: torch.Tensor,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """UDE MixUp: inputs and targets mixed with one λ; an entry counts only where both sources have a hard label."""
     return lam * x_u + (1 - lam) * x_c, lam * t_u + (1 - lam) * t_c, m_u * m_c
 
 
-def label_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, multi_label: bool,
-               weight: torch.Tensor | None = None) -> torch.Tensor:
+def label_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    multi_label: bool,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Multi-label: mean over (i, c) of w_c · m_ic · BCE. Single-label: soft-target CE averaged over the batch,
     masked rows contributing zero."""
     if logits.shape[0] == 0:
@@ -210,7 +225,9 @@ def _sample(rng: np.random.Generator, pool: np.ndarray, k: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, view: Callable[[np.ndarray], torch.Tensor], n: int, batch_size: int = 256) -> torch.Tensor:
+def predict(
+    model: nn.Module, view: Callable[[np.ndarray], torch.Tensor], n: int, batch_size: int = 256
+) -> torch.Tensor:
     """Logits (n, C) of ``model`` in eval mode over samples 0..n−1 of ``view``."""
     was_training = model.training
     model.eval()
@@ -234,8 +251,13 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     return twin
 
 
-def fedlsm_client(model_fn: Callable[[], nn.Module], data: Mapping[int, ClientData], cfg: FedLSMConfig,
-                  optimizer_states: dict[int, dict] | None = None, weight: torch.Tensor | None = None) -> ClientFn:
+def fedlsm_client(
+    model_fn: Callable[[], nn.Module],
+    data: Mapping[int, ClientData],
+    cfg: FedLSMConfig,
+    optimizer_states: dict[int, dict] | None = None,
+    weight: torch.Tensor | None = None,
+) -> ClientFn:
     """One client's round of FedLSM (or of a :data:`VARIANTS` baseline), as an engine ``ClientFn``.
 
     ``optimizer_states`` (client -> Adam state) persists across rounds; pass a dict to keep it outside the closure.
@@ -262,7 +284,9 @@ def fedlsm_client(model_fn: Callable[[], nn.Module], data: Mapping[int, ClientDa
         pseudo_pool, n_pseudo = everything, cfg.batch_pseudo + cfg.batch_mix
         if cfg.ude:
             probs = probabilities(predict(teacher, d.weak, len(d), cfg.eval_batch), d.multi_label, cfg.temperature)
-            uncertain, confident, pseudo_pool = tiers(uncertainty(probs, d.label_mask, d.multi_label), cfg.n_uncertain, cfg.n_confident)
+            uncertain, confident, pseudo_pool = tiers(
+                uncertainty(probs, d.label_mask, d.multi_label), cfg.n_uncertain, cfg.n_confident
+            )
             n_pseudo = cfg.batch_pseudo
 
         edd = torch.zeros(d.labels.shape[1])
@@ -277,24 +301,39 @@ def fedlsm_client(model_fn: Callable[[], nn.Module], data: Mapping[int, ClientDa
                     target, mask = labels, torch.ones_like(labels)
                 else:
                     target = labels
-                    mask = (d.label_mask.float().expand_as(labels) if d.multi_label
-                            else (labels.sum(1, keepdim=True) > 0).float().expand_as(labels))
+                    mask = (
+                        d.label_mask.float().expand_as(labels)
+                        if d.multi_label
+                        else (labels.sum(1, keepdim=True) > 0).float().expand_as(labels)
+                    )
             edd += (target * mask).sum(0)
             inputs = [d.strong(idx)]
             if cfg.ude:
                 idx_u, idx_c = _sample(rng, uncertain, cfg.batch_mix), _sample(rng, confident, cfg.batch_mix)
                 with torch.no_grad():
-                    t_u, m_u = pseudo_labels(teach(idx_u), d.labels[idx_u], d.label_mask, d.multi_label,
-                                             cfg.mix_pos_uncertain, cfg.mix_neg_uncertain)
-                    t_c, m_c = pseudo_labels(teach(idx_c), d.labels[idx_c], d.label_mask, d.multi_label,
-                                             cfg.mix_pos_confident, cfg.mix_neg_confident)
+                    t_u, m_u = pseudo_labels(
+                        teach(idx_u),
+                        d.labels[idx_u],
+                        d.label_mask,
+                        d.multi_label,
+                        cfg.mix_pos_uncertain,
+                        cfg.mix_neg_uncertain,
+                    )
+                    t_c, m_c = pseudo_labels(
+                        teach(idx_c),
+                        d.labels[idx_c],
+                        d.label_mask,
+                        d.multi_label,
+                        cfg.mix_pos_confident,
+                        cfg.mix_neg_confident,
+                    )
                 lam = float(rng.beta(cfg.beta, cfg.beta))
                 x_mix, t_mix, m_mix = mix(d.strong(idx_u), d.strong(idx_c), t_u, m_u, t_c, m_c, lam)
                 inputs.append(x_mix)
             logits = model(torch.cat(inputs))[1]
-            loss = label_loss(logits[:len(idx)], target, mask, d.multi_label, weight)
+            loss = label_loss(logits[: len(idx)], target, mask, d.multi_label, weight)
             if cfg.ude:
-                loss = loss + cfg.lambda_u * label_loss(logits[len(idx):], t_mix, m_mix, d.multi_label, weight)
+                loss = loss + cfg.lambda_u * label_loss(logits[len(idx) :], t_mix, m_mix, d.multi_label, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -302,14 +341,23 @@ def fedlsm_client(model_fn: Callable[[], nn.Module], data: Mapping[int, ClientDa
             losses.append(float(loss.detach()))
         states[client] = optimizer.state_dict()
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return ClientResult(client, state, len(d), {"edd": edd.tolist(), "loss": float(np.mean(losses)) if losses else None,
-                                                    "seconds": time.perf_counter() - start})
+        return ClientResult(
+            client,
+            state,
+            len(d),
+            {
+                "edd": edd.tolist(),
+                "loss": float(np.mean(losses)) if losses else None,
+                "seconds": time.perf_counter() - start,
+            },
+        )
 
     return client_fn
 
 
-def awpa(global_state: State, results: Sequence[ClientResult], round_: int = 0, head: str = "head",
-         eps: float = 1e-8) -> State:
+def awpa(
+    global_state: State, results: Sequence[ClientResult], round_: int = 0, head: str = "head", eps: float = 1e-8
+) -> State:
     """AWPA: FedAvg by sample count, then each classifier row c (weight and bias) re-averaged with weights
     q_c^k / (Σ_j q_c^j + ε) from the clients' EDD; a class with no estimate anywhere keeps its FedAvg row."""
     out = fedavg(global_state, results, round_)
@@ -332,16 +380,30 @@ def aggregator(cfg: FedLSMConfig, head: str = "head") -> AggregateFn:
     return partial(awpa, head=head, eps=cfg.awpa_eps) if cfg.awpa else fedavg
 
 
-def run(model_fn: Callable[[], nn.Module], data: Mapping[int, ClientData], cfg: FedLSMConfig,
-        init_state: State | None = None, on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
-        progress: bool = False, head: str = "head") -> State:
+def run(
+    model_fn: Callable[[], nn.Module],
+    data: Mapping[int, ClientData],
+    cfg: FedLSMConfig,
+    init_state: State | None = None,
+    on_round: Callable[[int, State, Sequence[ClientResult]], None] | None = None,
+    progress: bool = False,
+    head: str = "head",
+) -> State:
     """Federated training of one variant over all clients in ``data``; returns the final global state. Without
     ``init_state`` the initial model is drawn after seeding torch with ``cfg.seed``, so variants start alike."""
     if init_state is None:
         torch.manual_seed(cfg.seed)
         init_state = {k: v.detach().clone() for k, v in model_fn().state_dict().items()}
-    return simulate(init_state, sorted(data), cfg.rounds, fedlsm_client(model_fn, data, cfg), aggregator(cfg, head),
-                    on_round=on_round, progress=progress, desc="FedLSM rounds")
+    return simulate(
+        init_state,
+        sorted(data),
+        cfg.rounds,
+        fedlsm_client(model_fn, data, cfg),
+        aggregator(cfg, head),
+        on_round=on_round,
+        progress=progress,
+        desc="FedLSM rounds",
+    )
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -370,8 +432,10 @@ def mean_auc(scores, targets) -> tuple[float, list[float | None]]:
         targets = np.eye(scores.shape[1])[targets.astype(int)]
     per_class = [roc_auc(scores[:, c], targets[:, c] > 0.5) for c in range(scores.shape[1])]
     present = [100.0 * a for a in per_class if not np.isnan(a)]
-    return (float(np.mean(present)) if present else float("nan"),
-            [None if np.isnan(a) else 100.0 * a for a in per_class])
+    return (
+        float(np.mean(present)) if present else float("nan"),
+        [None if np.isnan(a) else 100.0 * a for a in per_class],
+    )
 
 
 def evaluate(model: nn.Module, data: ClientData, batch_size: int = 256) -> dict:

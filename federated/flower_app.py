@@ -14,6 +14,7 @@ its SuperNode's node config. :func:`write_app` writes the small Flower app folde
 Round numbers: Flower counts rounds from 1, the engine from 0; the conversion happens here so the functions see the
 same ``round_`` in both runners.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,8 +34,10 @@ try:
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
 except ImportError as exc:  # the rest of macro must import without Flower, so only this module needs it
-    raise ImportError("macro.federated.flower_app needs Flower, the optional 'federated' extra: pip install "
-                      "'macro-agent[federated]' (from a checkout: pip install -e '.[federated]')") from exc
+    raise ImportError(
+        "macro.federated.flower_app needs Flower, the optional 'federated' extra: pip install "
+        "'macro-agent[federated]' (from a checkout: pip install -e '.[federated]')"
+    ) from exc
 
 APP_COMPONENTS = {"serverapp": f"{__name__}:server_app", "clientapp": f"{__name__}:client_app"}
 RESULT_KEY = "result"  # the ConfigRecord with the client id and the JSON stats in every train reply
@@ -42,6 +45,7 @@ RESULT_KEY = "result"  # the ConfigRecord with the client id and the JSON stats 
 
 class Method(NamedTuple):
     """What a task factory returns: the starting global state and the method's two functions."""
+
     init_state: State
     client_fn: ClientFn
     aggregate_fn: AggregateFn
@@ -73,17 +77,23 @@ def result_to_content(result: ClientResult) -> RecordDict:
     """A ClientResult as a train reply: FedAvg's plumbing expects exactly one ArrayRecord and one MetricRecord with
     ``num-examples``; the client id and the free-form stats ride in a ConfigRecord as JSON, because MetricRecords only
     hold flat numbers that Flower would average and the stats may be nested (FedLSM's per-class counts)."""
-    return RecordDict({
-        "arrays": state_to_record(result.state),
-        "metrics": MetricRecord({"num-examples": int(result.n_samples)}),
-        RESULT_KEY: ConfigRecord({"client": int(result.client), "stats": json.dumps(result.stats)}),
-    })
+    return RecordDict(
+        {
+            "arrays": state_to_record(result.state),
+            "metrics": MetricRecord({"num-examples": int(result.n_samples)}),
+            RESULT_KEY: ConfigRecord({"client": int(result.client), "stats": json.dumps(result.stats)}),
+        }
+    )
 
 
 def content_to_result(content: RecordDict) -> ClientResult:
     meta = content[RESULT_KEY]
-    return ClientResult(client=int(meta["client"]), state=record_to_state(content["arrays"]),
-                        n_samples=int(content["metrics"]["num-examples"]), stats=json.loads(str(meta["stats"])))
+    return ClientResult(
+        client=int(meta["client"]),
+        state=record_to_state(content["arrays"]),
+        n_samples=int(content["metrics"]["num-examples"]),
+        stats=json.loads(str(meta["stats"])),
+    )
 
 
 class EngineStrategy(FedAvg):
@@ -94,17 +104,23 @@ class EngineStrategy(FedAvg):
     the in-process run. A failed or duplicated site aborts the round instead of being averaged around: a silently
     smaller federation is a different experiment."""
 
-    def __init__(self, aggregate_fn: AggregateFn, num_clients: int,
-                 on_round: Callable[[int, State, list[ClientResult]], None] | None = None) -> None:
-        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=num_clients,
-                         min_available_nodes=num_clients)
+    def __init__(
+        self,
+        aggregate_fn: AggregateFn,
+        num_clients: int,
+        on_round: Callable[[int, State, list[ClientResult]], None] | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=num_clients, min_available_nodes=num_clients
+        )
         self.aggregate_fn = aggregate_fn
         self.num_clients = num_clients
         self.on_round = on_round
         self._global: State = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._global = record_to_state(arrays)  # aggregate_train is not given the global state, so keep it here
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -117,15 +133,18 @@ class EngineStrategy(FedAvg):
         results = sorted((content_to_result(m.content) for m in replies), key=lambda r: r.client)
         clients = [r.client for r in results]
         if len(set(clients)) != len(clients) or len(clients) != self.num_clients:
-            raise RuntimeError(f"round {server_round}: expected replies from {self.num_clients} sites with distinct "
-                               f"partition ids, got {clients}; give every SuperNode its own --node-config "
-                               "'partition-id=N'")
+            raise RuntimeError(
+                f"round {server_round}: expected replies from {self.num_clients} sites with distinct "
+                f"partition ids, got {clients}; give every SuperNode its own --node-config "
+                "'partition-id=N'"
+            )
         round_ = server_round - 1
         state = self.aggregate_fn(self._global, results, round_)
         if self.on_round is not None:
             self.on_round(round_, state, results)
-        return state_to_record(state), MetricRecord({"num-examples": sum(r.n_samples for r in results),
-                                                     "clients": len(results)})
+        return state_to_record(state), MetricRecord(
+            {"num-examples": sum(r.n_samples for r in results), "clients": len(results)}
+        )
 
 
 client_app = ClientApp()
@@ -157,20 +176,35 @@ def main(grid: Grid, context: Context) -> None:
     history: list[dict] = []
 
     def record(round_: int, _state: State, results: list[ClientResult]) -> None:
-        history.append({"round": round_, "clients": [
-            {"client": r.client, "n_samples": r.n_samples, "stats": r.stats} for r in results]})
+        history.append(
+            {
+                "round": round_,
+                "clients": [{"client": r.client, "n_samples": r.n_samples, "stats": r.stats} for r in results],
+            }
+        )
 
     strategy = EngineStrategy(task.aggregate_fn, int(config["num-clients"]), on_round=record)
-    result = strategy.start(grid=grid, initial_arrays=state_to_record(task.init_state),
-                            num_rounds=int(config["num-rounds"]), timeout=float(config["round-timeout"]))
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=state_to_record(task.init_state),
+        num_rounds=int(config["num-rounds"]),
+        timeout=float(config["round-timeout"]),
+    )
     out = Path(str(config["out"])).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(record_to_state(result.arrays), str(out))
     out.with_suffix(".rounds.json").write_text(json.dumps(history, indent=1))
 
 
-def write_app(directory: str | Path, task: str, out: str | Path, num_clients: int, num_rounds: int,
-              round_timeout: float = 3600.0, **task_config: Any) -> Path:
+def write_app(
+    directory: str | Path,
+    task: str,
+    out: str | Path,
+    num_clients: int,
+    num_rounds: int,
+    round_timeout: float = 3600.0,
+    **task_config: Any,
+) -> Path:
     """Write the Flower app folder that ``flwr run DIR`` bundles and sends to the SuperLink.
 
     It holds only a pyproject.toml: the code is the installed ``macro`` package on every machine, so the bundle just
@@ -179,14 +213,28 @@ def write_app(directory: str | Path, task: str, out: str | Path, num_clients: in
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     pyproject = {
-        "project": {"name": "macro-federated", "version": "0.1.0", "license": "Apache-2.0",
-                    "description": "MACRO federated run: engine ClientFn/AggregateFn over Flower"},
-        "tool": {"flwr": {"app": {
-            "publisher": "macro",
-            "components": APP_COMPONENTS,
-            "config": {"task": task, "out": str(out), "num-clients": int(num_clients),
-                       "num-rounds": int(num_rounds), "round-timeout": float(round_timeout), **task_config},
-        }}},
+        "project": {
+            "name": "macro-federated",
+            "version": "0.1.0",
+            "license": "Apache-2.0",
+            "description": "MACRO federated run: engine ClientFn/AggregateFn over Flower",
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "macro",
+                    "components": APP_COMPONENTS,
+                    "config": {
+                        "task": task,
+                        "out": str(out),
+                        "num-clients": int(num_clients),
+                        "num-rounds": int(num_rounds),
+                        "round-timeout": float(round_timeout),
+                        **task_config,
+                    },
+                }
+            }
+        },
     }
     path = directory / "pyproject.toml"
     path.write_text(tomli_w.dumps(pyproject))

@@ -7,6 +7,7 @@ go into the manifest. Unlearning: FCU (model-contrastive unlearning with frequen
 equal-weight post-training on the remaining sites) on the federation the manifest names; the audit record says
 who asked, when, which model versions, and the metrics before and after.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,12 +48,18 @@ def calibrate(fed: Federation, state) -> dict:
     val_logits = fedlsm.predict(model, fed.val.weak, len(fed.val))
     temperature = fit_temperature(val_logits, fed.val.labels, fed.multi_label)
     test_logits = fedlsm.predict(model, fed.test.weak, len(fed.test))
-    return {"temperature": round(temperature, 4),
-            "test_ece_raw": round(ece(probabilities(test_logits, fed.multi_label), fed.test.labels, fed.multi_label), 2),
-            "test_ece": round(ece(probabilities(test_logits, fed.multi_label, temperature), fed.test.labels, fed.multi_label), 2)}
+    return {
+        "temperature": round(temperature, 4),
+        "test_ece_raw": round(ece(probabilities(test_logits, fed.multi_label), fed.test.labels, fed.multi_label), 2),
+        "test_ece": round(
+            ece(probabilities(test_logits, fed.multi_label, temperature), fed.test.labels, fed.multi_label), 2
+        ),
+    }
 
 
-def train_fedlsm(fed: Federation, method: str = "fedlsm", rounds: int = 50, lr: float = 1e-3, progress: bool = False) -> tuple[dict, dict]:
+def train_fedlsm(
+    fed: Federation, method: str = "fedlsm", rounds: int = 50, lr: float = 1e-3, progress: bool = False
+) -> tuple[dict, dict]:
     """Run ``method`` (a FedLSM variant) and keep the round with the best validation mean AUC."""
     cfg = fedlsm.FedLSMConfig.variant(method, rounds=rounds, local_iters=fed.task.local_iters, lr=lr)
     best = {"val_auc": -1.0}
@@ -64,20 +71,48 @@ def train_fedlsm(fed: Federation, method: str = "fedlsm", rounds: int = 50, lr: 
             best.update(val_auc=val, round=round_, state={k: v.clone() for k, v in state.items()})
 
     fedlsm.run(fed.model_fn, fed.clients, cfg, init_state=fed.init_state(), on_round=on_round, progress=progress)
-    info = {"method": method, "rounds": rounds, "best_round": best["round"], "val_auc": round(best["val_auc"], 2),
-            "lr": lr, "local_iters": cfg.local_iters, "seconds": round(time.perf_counter() - start, 1)}
+    info = {
+        "method": method,
+        "rounds": rounds,
+        "best_round": best["round"],
+        "val_auc": round(best["val_auc"], 2),
+        "lr": lr,
+        "local_iters": cfg.local_iters,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     return best["state"], info
 
 
-def train_task(task: str, data_root: Path, out: Path | None = None, method: str = "fedlsm", rounds: int = 50,
-               n_images: int | None = None, seed: int = 0, lr: float = 1e-3, command: str = "macro fl train",
-               progress: bool = True) -> dict:
+def train_task(
+    task: str,
+    data_root: Path,
+    out: Path | None = None,
+    method: str = "fedlsm",
+    rounds: int = 50,
+    n_images: int | None = None,
+    seed: int = 0,
+    lr: float = 1e-3,
+    command: str = "macro fl train",
+    progress: bool = True,
+) -> dict:
     fed = federation(task, data_root, "labelset", n_images, seed, progress=progress)
     state, info = train_fedlsm(fed, method, rounds, lr, progress)
-    manifest = {"name": f"{task}-classifier", "task": task, "classes": list(fed.classes), "multi_label": fed.multi_label,
-                "method": method, "created": _now(), "command": command, "seed": seed, "federation": fed.recipe,
-                "label_sets": {str(k): v for k, v in fed.label_sets.items()}, "train": info,
-                "held_out": {"test": metrics(fed, state, fed.test)}, **calibrate(fed, state), "unlearned_clients": []}
+    manifest = {
+        "name": f"{task}-classifier",
+        "task": task,
+        "classes": list(fed.classes),
+        "multi_label": fed.multi_label,
+        "method": method,
+        "created": _now(),
+        "command": command,
+        "seed": seed,
+        "federation": fed.recipe,
+        "label_sets": {str(k): v for k, v in fed.label_sets.items()},
+        "train": info,
+        "held_out": {"test": metrics(fed, state, fed.test)},
+        **calibrate(fed, state),
+        "unlearned_clients": [],
+    }
     return save_classifier(_model(fed, state), out or WEIGHTS_DIR / task, manifest)
 
 
@@ -100,8 +135,16 @@ def append_audit(record: dict, path: Path | None = None) -> Path:
     return path
 
 
-def unlearn_task(task: str, client: int, data_root: Path, weights: Path | None = None, out: Path | None = None,
-                 requested_by: str | None = None, cfg: fcu_lib.FCUConfig | None = None, progress: bool = True) -> dict:
+def unlearn_task(
+    task: str,
+    client: int,
+    data_root: Path,
+    weights: Path | None = None,
+    out: Path | None = None,
+    requested_by: str | None = None,
+    cfg: fcu_lib.FCUConfig | None = None,
+    progress: bool = True,
+) -> dict:
     """Forget ``client`` from the task's shipped model with FCU; write new weights and an audit record."""
     from macro.tools.classification.model import load_classifier
 
@@ -118,19 +161,40 @@ def unlearn_task(task: str, client: int, data_root: Path, weights: Path | None =
     cfg = cfg or fcu_lib.FCUConfig(lr=1e-3, post_rounds=2, post_iters=fed.task.local_iters, post_lr=1e-3)
 
     def snapshot(state) -> dict:
-        return {"forgotten": metrics(fed, state, fed.site_eval([client])), "others": metrics(fed, state, fed.site_eval(remaining)),
-                "test": metrics(fed, state, fed.test)}
+        return {
+            "forgotten": metrics(fed, state, fed.site_eval([client])),
+            "others": metrics(fed, state, fed.site_eval(remaining)),
+            "test": metrics(fed, state, fed.test),
+        }
 
     before = snapshot(trained)
-    final, _, stats = fcu_lib.fcu(fed.model_fn, fed.init_state(), trained, {k: fed.clients[k] for k in [client, *remaining]}, client, cfg)
+    final, _, stats = fcu_lib.fcu(
+        fed.model_fn, fed.init_state(), trained, {k: fed.clients[k] for k in [client, *remaining]}, client, cfg
+    )
     after = snapshot(final)
-    new = {**manifest, "created": _now(), "unlearned_clients": sorted([*manifest.get("unlearned_clients", []), client]),
-           "previous_sha256": manifest["sha256"], "held_out": {"test": after["test"]}, **calibrate(fed, final)}
+    new = {
+        **manifest,
+        "created": _now(),
+        "unlearned_clients": sorted([*manifest.get("unlearned_clients", []), client]),
+        "previous_sha256": manifest["sha256"],
+        "held_out": {"test": after["test"]},
+        **calibrate(fed, final),
+    }
     new = save_classifier(_model(fed, final), out or folder, new)
-    record = {"event": "client-unlearning", "task": task, "client": client, "requested_by": requested_by or getpass.getuser(),
-              "when": new["created"], "model_before": manifest["sha256"], "model_after": new["sha256"],
-              "method": "FCU", "config": dataclasses.asdict(cfg), "seconds": round(stats["seconds"], 1),
-              "metrics_before": before, "metrics_after": after, "weights": str(out or folder)}
+    record = {
+        "event": "client-unlearning",
+        "task": task,
+        "client": client,
+        "requested_by": requested_by or getpass.getuser(),
+        "when": new["created"],
+        "model_before": manifest["sha256"],
+        "model_after": new["sha256"],
+        "method": "FCU",
+        "config": dataclasses.asdict(cfg),
+        "seconds": round(stats["seconds"], 1),
+        "metrics_before": before,
+        "metrics_after": after,
+        "weights": str(out or folder),
+    }
     record["audit_log"] = str(append_audit(record))
     return record
-

@@ -19,6 +19,7 @@ Images are split 70/10/20 into train/val/test; the sites share the train part; v
 temperature; test gives the reported AUC. A real dataset (ISIC 2018 CSV, ChestX-ray14 ``Data_Entry_2017.csv``)
 can stand in for the phantom through :func:`macro.data.labelled.read_isic2018` / ``read_chestxray14``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,7 +30,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from macro.data.labelled import LabelledSet, dirichlet_split, erase_labels, label_set_split, read_phantom, shard, train_val_test
+from macro.data.labelled import (
+    LabelledSet,
+    dirichlet_split,
+    erase_labels,
+    label_set_split,
+    read_phantom,
+    shard,
+    train_val_test,
+)
 from macro.errors import CaseError
 from macro.federated.fedlsm import ClientData
 from macro.tools.classification.model import IMAGE_SIZE, Classifier, FeatureBank, Trunk, imagenet_backbone
@@ -85,8 +94,14 @@ class Federation:
         """The training images of ``clients`` with their full labels, on the plain view (FCU's forgotten and
         remembered sets)."""
         rows = np.concatenate([self.client_images[k] for k in clients])
-        return _client_data(self.bank, rows, self.labelled.labels[rows], np.ones(len(self.classes), np.float32),
-                            self.multi_label, fixed=True)
+        return _client_data(
+            self.bank,
+            rows,
+            self.labelled.labels[rows],
+            np.ones(len(self.classes), np.float32),
+            self.multi_label,
+            fixed=True,
+        )
 
 
 def dataset_folder(data_root: Path, task: Task, n_images: int, seed: int) -> Path:
@@ -107,14 +122,23 @@ def _view(bank: FeatureBank, rows: np.ndarray, fixed: bool) -> tuple[Callable, C
     return (lambda idx: bank.weak(rows[idx])), (lambda idx: bank.strong(rows[idx]))
 
 
-def _client_data(bank: FeatureBank, rows: np.ndarray, labels: np.ndarray, mask: np.ndarray, multi_label: bool,
-                 fixed: bool = False) -> ClientData:
+def _client_data(
+    bank: FeatureBank, rows: np.ndarray, labels: np.ndarray, mask: np.ndarray, multi_label: bool, fixed: bool = False
+) -> ClientData:
     weak, strong = _view(bank, rows, fixed)
     return ClientData(weak, strong, torch.from_numpy(labels), torch.from_numpy(mask), multi_label)
 
 
-def federation(task_name: str, data_root: Path, split: str = "labelset", n_images: int | None = None, seed: int = 0,
-               labelled: LabelledSet | None = None, n_strong: int = 2, progress: bool = False) -> Federation:
+def federation(
+    task_name: str,
+    data_root: Path,
+    split: str = "labelset",
+    n_images: int | None = None,
+    seed: int = 0,
+    labelled: LabelledSet | None = None,
+    n_strong: int = 2,
+    progress: bool = False,
+) -> Federation:
     """Build a task's federation. ``labelled`` replaces the phantom with a real dataset."""
     from tqdm import tqdm
 
@@ -132,7 +156,9 @@ def federation(task_name: str, data_root: Path, split: str = "labelset", n_image
     torch.manual_seed(seed)
     template = Classifier(len(data.classes), backbone)
     trunk = Trunk(backbone)
-    bar = tqdm(total=len(data) * (2 + n_strong), desc=f"{task.name}: backbone views", disable=not progress, mininterval=5)
+    bar = tqdm(
+        total=len(data) * (2 + n_strong), desc=f"{task.name}: backbone views", disable=not progress, mininterval=5
+    )
     bank = FeatureBank(trunk, _ImageLoader(data), n_strong=n_strong, seed=seed, progress=bar.update)
     bar.close()
     full = np.ones(len(data.classes), dtype=np.float32)
@@ -144,15 +170,35 @@ def federation(task_name: str, data_root: Path, split: str = "labelset", n_image
         sets = [list(range(len(data.classes)))] * task.n_clients
     clients, label_sets = {}, {}
     for k, (rows, chosen) in enumerate(zip(parts, sets)):
-        erased, mask = erase_labels(data.labels[rows], chosen, data.multi_label) if split == "labelset" else (data.labels[rows], full)
+        erased, mask = (
+            erase_labels(data.labels[rows], chosen, data.multi_label)
+            if split == "labelset"
+            else (data.labels[rows], full)
+        )
         clients[k] = _client_data(bank, rows, erased, mask, data.multi_label)
         label_sets[k] = list(chosen)
-    recipe = {"task": task.name, "dataset": task.dataset if labelled is None else "external", "n_images": len(data),
-              "seed": seed, "split": split, "n_clients": task.n_clients, "image_size": IMAGE_SIZE, "n_strong": n_strong}
-    return Federation(task, clients,
-                      _client_data(bank, val, data.labels[val], full, data.multi_label, fixed=True),
-                      _client_data(bank, test, data.labels[test], full, data.multi_label, fixed=True),
-                      dict(enumerate(parts)), label_sets, template, bank, data, recipe)
+    recipe = {
+        "task": task.name,
+        "dataset": task.dataset if labelled is None else "external",
+        "n_images": len(data),
+        "seed": seed,
+        "split": split,
+        "n_clients": task.n_clients,
+        "image_size": IMAGE_SIZE,
+        "n_strong": n_strong,
+    }
+    return Federation(
+        task,
+        clients,
+        _client_data(bank, val, data.labels[val], full, data.multi_label, fixed=True),
+        _client_data(bank, test, data.labels[test], full, data.multi_label, fixed=True),
+        dict(enumerate(parts)),
+        label_sets,
+        template,
+        bank,
+        data,
+        recipe,
+    )
 
 
 class _ImageLoader:

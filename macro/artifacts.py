@@ -4,6 +4,7 @@ An artifact id is ``<run_id>/<name>``; the file lives at ``<root>/<run_id>/<name
 kind and metadata. Run folders are created on the first write, so a run that fails early leaves nothing behind,
 and every write goes through a temporary file and ``os.replace`` so readers in other processes never see half a file.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -96,10 +97,14 @@ class ArtifactStore:
         return f"{self.run_id}/{name}", self.run_dir / name
 
     def _finish(self, art_id: str, kind: str, path: Path, meta: dict) -> Artifact:
-        atomic_write_bytes(path.with_name(path.name + ".json"), json.dumps({"id": art_id, "kind": kind, "meta": meta}).encode())
+        atomic_write_bytes(
+            path.with_name(path.name + ".json"), json.dumps({"id": art_id, "kind": kind, "meta": meta}).encode()
+        )
         return Artifact(art_id, kind, path, meta)
 
-    def save_nifti(self, array: np.ndarray, affine: np.ndarray | None, kind: str, stem: str, meta: dict | None = None) -> Artifact:
+    def save_nifti(
+        self, array: np.ndarray, affine: np.ndarray | None, kind: str, stem: str, meta: dict | None = None
+    ) -> Artifact:
         import nibabel as nib
 
         art_id, path = self._new(kind, stem, ".nii.gz")

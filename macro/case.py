@@ -8,6 +8,7 @@ raises :class:`~macro.errors.CaseError` naming the file, so callers never see a 
 Arrays are channel-first float32: ``(C, X, Y, Z)`` for volumes, ``(C, H, W)`` for 2D images. Volumes keep the
 file's voxel order (no reorientation); the affine travels with the case so masks are written back aligned.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,10 +31,23 @@ SEQUENCE_SUFFIXES = {"t1": ("t1n", "t1"), "t1ce": ("t1c", "t1ce"), "t2": ("t2w",
 NIFTI_EXT = (".nii.gz", ".nii")
 IMAGE_EXT = (".png", ".jpg", ".jpeg")
 DICOM_EXT = (".dcm", ".dicom")
-ACCEPTED = "NIfTI (.nii/.nii.gz), DICOM file or series folder, PNG/JPEG, or a BraTS-layout folder / four NIfTI (T1, T1ce, T2, FLAIR)"
+ACCEPTED = (
+    "NIfTI (.nii/.nii.gz), DICOM file or series folder, PNG/JPEG, or a BraTS-layout folder / four NIfTI "
+    "(T1, T1ce, T2, FLAIR)"
+)
 MAX_DIM = 2048
 MAX_VOXELS = 400_000_000
-DICOM_MODALITY = {"MR": "mr", "CT": "ct", "CR": "xray", "DX": "xray", "US": "us", "PT": "pet", "OP": "fundus", "XC": "dermoscopy", "SM": "histology"}
+DICOM_MODALITY = {
+    "MR": "mr",
+    "CT": "ct",
+    "CR": "xray",
+    "DX": "xray",
+    "US": "us",
+    "PT": "pet",
+    "OP": "fundus",
+    "XC": "dermoscopy",
+    "SM": "histology",
+}
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,8 @@ class Case:
         shape = "x".join(str(s) for s in self.shape)
         spacing = "x".join(f"{s:g}" for s in self.spacing)
         reference = ", reference tumour mask available" if self.label_path is not None else ""
-        return f"{self.modality}, {self.dims}D {shape} voxels at {spacing} mm, channels {', '.join(self.channels)}{reference}"
+        channels = ", ".join(self.channels)
+        return f"{self.modality}, {self.dims}D {shape} voxels at {spacing} mm, channels {channels}{reference}"
 
 
 def load_case(source: str | Path | Sequence[str | Path], modality: str | None = None, check: bool = True) -> Case:
@@ -106,8 +121,12 @@ def load_case(source: str | Path | Sequence[str | Path], modality: str | None = 
             case = _from_folder(path, modality)
         else:
             case = _from_file(path, modality)
-    case = dataclasses.replace(case, source=tuple(str(Path(p).resolve()) for p in source) if isinstance(source, (list, tuple))
-                               else str(Path(source).expanduser().resolve()))
+    case = dataclasses.replace(
+        case,
+        source=tuple(str(Path(p).resolve()) for p in source)
+        if isinstance(source, (list, tuple))
+        else str(Path(source).expanduser().resolve()),
+    )
     if check:
         case.image  # noqa: B018 - decode now so bad voxels fail before any agent work starts
         case.labels  # noqa: B018
@@ -143,6 +162,7 @@ def _mtime(path: Path) -> float:
 
 
 # ---------------------------------------------------------------- file kinds
+
 
 def _kind(path: Path) -> str:
     name = path.name.lower()
@@ -209,7 +229,9 @@ def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
     if any(int(s) <= 0 for s in shape):
         raise CaseError(path, f"image has an empty dimension (shape {shape})")
     if max(shape) > MAX_DIM or int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-        raise CaseError(path, f"image size {shape} is implausible for a scan (limit {MAX_DIM} per axis, {MAX_VOXELS:,} voxels)")
+        raise CaseError(
+            path, f"image size {shape} is implausible for a scan (limit {MAX_DIM} per axis, {MAX_VOXELS:,} voxels)"
+        )
 
 
 def _check_spacing(path: Path, spacing: Sequence[float]) -> tuple[float, ...]:
@@ -220,6 +242,7 @@ def _check_spacing(path: Path, spacing: Sequence[float]) -> tuple[float, ...]:
 
 
 # ---------------------------------------------------------------- NIfTI
+
 
 def _nifti_header(path: Path):
     import nibabel as nib
@@ -233,7 +256,11 @@ def _nifti_header(path: Path):
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) == 4:
-        raise CaseError(path, f"4D image {shape}; a single 3D volume is needed", accepted="3D NIfTI, or split the 4th axis into files")
+        raise CaseError(
+            path,
+            f"4D image {shape}; a single 3D volume is needed",
+            accepted="3D NIfTI, or split the 4th axis into files",
+        )
     if len(shape) == 2:
         shape = shape + (1,)
     if len(shape) != 3:
@@ -248,36 +275,58 @@ def _nifti_data(path: Path) -> np.ndarray:
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as exc:  # truncated gzip, short file, bad scaling
-        raise CaseError(path, f"voxel data cannot be read, the file is truncated or corrupt ({type(exc).__name__})") from None
+        raise CaseError(
+            path, f"voxel data cannot be read, the file is truncated or corrupt ({type(exc).__name__})"
+        ) from None
     return data
 
 
 def _from_nifti(path: Path, modality: str | None) -> Case:
     img, shape, spacing = _nifti_header(path)
     return Case(
-        id=_content_id([path]), paths=(path,), modality=modality or _sidecar_modality(path) or "mr",
-        channels=("image",), shape=shape, spacing=spacing, affine=np.asarray(img.affine, dtype=np.float64),
+        id=_content_id([path]),
+        paths=(path,),
+        modality=modality or _sidecar_modality(path) or "mr",
+        channels=("image",),
+        shape=shape,
+        spacing=spacing,
+        affine=np.asarray(img.affine, dtype=np.float64),
     )
 
 
 def _multiseq_from_files(paths: list[Path], modality: str | None, label: Path | None = None) -> Case:
     if len(paths) != len(SEQUENCES):
-        raise CaseError(paths[0] if paths else None, f"a multi-sequence MRI case needs {len(SEQUENCES)} NIfTI files, got {len(paths)}",
-                        accepted="T1, T1ce, T2, FLAIR in that order")
+        raise CaseError(
+            paths[0] if paths else None,
+            f"a multi-sequence MRI case needs {len(SEQUENCES)} NIfTI files, got {len(paths)}",
+            accepted="T1, T1ce, T2, FLAIR in that order",
+        )
     headers = []
     for path in paths:
         if _kind(path) != "nifti":
-            raise CaseError(path, "each sequence of a multi-sequence case must be NIfTI", accepted="T1, T1ce, T2, FLAIR as .nii/.nii.gz")
+            raise CaseError(
+                path,
+                "each sequence of a multi-sequence case must be NIfTI",
+                accepted="T1, T1ce, T2, FLAIR as .nii/.nii.gz",
+            )
         headers.append(_nifti_header(path))
     img0, shape, spacing = headers[0]
     for path, (_, other_shape, _) in zip(paths[1:], headers[1:]):
         if other_shape != shape:
-            raise CaseError(path, f"shape {other_shape} differs from the T1 shape {shape}; sequences must be co-registered")
+            raise CaseError(
+                path, f"shape {other_shape} differs from the T1 shape {shape}; sequences must be co-registered"
+            )
     if modality not in (None, "mri-multiseq"):
         raise CaseError(paths[0], f"four sequences make an mri-multiseq case, not {modality!r}")
     return Case(
-        id=_content_id(paths + ([label] if label else [])), paths=tuple(paths), modality="mri-multiseq", channels=SEQUENCES,
-        shape=shape, spacing=spacing, label_path=label, affine=np.asarray(img0.affine, dtype=np.float64),
+        id=_content_id(paths + ([label] if label else [])),
+        paths=tuple(paths),
+        modality="mri-multiseq",
+        channels=SEQUENCES,
+        shape=shape,
+        spacing=spacing,
+        label_path=label,
+        affine=np.asarray(img0.affine, dtype=np.float64),
     )
 
 
@@ -304,6 +353,7 @@ def brats_files(folder: Path) -> tuple[list[Path], Path | None] | None:
 
 
 # ---------------------------------------------------------------- folders and single files
+
 
 def _from_folder(folder: Path, modality: str | None) -> Case:
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -332,12 +382,15 @@ def _from_file(path: Path, modality: str | None) -> Case:
 
 # ---------------------------------------------------------------- DICOM
 
+
 def _dcmread(path: Path, header_only: bool):
     import pydicom
 
     _require_nonempty(path)
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=header_only, force=not header_only and path.suffix.lower() in DICOM_EXT)
+        return pydicom.dcmread(
+            str(path), stop_before_pixels=header_only, force=not header_only and path.suffix.lower() in DICOM_EXT
+        )
     except Exception as exc:
         raise CaseError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
 
@@ -346,12 +399,19 @@ def _from_dicom(paths: list[Path], modality: str | None, origin: Path) -> Case:
     headers = [(p, _dcmread(p, header_only=True)) for p in paths]
     with_pixels = [(p, ds) for p, ds in headers if "Rows" in ds and "Columns" in ds]
     if not with_pixels:
-        raise CaseError(origin, "DICOM has no image pixel data (a report, structure set or plan?)", accepted="image DICOM (CT, MR, CR/DX, US, ...)")
+        raise CaseError(
+            origin,
+            "DICOM has no image pixel data (a report, structure set or plan?)",
+            accepted="image DICOM (CT, MR, CR/DX, US, ...)",
+        )
     first = with_pixels[0][1]
     frames = int(getattr(first, "NumberOfFrames", 1) or 1)
     samples = int(getattr(first, "SamplesPerPixel", 1) or 1)
     rows, cols = int(first.Rows), int(first.Columns)
-    in_plane = [float(v) for v in getattr(first, "PixelSpacing", None) or getattr(first, "ImagerPixelSpacing", None) or (1.0, 1.0)]
+    in_plane = [
+        float(v)
+        for v in getattr(first, "PixelSpacing", None) or getattr(first, "ImagerPixelSpacing", None) or (1.0, 1.0)
+    ]
     inferred = DICOM_MODALITY.get(str(getattr(first, "Modality", "")), "other")
     if len(with_pixels) == 1 and frames == 1:
         shape = (rows, cols)
@@ -359,19 +419,31 @@ def _from_dicom(paths: list[Path], modality: str | None, origin: Path) -> Case:
         channels = ("r", "g", "b") if samples == 3 else ("image",)
     else:
         if samples != 1:
-            raise CaseError(origin, "multi-frame colour DICOM (cine loop) is not supported", accepted="single colour frames or greyscale series")
+            raise CaseError(
+                origin,
+                "multi-frame colour DICOM (cine loop) is not supported",
+                accepted="single colour frames or greyscale series",
+            )
         with_pixels = _sort_slices(with_pixels)
         depth = frames if len(with_pixels) == 1 else len(with_pixels)
         shape = (rows, cols, depth)
         spacing = (in_plane[0], in_plane[1], _slice_gap(with_pixels, first))
         for p, ds in with_pixels:
             if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-                raise CaseError(p, f"slice size {(int(ds.Rows), int(ds.Columns))} differs from the series' {(rows, cols)}")
+                raise CaseError(
+                    p, f"slice size {(int(ds.Rows), int(ds.Columns))} differs from the series' {(rows, cols)}"
+                )
         channels = ("image",)
     _check_shape(origin, shape)
     spacing = _check_spacing(origin, spacing)
-    return Case(id=_content_id([p for p, _ in with_pixels]), paths=tuple(p for p, _ in with_pixels), modality=modality or inferred,
-                channels=channels, shape=shape, spacing=spacing)
+    return Case(
+        id=_content_id([p for p, _ in with_pixels]),
+        paths=tuple(p for p, _ in with_pixels),
+        modality=modality or inferred,
+        channels=channels,
+        shape=shape,
+        spacing=spacing,
+    )
 
 
 def _sort_slices(items):
@@ -417,6 +489,7 @@ def _dicom_pixels(case: Case) -> np.ndarray:
 
 # ---------------------------------------------------------------- PNG / JPEG
 
+
 def _from_picture(path: Path, modality: str | None) -> Case:
     from PIL import Image, UnidentifiedImageError
 
@@ -430,8 +503,14 @@ def _from_picture(path: Path, modality: str | None) -> Case:
     shape = (size[1], size[0])
     _check_shape(path, shape)
     channels = ("image",) if mode in ("L", "I", "I;16", "F", "1", "LA") else ("r", "g", "b")
-    return Case(id=_content_id([path]), paths=(path,), modality=modality or _sidecar_modality(path) or "other",
-                channels=channels, shape=shape, spacing=(1.0, 1.0))
+    return Case(
+        id=_content_id([path]),
+        paths=(path,),
+        modality=modality or _sidecar_modality(path) or "other",
+        channels=channels,
+        shape=shape,
+        spacing=(1.0, 1.0),
+    )
 
 
 def _picture_pixels(case: Case) -> np.ndarray:
@@ -449,6 +528,7 @@ def _picture_pixels(case: Case) -> np.ndarray:
 
 # ---------------------------------------------------------------- pixels
 
+
 def _read_pixels(case: Case) -> np.ndarray:
     kind = _kind(case.paths[0])
     if kind == "nifti":
@@ -461,7 +541,11 @@ def _read_pixels(case: Case) -> np.ndarray:
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise CaseError(case.paths[0], f"image contains {bad:,} NaN/inf voxels")
-    for name, channel, path in zip(case.channels, data, case.paths if len(case.paths) == len(case.channels) else [case.paths[0]] * len(case.channels)):
+    for name, channel, path in zip(
+        case.channels,
+        data,
+        case.paths if len(case.paths) == len(case.channels) else [case.paths[0]] * len(case.channels),
+    ):
         if float(channel.max()) == float(channel.min()):
             raise CaseError(path, f"channel {name!r} is blank (every voxel equals {float(channel.min()):g})")
     return data

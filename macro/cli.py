@@ -2,6 +2,7 @@
 
 Progress and streamed steps go to stderr, results to stdout, so ``--json`` output can be piped.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,13 +16,17 @@ import typer
 from macro.config import Home
 from macro.errors import CaseError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="MACRO: a self-evolving medical imaging agent, offline-first.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="MACRO: a self-evolving medical imaging agent, offline-first."
+)
 tools_app = typer.Typer(no_args_is_help=True, help="Registered tools.")
 data_app = typer.Typer(no_args_is_help=True, help="Demo and phantom data.")
 train_app = typer.Typer(no_args_is_help=True, help="Train policies.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluations and benchmarks that print figures.")
 fl_app = typer.Typer(no_args_is_help=True, help="Federated classifiers: train (FedLSM) and forget a site (FCU).")
-anomaly_app = typer.Typer(no_args_is_help=True, help="Continual anomaly detection (CADIC): one shared memory bank, learnt task by task.")
+anomaly_app = typer.Typer(
+    no_args_is_help=True, help="Continual anomaly detection (CADIC): one shared memory bank, learnt task by task."
+)
 app.add_typer(tools_app, name="tools")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
@@ -33,7 +38,9 @@ app.add_typer(skills_app, name="skills")
 memory_app = typer.Typer(no_args_is_help=True, help="Image-feature memory of verified cases.")
 app.add_typer(memory_app, name="memory")
 
-PolicyOpt = typer.Option("embedded", "--policy", "-p", help="embedded | hf:PATH | openai:URL | scripted | scripted:PLAN.json")
+PolicyOpt = typer.Option(
+    "embedded", "--policy", "-p", help="embedded | hf:PATH | openai:URL | scripted | scripted:PLAN.json"
+)
 ModelOpt = typer.Option(None, "--model", help="model name for openai:URL (default: $MACRO_OPENAI_MODEL)")
 ModalityOpt = typer.Option(None, "--modality", help="override the detected modality (mri-multiseq, mr, ct, xray, ...)")
 
@@ -83,17 +90,29 @@ def _agent(policy: str, model: str | None, max_steps: int):
 
 @app.command()
 @guarded
-def ask(case: str = typer.Argument(..., help="scan: file, DICOM/BraTS folder, or four comma-separated NIfTI (T1,T1ce,T2,FLAIR)"),
-        question: str = typer.Argument(...), policy: str = PolicyOpt, model: Optional[str] = ModelOpt,
-        thread: Optional[str] = typer.Option(None, "--thread", help="continue this thread"),
-        as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-        modality: Optional[str] = ModalityOpt, max_steps: int = typer.Option(6, help="tool calls per turn")):
+def ask(
+    case: str = typer.Argument(
+        ..., help="scan: file, DICOM/BraTS folder, or four comma-separated NIfTI (T1,T1ce,T2,FLAIR)"
+    ),
+    question: str = typer.Argument(...),
+    policy: str = PolicyOpt,
+    model: Optional[str] = ModelOpt,
+    thread: Optional[str] = typer.Option(None, "--thread", help="continue this thread"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    modality: Optional[str] = ModalityOpt,
+    max_steps: int = typer.Option(6, help="tool calls per turn"),
+):
     """Ask one question about a scan."""
     scan = _load(case, modality)
     agent = _agent(policy, model, max_steps)
     result = agent.ask(scan, question, thread_id=thread, on_step=_print_step)
     if as_json:
-        typer.echo(json.dumps({"answer": result.answer, "thread_id": result.thread_id, "trajectory": result.trajectory.to_dict()}, default=str))
+        typer.echo(
+            json.dumps(
+                {"answer": result.answer, "thread_id": result.thread_id, "trajectory": result.trajectory.to_dict()},
+                default=str,
+            )
+        )
     else:
         typer.echo(result.answer)
         _err(f"thread {result.thread_id}; continue with --thread {result.thread_id}")
@@ -101,10 +120,15 @@ def ask(case: str = typer.Argument(..., help="scan: file, DICOM/BraTS folder, or
 
 @app.command()
 @guarded
-def chat(case: Optional[str] = typer.Argument(None, help="scan to talk about (optional when resuming a thread)"),
-         policy: str = PolicyOpt, model: Optional[str] = ModelOpt, thread: Optional[str] = typer.Option(None, "--thread"),
-         modality: Optional[str] = ModalityOpt, max_steps: int = typer.Option(6)):
-    """Chat about a scan; the thread persists, so `--thread ID` resumes after a restart. Reads stdin, so it can be piped."""
+def chat(
+    case: Optional[str] = typer.Argument(None, help="scan to talk about (optional when resuming a thread)"),
+    policy: str = PolicyOpt,
+    model: Optional[str] = ModelOpt,
+    thread: Optional[str] = typer.Option(None, "--thread"),
+    modality: Optional[str] = ModalityOpt,
+    max_steps: int = typer.Option(6),
+):
+    """Chat about a scan; the thread persists, so `--thread ID` resumes after a restart. Reads stdin (pipeable)."""
     scan = _load(case, modality) if case else None
     agent = _agent(policy, model, max_steps)
     if scan is None and (thread is None or agent.thread_case(thread) is None):
@@ -127,30 +151,52 @@ def chat(case: Optional[str] = typer.Argument(None, help="scan to talk about (op
 
 
 @tools_app.command("list")
-def tools_list(as_json: bool = typer.Option(False, "--json"), case: Optional[str] = typer.Option(None, help="only tools offered for this scan")):
+def tools_list(
+    as_json: bool = typer.Option(False, "--json"),
+    case: Optional[str] = typer.Option(None, help="only tools offered for this scan"),
+):
     """List registered tools (with modalities, inputs, outputs, version)."""
     from macro.tools.registry import Registry, kind
 
     registry = Registry.default()
     tools = registry.for_case(_load(case, None)) if case else registry.all()
-    rows = [{"name": t.name, "kind": kind(t), "description": t.description, "modalities": list(t.spec.modalities), "dims": list(t.spec.dims),
-             "inputs": t.spec.inputs, "outputs": t.spec.outputs, "version": t.spec.version, "weights": t.spec.weights,
-             "arguments": t.tool_call_schema.model_json_schema().get("properties", {})} for t in tools]
+    rows = [
+        {
+            "name": t.name,
+            "kind": kind(t),
+            "description": t.description,
+            "modalities": list(t.spec.modalities),
+            "dims": list(t.spec.dims),
+            "inputs": t.spec.inputs,
+            "outputs": t.spec.outputs,
+            "version": t.spec.version,
+            "weights": t.spec.weights,
+            "arguments": t.tool_call_schema.model_json_schema().get("properties", {}),
+        }
+        for t in tools
+    ]
     if as_json:
         typer.echo(json.dumps({"tools": rows, "problems": registry.problems}, indent=2))
         return
     for r in rows:
-        typer.echo(f"{r['name']:<20} {r['kind']:<9} {r['version']:<7} {','.join(r['modalities']):<28} {r['description']}")
+        typer.echo(
+            f"{r['name']:<20} {r['kind']:<9} {r['version']:<7} {','.join(r['modalities']):<28} {r['description']}"
+        )
     for problem in registry.problems:
         _err(f"plug-in skipped: {problem}")
 
 
 @data_app.command("make")
 @guarded
-def data_make(name: str = typer.Argument(..., help="dataset builder, e.g. brain-mri-demo"), out: Path = typer.Option(..., "--out"),
-              n: Optional[int] = typer.Option(None, "--n", help="number of cases (default 1; anomaly-stream: training images per task, default 60)"),
-              seed: int = typer.Option(0, "--seed"),
-              domain: Optional[str] = typer.Option(None, "--domain", help="brats-phantom only: source, lowfield or pediatric")):
+def data_make(
+    name: str = typer.Argument(..., help="dataset builder, e.g. brain-mri-demo"),
+    out: Path = typer.Option(..., "--out"),
+    n: Optional[int] = typer.Option(
+        None, "--n", help="number of cases (default 1; anomaly-stream: training images per task, default 60)"
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    domain: Optional[str] = typer.Option(None, "--domain", help="brats-phantom only: source, lowfield or pediatric"),
+):
     """Build a deterministic phantom dataset from real anatomy."""
     from macro.data import make
 
@@ -162,10 +208,16 @@ def data_make(name: str = typer.Argument(..., help="dataset builder, e.g. brain-
 
 
 @train_app.command("sft")
-def train_sft_cmd(out: Optional[Path] = typer.Option(None, "--out", help="adapter folder (default: the shipped adapter in the package)"),
-                  epochs: float = typer.Option(1.0), max_steps: int = typer.Option(-1, help="stop early (smoke runs)"),
-                  seed: int = typer.Option(0), eval_prompts: int = typer.Option(50, help="held-out prompts scored after training"),
-                  base: Optional[Path] = typer.Option(None, help="base model folder (default: the converted embedded SmolLM2)")):
+def train_sft_cmd(
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="adapter folder (default: the shipped adapter in the package)"
+    ),
+    epochs: float = typer.Option(1.0),
+    max_steps: int = typer.Option(-1, help="stop early (smoke runs)"),
+    seed: int = typer.Option(0),
+    eval_prompts: int = typer.Option(50, help="held-out prompts scored after training"),
+    base: Optional[Path] = typer.Option(None, help="base model folder (default: the converted embedded SmolLM2)"),
+):
     """LoRA SFT cold start of the local policy on tool-use dialogues (TRL SFTTrainer + PEFT)."""
     from macro.agent.local_llm import ADAPTER_DIR, embedded_base
     from macro.training.sft import SFTRecipe, train_sft, training_cases
@@ -173,13 +225,25 @@ def train_sft_cmd(out: Optional[Path] = typer.Option(None, "--out", help="adapte
     home = Home.current().ensure()
     recipe = SFTRecipe(seed=seed, epochs=epochs, max_steps=max_steps, eval_prompts=eval_prompts)
     command = "macro train sft " + " ".join(sys.argv[3:])
-    manifest = train_sft(out or ADAPTER_DIR, recipe, base or embedded_base(home), training_cases(home, recipe.demo_cases), command=command.strip())
+    manifest = train_sft(
+        out or ADAPTER_DIR,
+        recipe,
+        base or embedded_base(home),
+        training_cases(home, recipe.demo_cases),
+        command=command.strip(),
+    )
     typer.echo(json.dumps({k: manifest[k] for k in ("name", "sha256", "train", "held_out")}, indent=2))
 
 
 @train_app.command("segmentation")
-def train_segmentation_cmd(out: Optional[Path] = typer.Option(None, "--out", help="weights folder (default: the shipped weights in the package)"),
-                           iterations: int = typer.Option(500), n_train: int = typer.Option(32), seed: int = typer.Option(0)):
+def train_segmentation_cmd(
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="weights folder (default: the shipped weights in the package)"
+    ),
+    iterations: int = typer.Option(500),
+    n_train: int = typer.Option(32),
+    seed: int = typer.Option(0),
+):
     """Train the source 3D UNet (ET/TC/WT) on source-domain brain phantoms; writes fp16 weights + manifest."""
     from macro.tools.segmentation.model import WEIGHTS_DIR
     from macro.tools.segmentation.train import SegTrainConfig, train_segmentation
@@ -193,10 +257,14 @@ def train_segmentation_cmd(out: Optional[Path] = typer.Option(None, "--out", hel
 
 @train_app.command("vqa")
 @guarded
-def train_vqa_cmd(out: Optional[Path] = typer.Option(None, "--out", help="weights folder (default: the shipped weights in the package)"),
-                  quick: bool = typer.Option(False, "--quick", help="1 500 images and a shorter schedule (a smoke run)"),
-                  seed: int = typer.Option(0, help="phantom seed (the training seed is 42, as in the notes)"),
-                  report_dir: Path = typer.Option(Path("runs/vqa-train"), "--report", help="where the held-out report goes")):
+def train_vqa_cmd(
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="weights folder (default: the shipped weights in the package)"
+    ),
+    quick: bool = typer.Option(False, "--quick", help="1 500 images and a shorter schedule (a smoke run)"),
+    seed: int = typer.Option(0, help="phantom seed (the training seed is 42, as in the notes)"),
+    report_dir: Path = typer.Option(Path("runs/vqa-train"), "--report", help="where the held-out report goes"),
+):
     """Train the Step-CoT teacher and student on a seeded stepcot-phantom; writes fp16 weights + manifest."""
     from macro.eval.vqa import run, write_report
     from macro.tools.vqa.checkpoint import WEIGHTS_DIR, ship
@@ -211,11 +279,13 @@ def train_vqa_cmd(out: Optional[Path] = typer.Option(None, "--out", help="weight
 
 @eval_app.command("segmentation")
 @guarded
-def eval_segmentation(quick: bool = typer.Option(False, "--quick", help="3 volumes per domain instead of 10"),
-                      n: Optional[int] = typer.Option(None, "--n", help="volumes per domain (overrides --quick)"),
-                      steps: int = typer.Option(10, help="adaptation steps per volume"),
-                      out: Path = typer.Option(Path("runs/segmentation"), "--out", help="where the JSON, markdown and plot go"),
-                      as_json: bool = typer.Option(False, "--json")):
+def eval_segmentation(
+    quick: bool = typer.Option(False, "--quick", help="3 volumes per domain instead of 10"),
+    n: Optional[int] = typer.Option(None, "--n", help="volumes per domain (overrides --quick)"),
+    steps: int = typer.Option(10, help="adaptation steps per volume"),
+    out: Path = typer.Option(Path("runs/segmentation"), "--out", help="where the JSON, markdown and plot go"),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """Dice per domain and region for none / TENT / VISTA on shifted scanners, and seconds per volume."""
     from macro.tools.segmentation.evaluate import evaluate, markdown, write_report
 
@@ -232,10 +302,12 @@ def eval_segmentation(quick: bool = typer.Option(False, "--quick", help="3 volum
 
 @eval_app.command("federated")
 @guarded
-def eval_federated(quick: bool = typer.Option(False, "--quick", help="smaller federations and fewer rounds (minutes)"),
-                   seed: int = typer.Option(0),
-                   out: Path = typer.Option(Path("runs/federated"), "--out", help="where the JSON, markdown and plot go"),
-                   as_json: bool = typer.Option(False, "--json")):
+def eval_federated(
+    quick: bool = typer.Option(False, "--quick", help="smaller federations and fewer rounds (minutes)"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("runs/federated"), "--out", help="where the JSON, markdown and plot go"),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """FedLSM vs FedAvg baselines under label-set mismatch; FCU vs retrain / fine-tune / gradient ascent."""
     from macro.eval.federated import evaluate, markdown, write_report
 
@@ -248,18 +320,25 @@ def eval_federated(quick: bool = typer.Option(False, "--quick", help="smaller fe
 
 @eval_app.command("vqa")
 @guarded
-def eval_vqa(quick: bool = typer.Option(False, "--quick", help="1 500 images and a shorter schedule (minutes)"),
-             bench: bool = typer.Option(False, "--bench", help="only time the shipped student: p50/p95 ms per image"),
-             threads: int = typer.Option(1, "--threads", help="torch threads for --bench"),
-             seed: int = typer.Option(0), out: Path = typer.Option(Path("runs/vqa"), "--out", help="where the JSON, markdown and plot go"),
-             as_json: bool = typer.Option(False, "--json")):
+def eval_vqa(
+    quick: bool = typer.Option(False, "--quick", help="1 500 images and a shorter schedule (minutes)"),
+    bench: bool = typer.Option(False, "--bench", help="only time the shipped student: p50/p95 ms per image"),
+    threads: int = typer.Option(1, "--threads", help="torch threads for --bench"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("runs/vqa"), "--out", help="where the JSON, markdown and plot go"),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """Step-CoT: per-step, diagnosis and consistency accuracy of baseline / teacher / student, and ms per image."""
     if bench:
         from macro.eval.vqa import bench_shipped
 
         timing = bench_shipped(threads=threads)
-        typer.echo(json.dumps(timing) if as_json else f"student, 1 image, encoder included: p50 {timing['p50']} ms, p95 {timing['p95']} ms "
-                   f"({timing['runs']} runs, {timing['threads']} threads)")
+        typer.echo(
+            json.dumps(timing)
+            if as_json
+            else f"student, 1 image, encoder included: p50 {timing['p50']} ms, p95 {timing['p95']} ms "
+            f"({timing['runs']} runs, {timing['threads']} threads)"
+        )
         return
     from macro.eval.vqa import evaluate, markdown, write_report
 
@@ -272,24 +351,35 @@ def eval_vqa(quick: bool = typer.Option(False, "--quick", help="1 500 images and
 
 @fl_app.command("train")
 @guarded
-def fl_train(task: str = typer.Option(..., "--task", help="derm | cxr"),
-             method: str = typer.Option("fedlsm", help="fedlsm | fedavg | fedavg_labelled | pl | pl_ude"),
-             rounds: int = typer.Option(50), n_images: Optional[int] = typer.Option(None, "--n-images"), seed: int = typer.Option(0),
-             out: Optional[Path] = typer.Option(None, "--out", help="weights folder (default: the shipped weights of the task)")):
+def fl_train(
+    task: str = typer.Option(..., "--task", help="derm | cxr"),
+    method: str = typer.Option("fedlsm", help="fedlsm | fedavg | fedavg_labelled | pl | pl_ude"),
+    rounds: int = typer.Option(50),
+    n_images: Optional[int] = typer.Option(None, "--n-images"),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, "--out", help="weights folder (default: the shipped weights of the task)"),
+):
     """Train a task's classifier across its sites (each labels only some classes); writes fp16 weights + manifest."""
     from macro.federated.run import train_task
 
     home = Home.current().ensure()
     command = ("macro fl train " + " ".join(sys.argv[3:])).strip()
     manifest = train_task(task, home.data, out, method, rounds, n_images, seed, command=command)
-    typer.echo(json.dumps({k: manifest[k] for k in ("sha256", "train", "held_out", "temperature", "test_ece")}, indent=2))
+    typer.echo(
+        json.dumps({k: manifest[k] for k in ("sha256", "train", "held_out", "temperature", "test_ece")}, indent=2)
+    )
 
 
 @fl_app.command("unlearn")
 @guarded
-def fl_unlearn(task: str = typer.Option("derm", "--task", help="derm | cxr"), client: int = typer.Option(..., "--client", help="site to forget"),
-               requested_by: Optional[str] = typer.Option(None, "--requested-by", help="who asked (default: current user)"),
-               out: Optional[Path] = typer.Option(None, "--out", help="where the new weights go (default: replace the task's weights)")):
+def fl_unlearn(
+    task: str = typer.Option("derm", "--task", help="derm | cxr"),
+    client: int = typer.Option(..., "--client", help="site to forget"),
+    requested_by: Optional[str] = typer.Option(None, "--requested-by", help="who asked (default: current user)"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="where the new weights go (default: replace the task's weights)"
+    ),
+):
     """Forget one site's contribution with FCU, without retraining; appends an audit record."""
     from macro.federated.run import unlearn_task
 
@@ -300,17 +390,23 @@ def fl_unlearn(task: str = typer.Option("derm", "--task", help="derm | cxr"), cl
 
 @anomaly_app.command("learn")
 @guarded
-def anomaly_learn(task: list[Path] = typer.Option([], "--task", help="MVTec-layout task folder (train/good, ...); repeat to learn several in order"),
-                  stream: Optional[Path] = typer.Option(None, "--stream", help="learn every task of an anomaly stream, in its order"),
-                  bank: Optional[Path] = typer.Option(None, "--bank", help="bank folder (default: MACRO_HOME/models/anomaly)"),
-                  reset: bool = typer.Option(False, "--reset", help="start an empty bank instead of extending the current one"),
-                  capacity: Optional[int] = typer.Option(None, help="vectors in a new bank (default: the first task's coreset, 25 % of its patches)"),
-                  seed: int = typer.Option(0)):
+def anomaly_learn(
+    task: list[Path] = typer.Option(
+        [], "--task", help="MVTec-layout task folder (train/good, ...); repeat to learn several in order"
+    ),
+    stream: Optional[Path] = typer.Option(None, "--stream", help="learn every task of an anomaly stream, in its order"),
+    bank: Optional[Path] = typer.Option(None, "--bank", help="bank folder (default: MACRO_HOME/models/anomaly)"),
+    reset: bool = typer.Option(False, "--reset", help="start an empty bank instead of extending the current one"),
+    capacity: Optional[int] = typer.Option(
+        None, help="vectors in a new bank (default: the first task's coreset, 25 % of its patches)"
+    ),
+    seed: int = typer.Option(0),
+):
     """Add tasks to the shared CADIC bank (k-center over bank + new coreset, fixed size); recalibrates the threshold."""
     from tqdm import tqdm
 
-    from macro.data.anomaly import stream_tasks
     from macro.artifacts import locked
+    from macro.data.anomaly import stream_tasks
     from macro.tools.anomaly.bank import active_bank_dir, load_bank, save_bank
     from macro.tools.anomaly.learn import empty_bank, learn
 
@@ -320,11 +416,20 @@ def anomaly_learn(task: list[Path] = typer.Option([], "--task", help="MVTec-layo
     target = bank or Home.current().ensure().models / "anomaly"
     command = ("macro anomaly learn " + " ".join(sys.argv[3:])).strip()
     with locked(target), tqdm(desc="anomaly: images and k-center steps", file=sys.stderr, mininterval=5) as bar:
-        current = empty_bank(seed) if reset else load_bank(target if (target / "manifest.json").is_file() else active_bank_dir())
+        current = (
+            empty_bank(seed)
+            if reset
+            else load_bank(target if (target / "manifest.json").is_file() else active_bank_dir())
+        )
         learnt, _ = learn(current, folders, capacity, command=command, progress=bar.update)
         manifest = save_bank(learnt, target)
-    typer.echo(json.dumps({k: manifest[k] for k in ("sha256", "size", "capacity", "megabytes", "threshold", "held_out")}
-                          | {"tasks": [t["name"] for t in manifest["tasks"]], "bank": str(target)}, indent=2))
+    typer.echo(
+        json.dumps(
+            {k: manifest[k] for k in ("sha256", "size", "capacity", "megabytes", "threshold", "held_out")}
+            | {"tasks": [t["name"] for t in manifest["tasks"]], "bank": str(target)},
+            indent=2,
+        )
+    )
 
 
 @anomaly_app.command("info")
@@ -339,8 +444,10 @@ def anomaly_info(as_json: bool = typer.Option(False, "--json")):
     if as_json:
         typer.echo(json.dumps({"bank": str(folder), **manifest}, indent=2))
         return
-    typer.echo(f"bank {folder}: {manifest['size']}/{manifest['capacity']} vectors, {manifest['megabytes']} MB, "
-               f"threshold {manifest['threshold']['value']} (q{manifest['threshold']['quantile']})")
+    typer.echo(
+        f"bank {folder}: {manifest['size']}/{manifest['capacity']} vectors, {manifest['megabytes']} MB, "
+        f"threshold {manifest['threshold']['value']} (q{manifest['threshold']['quantile']})"
+    )
     for t in manifest["tasks"]:
         metrics = manifest.get("held_out", {}).get(t["name"], {})
         typer.echo(f"  {t['name']:<16} {t['modality']:<10} image AUROC {metrics.get('image_auroc', '-')}")
@@ -348,19 +455,27 @@ def anomaly_info(as_json: bool = typer.Option(False, "--json")):
 
 @eval_app.command("anomaly")
 @guarded
-def eval_anomaly(quick: bool = typer.Option(False, "--quick", help="smaller stream (minutes)"),
-                 bench: bool = typer.Option(False, "--bench", help="only time the tool's scoring of 224 x 224 images (p50/p95)"),
-                 data: Optional[Path] = typer.Option(None, "--data", help="an anomaly stream or a root of MVTec-layout tasks"),
-                 seed: int = typer.Option(0), out: Path = typer.Option(Path("runs/anomaly"), "--out", help="where the JSON, markdown and plot go"),
-                 as_json: bool = typer.Option(False, "--json")):
+def eval_anomaly(
+    quick: bool = typer.Option(False, "--quick", help="smaller stream (minutes)"),
+    bench: bool = typer.Option(False, "--bench", help="only time the tool's scoring of 224 x 224 images (p50/p95)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="an anomaly stream or a root of MVTec-layout tasks"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("runs/anomaly"), "--out", help="where the JSON, markdown and plot go"),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """CADIC vs per-task PatchCore, FIFO and joint banks: AUROC per task, forgetting, pixel AUROC, MB, ms/image."""
     from macro.eval import anomaly as anomaly_eval
 
     if bench:
         result = anomaly_eval.bench(seed=seed)
-        typer.echo(json.dumps(result) if as_json else
-                   f"score_anomaly scoring, {result['images']} images 224x224: p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms "
-                   f"(bank {result['bank_size']} vectors, {result['torch_threads']} torch threads, load {result['load_average_1min']})")
+        typer.echo(
+            json.dumps(result)
+            if as_json
+            else f"score_anomaly scoring, {result['images']} images 224x224: "
+            f"p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms "
+            f"(bank {result['bank_size']} vectors, {result['torch_threads']} torch threads, load "
+            f"{result['load_average_1min']})"
+        )
         return
     home = Home.current().ensure()
     report = anomaly_eval.evaluate(home.data, quick=quick, seed=seed, progress=True, log=_err, source=data)
@@ -371,8 +486,13 @@ def eval_anomaly(quick: bool = typer.Option(False, "--quick", help="smaller stre
 
 @eval_app.command("policy")
 @guarded
-def eval_policy(policy: str = PolicyOpt, model: Optional[str] = ModelOpt, n: int = typer.Option(50, "--n"), seed: int = typer.Option(0),
-                as_json: bool = typer.Option(False, "--json")):
+def eval_policy(
+    policy: str = PolicyOpt,
+    model: Optional[str] = ModelOpt,
+    n: int = typer.Option(50, "--n"),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """First-call accuracy on held-out requests (wording never used in SFT training)."""
     from macro.agent.policy import make_policy
     from macro.eval.policy import evaluate_first_calls
@@ -385,8 +505,14 @@ def eval_policy(policy: str = PolicyOpt, model: Optional[str] = ModelOpt, n: int
     registry = Registry.default(composites=False)
     rows = sft_data.build(training_cases(home, recipe.demo_cases), registry, seed=seed)["test"]
     chat_model, policy_id = make_policy(policy, model=model)
-    report = evaluate_first_calls(chat_model, rows, n=n, seed=seed, registry=registry,
-                                  progress=lambda i, total: _err(f"  {i}/{total}") if i % 10 == 0 or i == total else None)
+    report = evaluate_first_calls(
+        chat_model,
+        rows,
+        n=n,
+        seed=seed,
+        registry=registry,
+        progress=lambda i, total: _err(f"  {i}/{total}") if i % 10 == 0 or i == total else None,
+    )
     report["policy"] = policy_id
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -399,8 +525,11 @@ def eval_policy(policy: str = PolicyOpt, model: Optional[str] = ModelOpt, n: int
 
 @eval_app.command("overhead")
 @guarded
-def eval_overhead(calls: int = typer.Option(40, help="tool calls to time"), tokens: bool = typer.Option(True, help="also time the embedded policy's tokens/s"),
-                  as_json: bool = typer.Option(False, "--json")):
+def eval_overhead(
+    calls: int = typer.Option(40, help="tool calls to time"),
+    tokens: bool = typer.Option(True, help="also time the embedded policy's tokens/s"),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """Agent overhead per tool call (scripted policy vs a direct call) and the embedded policy's tokens/s."""
     from macro.eval.overhead import run_overhead
 
@@ -415,8 +544,11 @@ def eval_overhead(calls: int = typer.Option(40, help="tool calls to time"), toke
     typer.echo(f"  overhead/call    p50 {o['p50']:.2f} ms  p95 {o['p95']:.2f} ms")
     if "embedded" in report:
         e = report["embedded"]
-        typer.echo(f"  embedded policy: {e['decode_tokens_per_s']:.1f} new tokens/s, {e['prefill_tokens_per_s']:.0f} prompt tokens/s, "
-                   f"{e['seconds_per_call']:.2f} s per tool call ({e['prompt_tokens']} prompt tokens)")
+        typer.echo(
+            f"  embedded policy: {e['decode_tokens_per_s']:.1f} new tokens/s, {e['prefill_tokens_per_s']:.0f} prompt "
+            "tokens/s, "
+            f"{e['seconds_per_call']:.2f} s per tool call ({e['prompt_tokens']} prompt tokens)"
+        )
 
 
 @app.command()
@@ -430,7 +562,7 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         return
     for section, values in info.items():
         typer.echo(f"{section}:")
-        for key, value in (values.items() if isinstance(values, dict) else [("", values)]):
+        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
             typer.echo(f"  {key:<22} {value}")
 
 
@@ -450,36 +582,58 @@ def demo(policy: str = PolicyOpt, question: str = typer.Option("What is the tumo
     result = agent.ask(scan, question, on_step=_print_step)
     typer.echo(result.answer)
     gt = truth["volumes_ml"]
-    typer.echo(f"\n(phantom ground truth: WT {gt['WT']:.2f} mL, TC {gt['TC']:.2f} mL, ET {gt['ET']:.2f} mL; "
-               f"policy {agent.policy_id}; {len(result.trajectory.steps)} tool call(s))")
+    typer.echo(
+        f"\n(phantom ground truth: WT {gt['WT']:.2f} mL, TC {gt['TC']:.2f} mL, ET {gt['ET']:.2f} mL; "
+        f"policy {agent.policy_id}; {len(result.trajectory.steps)} tool call(s))"
+    )
 
 
 @eval_app.command("skills")
-def eval_skills(sizes: str = typer.Option("10000,100000", help="comma-separated trajectory counts"), repeats: int = typer.Option(3),
-                as_json: bool = typer.Option(False, "--json")):
+def eval_skills(
+    sizes: str = typer.Option("10000,100000", help="comma-separated trajectory counts"),
+    repeats: int = typer.Option(3),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """Mining time on synthetic logs with planted chains (median of repeats), and whether they were recovered."""
     from macro.eval.skills import mining_benchmark
 
     report = mining_benchmark(tuple(int(n) for n in sizes.split(",")), repeats, log=_err)
-    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(f"{k}: {v['seconds_median']} s" for k, v in report.items()))
+    typer.echo(
+        json.dumps(report, indent=2)
+        if as_json
+        else "\n".join(f"{k}: {v['seconds_median']} s" for k, v in report.items())
+    )
 
 
 @app.command()
 @guarded
-def bench(suite: str = typer.Option("quick", help="quick | full"),
-          agents: str = typer.Option(",".join(("static", "react", "react+memory", "react+composites", "react+memory+composites", "macro")),
-                                     help="comma-separated: static, react[+memory][+composites], macro, openai:URL, hf:PATH"),
-          llm: Optional[str] = typer.Option(None, help="the LLM every agent uses: embedded | scripted | hf:PATH | openai:URL "
-                                                      "(default: scripted for quick, embedded for full)"),
-          families: Optional[str] = typer.Option(None, help="comma-separated task families (default: all with their tools registered)"),
-          seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the suite's)"),
-          n_eval: Optional[int] = typer.Option(None, "--n-eval", help="tasks per family, split and seed"),
-          n_train: Optional[int] = typer.Option(None, "--n-train", help="train tasks per family and seed (experience)"),
-          workers: int = typer.Option(1, help="parallel worker processes (each loads its own LLM)"),
-          grpo_adapter: Optional[Path] = typer.Option(None, "--grpo-adapter", help="LoRA adapter from GRPO training, for the 'macro' agent"),
-          out: Path = typer.Option(Path("runs/bench"), "--out", help="results, report and the benchmark's own home (resumable)"),
-          as_json: bool = typer.Option(False, "--json")):
-    """MACRO-Bench: static chain vs zero-shot ReAct vs + memory / + composites / full MACRO, on held-out and OOD tasks."""
+def bench(
+    suite: str = typer.Option("quick", help="quick | full"),
+    agents: str = typer.Option(
+        ",".join(("static", "react", "react+memory", "react+composites", "react+memory+composites", "macro")),
+        help="comma-separated: static, react[+memory][+composites], macro, openai:URL, hf:PATH",
+    ),
+    llm: Optional[str] = typer.Option(
+        None,
+        help="the LLM every agent uses: embedded | scripted | hf:PATH | openai:URL "
+        "(default: scripted for quick, embedded for full)",
+    ),
+    families: Optional[str] = typer.Option(
+        None, help="comma-separated task families (default: all with their tools registered)"
+    ),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the suite's)"),
+    n_eval: Optional[int] = typer.Option(None, "--n-eval", help="tasks per family, split and seed"),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="train tasks per family and seed (experience)"),
+    workers: int = typer.Option(1, help="parallel worker processes (each loads its own LLM)"),
+    grpo_adapter: Optional[Path] = typer.Option(
+        None, "--grpo-adapter", help="LoRA adapter from GRPO training, for the 'macro' agent"
+    ),
+    out: Path = typer.Option(
+        Path("runs/bench"), "--out", help="results, report and the benchmark's own home (resumable)"
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """MACRO-Bench: static chain vs zero-shot ReAct vs + memory / + composites / full MACRO, held-out and OOD."""
     from tqdm import tqdm
 
     from macro.eval.bench.report import markdown, write_report
@@ -489,11 +643,24 @@ def bench(suite: str = typer.Option("quick", help="quick | full"),
     chosen = tuple(families.split(",")) if families else None
     if chosen and (unknown := [f for f in chosen if f not in FAMILIES]):
         raise CaseError(None, f"unknown task families {unknown}", accepted=", ".join(FAMILIES))
-    cfg = BenchConfig.for_suite(suite, families=chosen, llm=llm, workers=workers, n_eval=n_eval, n_train=n_train,
-                                seeds=tuple(int(s) for s in seeds.split(",")) if seeds else None)
+    cfg = BenchConfig.for_suite(
+        suite,
+        families=chosen,
+        llm=llm,
+        workers=workers,
+        n_eval=n_eval,
+        n_train=n_train,
+        seeds=tuple(int(s) for s in seeds.split(",")) if seeds else None,
+    )
     try:
-        report = run_bench(cfg, out, agents.split(","), str(grpo_adapter) if grpo_adapter else None, log=_err,
-                           progress=lambda **kw: tqdm(file=sys.stderr, **kw))
+        report = run_bench(
+            cfg,
+            out,
+            agents.split(","),
+            str(grpo_adapter) if grpo_adapter else None,
+            log=_err,
+            progress=lambda **kw: tqdm(file=sys.stderr, **kw),
+        )
     except ValueError as exc:
         raise CaseError(None, str(exc)) from None
     files = write_report(report, out)
@@ -503,8 +670,12 @@ def bench(suite: str = typer.Option("quick", help="quick | full"),
 
 @app.command()
 @guarded
-def feedback(thread: str = typer.Argument(..., help="thread id printed by ask/chat"), verdict: str = typer.Argument(..., help="good | bad"),
-             note: str = typer.Option("", "--note"), all_turns: bool = typer.Option(False, "--all", help="judge every turn, not only the last")):
+def feedback(
+    thread: str = typer.Argument(..., help="thread id printed by ask/chat"),
+    verdict: str = typer.Argument(..., help="good | bad"),
+    note: str = typer.Option("", "--note"),
+    all_turns: bool = typer.Option(False, "--all", help="judge every turn, not only the last"),
+):
     """Judge a thread's answer: good runs become verified experience (memory, mining), bad ones count as failures."""
     from macro.agent.experience import record_verdict
     from macro.memory.store import ImageMemory
@@ -518,8 +689,12 @@ def feedback(thread: str = typer.Argument(..., help="thread id printed by ask/ch
         raise CaseError(None, f"no recorded turns for thread {thread!r}")
     memory = ImageMemory(home.memory)  # one handle for every turn judged (opening reads nothing until used)
     for traj in turns if all_turns else turns[-1:]:
-        done = record_verdict(traj.id, "verified" if verdict == "good" else "failed", "person", note, home, memory=memory)
-        typer.echo(f"{done.id}: {done.verification}" + (f" (memory entry {done.embedding_id})" if done.embedding_id else ""))
+        done = record_verdict(
+            traj.id, "verified" if verdict == "good" else "failed", "person", note, home, memory=memory
+        )
+        typer.echo(
+            f"{done.id}: {done.verification}" + (f" (memory entry {done.embedding_id})" if done.embedding_id else "")
+        )
 
 
 def _skill_parts():
@@ -529,29 +704,47 @@ def _skill_parts():
     from macro.trajectory import TrajectoryStore
 
     home = Home.current().ensure()
-    trajectories = [t.to_dict() for t in TrajectoryStore(home.trajectories_db).list(verification=("verified", "failed"))]
+    trajectories = [
+        t.to_dict() for t in TrajectoryStore(home.trajectories_db).list(verification=("verified", "failed"))
+    ]
     replay = executor_replay(lambda: Registry.default(composites=False), home.artifacts)
     return home, Library(home.skills / "library"), trajectories, replay
 
 
 def _skill_row(comp) -> dict:
     prov = comp.provenance
-    return {"name": comp.name, "tools": list(comp.tools), "params": {k: v.get("default") for k, v in comp.params.items()},
-            "support": prov.get("support"), "reliability": prov.get("reliability"), "score": prov.get("score"),
-            "round": prov.get("round"), "verification": comp.verification, "usage": prov.get("usage")}
+    return {
+        "name": comp.name,
+        "tools": list(comp.tools),
+        "params": {k: v.get("default") for k, v in comp.params.items()},
+        "support": prov.get("support"),
+        "reliability": prov.get("reliability"),
+        "score": prov.get("score"),
+        "round": prov.get("round"),
+        "verification": comp.verification,
+        "usage": prov.get("usage"),
+    }
 
 
 @skills_app.command("mine")
 @guarded
-def skills_mine(min_support: int = typer.Option(5, help="verified runs that must contain a chain"),
-                as_json: bool = typer.Option(False, "--json")):
+def skills_mine(
+    min_support: int = typer.Option(5, help="verified runs that must contain a chain"),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """One evolution round: mine candidates, admit those whose replay reproduces the recorded results, prune."""
     from macro.skills.evolve import EvolveConfig, evolve
     from macro.skills.mine import MineConfig
 
     _, library, trajectories, replay = _skill_parts()
-    report = evolve(trajectories, library, replay, EvolveConfig(mine=MineConfig(min_support=min_support)), progress=_err)
-    typer.echo(json.dumps(report, indent=2) if as_json else report["note"] + f"; library round {report['round']}: {', '.join(report['library']) or 'empty'}")
+    report = evolve(
+        trajectories, library, replay, EvolveConfig(mine=MineConfig(min_support=min_support)), progress=_err
+    )
+    typer.echo(
+        json.dumps(report, indent=2)
+        if as_json
+        else report["note"] + f"; library round {report['round']}: {', '.join(report['library']) or 'empty'}"
+    )
 
 
 @skills_app.command("list")
@@ -566,12 +759,17 @@ def skills_list(as_json: bool = typer.Option(False, "--json")):
         return
     typer.echo(f"library round {current.number}: {len(rows)} composite(s)")
     for r in rows:
-        typer.echo(f"  {r['name']:<32} {' -> '.join(r['tools'])}  support {r['support']}, reliability {r['reliability']}")
+        typer.echo(
+            f"  {r['name']:<32} {' -> '.join(r['tools'])}  support {r['support']}, reliability {r['reliability']}"
+        )
 
 
 @skills_app.command("show")
 @guarded
-def skills_show(name: str = typer.Argument(...), as_json: bool = typer.Option(True, "--json", help="always JSON; accepted for symmetry")):
+def skills_show(
+    name: str = typer.Argument(...),
+    as_json: bool = typer.Option(True, "--json", help="always JSON; accepted for symmetry"),
+):
     """A composite's full definition (steps, bindings, parameters, provenance, verification) as JSON."""
     _, library, _, _ = _skill_parts()
     try:
@@ -588,7 +786,11 @@ def skills_verify(as_json: bool = typer.Option(False, "--json")):
 
     _, library, trajectories, replay = _skill_parts()
     report = replay_all(library, trajectories, replay)
-    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(f"{k}: {v['reproduced']}/{v['replayed']} reproduced" for k, v in report.items()))
+    typer.echo(
+        json.dumps(report, indent=2)
+        if as_json
+        else "\n".join(f"{k}: {v['reproduced']}/{v['replayed']} reproduced" for k, v in report.items())
+    )
 
 
 @skills_app.command("prune")
@@ -599,7 +801,11 @@ def skills_prune(as_json: bool = typer.Option(False, "--json")):
 
     _, library, trajectories, _ = _skill_parts()
     report = prune_round(trajectories, library)
-    typer.echo(json.dumps(report, indent=2) if as_json else f"round {report['round']}; pruned: {', '.join(report['pruned']) or 'nothing'}")
+    typer.echo(
+        json.dumps(report, indent=2)
+        if as_json
+        else f"round {report['round']}; pruned: {', '.join(report['pruned']) or 'nothing'}"
+    )
 
 
 @memory_app.command("stats")
@@ -612,38 +818,55 @@ def memory_stats(as_json: bool = typer.Option(False, "--json")):
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    typer.echo(f"{info['path']}: {info['entries']} entries, dim {info['dim']}, {info['kind']} index, version {info['version']}, {info['bytes']:,} bytes")
+    typer.echo(
+        f"{info['path']}: {info['entries']} entries, dim {info['dim']}, {info['kind']} index, version "
+        f"{info['version']}, {info['bytes']:,} bytes"
+    )
     for family, count in sorted(info["families"].items()):
         typer.echo(f"  {family:<22} {count}")
 
 
 @memory_app.command("query")
 @guarded
-def memory_query(case: str = typer.Argument(..., help="scan: file, DICOM/BraTS folder, or four comma-separated NIfTI (T1,T1ce,T2,FLAIR)"),
-                 k: int = typer.Option(5, "--k"), floor: float = typer.Option(0.0, "--floor", help="lowest cosine similarity returned"),
-                 family: Optional[str] = typer.Option(None, "--family", help="only entries of this task family"),
-                 verified: bool = typer.Option(False, "--verified", help="only verified entries"),
-                 modality: Optional[str] = ModalityOpt, as_json: bool = typer.Option(False, "--json")):
+def memory_query(
+    case: str = typer.Argument(
+        ..., help="scan: file, DICOM/BraTS folder, or four comma-separated NIfTI (T1,T1ce,T2,FLAIR)"
+    ),
+    k: int = typer.Option(5, "--k"),
+    floor: float = typer.Option(0.0, "--floor", help="lowest cosine similarity returned"),
+    family: Optional[str] = typer.Option(None, "--family", help="only entries of this task family"),
+    verified: bool = typer.Option(False, "--verified", help="only verified entries"),
+    modality: Optional[str] = ModalityOpt,
+    as_json: bool = typer.Option(False, "--json"),
+):
     """The most similar remembered cases of a scan, with the tool chains that solved them."""
     from macro.memory.encoder import case_embedding
     from macro.memory.store import ImageMemory
 
     where = {**({"family": family} if family else {}), **({"verification": "verified"} if verified else {})}
-    hits = ImageMemory(Home.current().memory).query(case_embedding(_load(case, modality)), k=k, floor=floor, where=where or None)
+    hits = ImageMemory(Home.current().memory).query(
+        case_embedding(_load(case, modality)), k=k, floor=floor, where=where or None
+    )
     if as_json:
         typer.echo(json.dumps([{"id": h.id, "score": round(h.score, 4), "meta": h.meta} for h in hits], indent=2))
         return
     for h in hits:
         tools = " -> ".join(t["name"] if isinstance(t, dict) else str(t) for t in h.meta.get("tools", []))
-        typer.echo(f"{h.score:.3f}  {h.meta.get('case_id', h.id)}  [{h.meta.get('family')}, {h.meta.get('verification')}]  {tools}")
+        typer.echo(
+            f"{h.score:.3f}  {h.meta.get('case_id', h.id)}  [{h.meta.get('family')}, {h.meta.get('verification')}]  "
+            f"{tools}"
+        )
     if not hits:
         _err("no remembered case above the floor")
 
 
 @eval_app.command("memory")
-def eval_memory(sizes: str = typer.Option("10000,100000", help="comma-separated flat memory sizes"),
-                large: int = typer.Option(1_000_000, help="vectors for the IVF/HNSW recall benchmark (0 skips it)"),
-                queries: int = typer.Option(200), as_json: bool = typer.Option(False, "--json")):
+def eval_memory(
+    sizes: str = typer.Option("10000,100000", help="comma-separated flat memory sizes"),
+    large: int = typer.Option(1_000_000, help="vectors for the IVF/HNSW recall benchmark (0 skips it)"),
+    queries: int = typer.Option(200),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """Flat memory query p50/p95 at 10k/100k entries; IVF and HNSW recall@5, latency and build time at 1M vectors."""
     from macro.memory.bench import markdown, run
 

@@ -3,6 +3,7 @@
 Paths are derived, never cached globally, so tests and worker processes can point ``MACRO_HOME``
 elsewhere before any store is opened.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The one error type for bad user input; the CLI maps it to exit code 2 and one line on stderr."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ Why a shared writer: every ``macro eval ...`` command leaves the same three file
 figure is a bare :class:`matplotlib.figure.Figure` (no pyplot state, no display), so reports can be written from
 worker processes, a training loop or a web server as safely as from a terminal.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ The database runs in WAL mode with a busy timeout and short transactions, so sev
 workers, a training loop, the chat UI) can append at once. Each row keeps a few indexed columns plus the full
 trajectory as JSON, so the schema can grow without migrations of old rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,18 @@ class TrajectoryStore:
         if traj.verification not in VERIFICATION:
             raise ValueError(f"verification must be one of {VERIFICATION}")
         with closing(self._connect()) as conn, conn:
-            conn.execute("INSERT INTO trajectories VALUES (?,?,?,?,?,?,?)",
-                         (traj.id, traj.thread_id, traj.case_id, traj.policy_id, traj.verification, traj.created, json.dumps(traj.to_dict())))
+            conn.execute(
+                "INSERT INTO trajectories VALUES (?,?,?,?,?,?,?)",
+                (
+                    traj.id,
+                    traj.thread_id,
+                    traj.case_id,
+                    traj.policy_id,
+                    traj.verification,
+                    traj.created,
+                    json.dumps(traj.to_dict()),
+                ),
+            )
         return traj.id
 
     def get(self, traj_id: str) -> Trajectory:
@@ -85,14 +96,18 @@ class TrajectoryStore:
             raise KeyError(f"no trajectory {traj_id!r}")
         return Trajectory(**json.loads(row[0]))
 
-    def list(self, thread_id: str | None = None, limit: int | None = None, verification: Sequence[str] | None = None) -> list[Trajectory]:
+    def list(
+        self, thread_id: str | None = None, limit: int | None = None, verification: Sequence[str] | None = None
+    ) -> list[Trajectory]:
         where, params = [], []
         if thread_id is not None:
             where, params = ["thread_id = ?"], [thread_id]
         if verification is not None:
             where.append(f"verification IN ({','.join('?' * len(verification))})")
             params += list(verification)
-        query = "SELECT body FROM trajectories" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created"
+        query = (
+            "SELECT body FROM trajectories" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created"
+        )
         if limit is not None:
             query, params = query + " LIMIT ?", params + [limit]
         if not self.path.exists():
@@ -100,7 +115,9 @@ class TrajectoryStore:
         with closing(self._connect()) as conn:
             return [Trajectory(**json.loads(r[0])) for r in conn.execute(query, params)]
 
-    def verify(self, traj_id: str, verification: str, source: str, note: str = "", embedding_id: str | None = None) -> Trajectory:
+    def verify(
+        self, traj_id: str, verification: str, source: str, note: str = "", embedding_id: str | None = None
+    ) -> Trajectory:
         """Record a verdict (a benchmark checker's or a person's); the row and its JSON body change together."""
         if verification not in VERIFICATION:
             raise ValueError(f"verification must be one of {VERIFICATION}")
@@ -111,7 +128,10 @@ class TrajectoryStore:
             traj = Trajectory(**json.loads(row[0]))
             traj.verification, traj.verification_source, traj.verification_note = verification, source, note
             traj.embedding_id = embedding_id or traj.embedding_id
-            conn.execute("UPDATE trajectories SET verification = ?, body = ? WHERE id = ?", (verification, json.dumps(traj.to_dict()), traj_id))
+            conn.execute(
+                "UPDATE trajectories SET verification = ?, body = ? WHERE id = ?",
+                (verification, json.dumps(traj.to_dict()), traj_id),
+            )
         return traj
 
     def count(self) -> int:

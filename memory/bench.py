@@ -13,8 +13,10 @@ clusters was tried first and is too easy: IVF lists line up with the clusters an
 1.0.) Without near-duplicates the top-5 cosines are only about 0.5, which makes this a conservative recall figure
 for real memories, where similar cases sit much closer. Latencies are wall-clock, one OpenMP thread per query.
 """
+
 from __future__ import annotations
 
+import functools
 import resource
 import tempfile
 import time
@@ -33,8 +35,14 @@ HNSW_EF_SEARCH = (64, 128, 256, 512)
 FILTER = {"family": "segment", "verification": "verified"}
 
 
-def run(sizes=(10_000, 100_000), large: int = 1_000_000, queries: int = 200, dim: int | None = None, seed: int = 0,
-        log: Callable[[str], None] = lambda _: None) -> dict:
+def run(
+    sizes=(10_000, 100_000),
+    large: int = 1_000_000,
+    queries: int = 200,
+    dim: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict:
     from macro.memory.encoder import EMBED_DIM
 
     dim = dim or EMBED_DIM
@@ -59,8 +67,16 @@ def _draw(rng: np.random.Generator, scale: np.ndarray, n: int) -> np.ndarray:
 
 
 def _flat(folder: Path, vectors: np.ndarray, queries: np.ndarray) -> dict:
-    metas = [{"case_id": f"case-{i}", "family": FAMILIES[i % len(FAMILIES)], "verification": "verified" if i % 3 else "failed",
-              "tools": ["describe_scan", "segment_tumour"], "answer": "synthetic"} for i in range(len(vectors))]
+    metas = [
+        {
+            "case_id": f"case-{i}",
+            "family": FAMILIES[i % len(FAMILIES)],
+            "verification": "verified" if i % 3 else "failed",
+            "tools": ["describe_scan", "segment_tumour"],
+            "answer": "synthetic",
+        }
+        for i in range(len(vectors))
+    ]
     start = time.perf_counter()
     ImageMemory(folder, kind="flat").add_many(vectors, metas)
     write_s = time.perf_counter() - start
@@ -73,8 +89,15 @@ def _flat(folder: Path, vectors: np.ndarray, queries: np.ndarray) -> dict:
     start = time.perf_counter()
     memory.add(queries[0], metas[0])
     add_one_s = time.perf_counter() - start
-    return {"entries": entries, "write_s": round(write_s, 2), "load_s": round(load_s, 3), "add_one_s": round(add_one_s, 3),
-            "file_mb": round(memory.file.stat().st_size / 2**20, 1), "query_ms": plain, "filtered_query_ms": filtered}
+    return {
+        "entries": entries,
+        "write_s": round(write_s, 2),
+        "load_s": round(load_s, 3),
+        "add_one_s": round(add_one_s, 3),
+        "file_mb": round(memory.file.stat().st_size / 2**20, 1),
+        "query_ms": plain,
+        "filtered_query_ms": filtered,
+    }
 
 
 def _latencies(fn: Callable[[np.ndarray], object], queries: np.ndarray) -> dict:
@@ -97,7 +120,7 @@ def _large(vectors: np.ndarray, queries: np.ndarray, log: Callable[[str], None])
     del exact
     out = {"entries": n, "vectors_mb": round(vectors.nbytes / 2**20), "truth_s": round(time.perf_counter() - start, 1)}
     flat = faiss_index.build("flat", vectors)
-    out["flat_query_ms"] = _latencies(lambda q: faiss_index.search(flat, vectors, q, 5), queries[:50])
+    out["flat_query_ms"] = _latencies(functools.partial(faiss_index.search, flat, vectors, k=5), queries[:50])
     del flat
     for kind, knob, values in (("ivf", "nprobe", IVF_NPROBES), ("hnsw", "efSearch", HNSW_EF_SEARCH)):
         log(f"{kind} index over {n:,} vectors")
@@ -111,8 +134,14 @@ def _large(vectors: np.ndarray, queries: np.ndarray, log: Callable[[str], None])
             setattr(params, knob, value)
             found = [faiss_index.search(index, vectors, q, 5)[1] for q in queries]
             recall = float(np.mean([len(set(f) & set(t)) / 5 for f, t in zip(found, truth)]))
-            entry["sweep"].append({knob: value, "default": value == default, "recall_at_5": round(recall, 4),
-                                   "query_ms": _latencies(lambda q: faiss_index.search(index, vectors, q, 5), queries)})
+            entry["sweep"].append(
+                {
+                    knob: value,
+                    "default": value == default,
+                    "recall_at_5": round(recall, 4),
+                    "query_ms": _latencies(functools.partial(faiss_index.search, index, vectors, k=5), queries),
+                }
+            )
         if kind == "ivf":
             entry["lists"] = index.nlist
         else:
@@ -129,24 +158,37 @@ def _rss_mb() -> float:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Image memory benchmark ({report['dim']}-d vectors: {report['data']}; {report['queries']} queries, k=5)", "",
-             "| flat entries | write s | load s | add one s | file MB | query p50 / p95 ms | filtered p50 / p95 ms |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Image memory benchmark ({report['dim']}-d vectors: {report['data']}; {report['queries']} queries, k=5)",
+        "",
+        "| flat entries | write s | load s | add one s | file MB | query p50 / p95 ms | filtered p50 / p95 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in report["flat"]:
         q, f = row["query_ms"], row["filtered_query_ms"]
-        lines.append(f"| {row['entries']:,} | {row['write_s']} | {row['load_s']} | {row['add_one_s']} | {row['file_mb']} | "
-                     f"{q['p50']} / {q['p95']} | {f['p50']} / {f['p95']} |")
+        lines.append(
+            f"| {row['entries']:,} | {row['write_s']} | {row['load_s']} | {row['add_one_s']} | {row['file_mb']} | "
+            f"{q['p50']} / {q['p95']} | {f['p50']} / {f['p95']} |"
+        )
     large = report.get("large")
     if large:
         fq = large["flat_query_ms"]
-        lines += ["", f"{large['entries']:,} vectors ({large['vectors_mb']} MB): exact flat query p50 {fq['p50']} ms, p95 {fq['p95']} ms", "",
-                  "| index | build s | index MB | setting | recall@5 | query p50 / p95 ms |", "|---|---:|---:|---|---:|---:|"]
+        lines += [
+            "",
+            f"{large['entries']:,} vectors ({large['vectors_mb']} MB): exact flat query p50 {fq['p50']} ms, p95 "
+            f"{fq['p95']} ms",
+            "",
+            "| index | build s | index MB | setting | recall@5 | query p50 / p95 ms |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
         for kind, knob in (("ivf", "nprobe"), ("hnsw", "efSearch")):
             entry = large[kind]
             shape = f"{entry['lists']} lists" if kind == "ivf" else f"M={entry['M']}, efC={entry['efConstruction']}"
             for row in entry["sweep"]:
                 mark = " (default)" if row["default"] else ""
-                lines.append(f"| {kind} ({shape}) | {entry['build_s']} | {entry['index_mb']} | {knob}={row[knob]}{mark} | "
-                             f"{row['recall_at_5']:.3f} | {row['query_ms']['p50']} / {row['query_ms']['p95']} |")
+                lines.append(
+                    f"| {kind} ({shape}) | {entry['build_s']} | {entry['index_mb']} | {knob}={row[knob]}{mark} | "
+                    f"{row['recall_at_5']:.3f} | {row['query_ms']['p50']} / {row['query_ms']['p95']} |"
+                )
     lines += ["", f"peak resident memory {report['peak_rss_mb']} MB"]
     return "\n".join(lines)

@@ -25,6 +25,7 @@ the dimension fixed when a volume has 1 channel (CT, single MR) or 4 (BraTS).
 Embeddings are cached per process by case id (a content hash), so the agent can ask for the same case's
 embedding at every turn for free.
 """
+
 from __future__ import annotations
 
 import threading
@@ -67,7 +68,7 @@ def _embedded(cases: Sequence[Case]) -> list[np.ndarray]:
         found = {c.id: _CACHE[c.id] for c in cases if c.id in _CACHE}
     todo = list({c.id: c for c in cases if c.id not in found}.values())
     for first in range(0, len(todo), CASES_PER_PASS):
-        group = todo[first:first + CASES_PER_PASS]
+        group = todo[first : first + CASES_PER_PASS]
         views = [_views(case) for case in group]
         features = _features(torch.cat([v for v, _ in views]))
         bounds = np.cumsum([0] + [len(v) for v, _ in views])
@@ -84,7 +85,7 @@ def _embedded(cases: Sequence[Case]) -> list[np.ndarray]:
 
 def _features(views: torch.Tensor) -> np.ndarray:
     trunk = load_once("memory/trunk", lambda: Trunk(imagenet_backbone(EMBED_SIZE)))
-    return torch.cat([trunk(views[i:i + BATCH]).mean(dim=(2, 3)) for i in range(0, len(views), BATCH)]).numpy()
+    return torch.cat([trunk(views[i : i + BATCH]).mean(dim=(2, 3)) for i in range(0, len(views), BATCH)]).numpy()
 
 
 def _pool(features: np.ndarray, channels: int) -> np.ndarray:
@@ -115,8 +116,10 @@ def _slices(volume: np.ndarray) -> list[np.ndarray]:
     foreground = volume > lo + FOREGROUND_FRACTION * (hi - lo)
     if not foreground.any():
         foreground = np.ones(volume.shape, bool)
-    box = tuple(slice(int(idx.min()), int(idx.max()) + 1)
-                for idx in (np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)))
+    box = tuple(
+        slice(int(idx.min()), int(idx.max()) + 1)
+        for idx in (np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3))
+    )
     crop = _window(volume[box], foreground[box])
     return [np.take(crop, round(f * (crop.shape[axis] - 1)), axis=axis) for axis in range(3) for f in SLICE_FRACTIONS]
 
@@ -130,7 +133,7 @@ def _square(view: np.ndarray) -> np.ndarray:
     h, w = view.shape
     side = max(h, w)
     out = np.zeros((side, side), np.float32)
-    out[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = view
+    out[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = view
     return out
 
 

@@ -18,6 +18,7 @@ result is always the exact top k. The scan is memory-bound, so halving the bytes
 A single query is memory-bound and tiny, and on a shared 2-core machine OpenMP's thread start-up costs 10-30 ms
 per call (measured), so searches run on one OpenMP thread; index construction keeps FAISS's thread count.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,9 +55,15 @@ def build(kind: str, vectors: np.ndarray, seed: int = 0) -> faiss.Index:
     elif kind == "ivf":
         lists = ivf_lists(n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-        sample = vectors if n <= IVF_TRAIN_MAX else vectors[np.random.default_rng(seed).choice(n, IVF_TRAIN_MAX, replace=False)]
+        sample = (
+            vectors
+            if n <= IVF_TRAIN_MAX
+            else vectors[np.random.default_rng(seed).choice(n, IVF_TRAIN_MAX, replace=False)]
+        )
         index.cp.seed = seed
-        index.cp.min_points_per_centroid = 1  # ivf_lists already keeps >= 39 points per list; tiny memories use one list
+        index.cp.min_points_per_centroid = (
+            1  # ivf_lists already keeps >= 39 points per list; tiny memories use one list
+        )
         if n:  # an empty memory keeps an untrained index; the first add re-trains (see ImageMemory.add_many)
             index.train(np.ascontiguousarray(sample))
         index.nprobe = max(IVF_NPROBE_MIN, round(lists * IVF_NPROBE_FRACTION))
@@ -85,8 +92,9 @@ def one_thread():
         faiss.omp_set_num_threads(threads)
 
 
-def search(index: faiss.Index, vectors: np.ndarray, query: np.ndarray, k: int,
-           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: faiss.Index, vectors: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, rows) for one normalised query, best first; ``allowed`` is a boolean mask over rows."""
     n = index.ntotal if allowed is None else int(allowed.sum())
     k = min(k, n)

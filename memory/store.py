@@ -16,6 +16,7 @@ Filtering: ``where`` is an equality match on metadata keys, turned into a row bi
 key/value) and searched inside FAISS, so a filtered query returns k hits whenever k entries match (see
 :mod:`macro.memory.index`).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -70,7 +71,9 @@ class _Snapshot:
     def tallies(self) -> dict:
         """Entries per family and per verification state, counted once per version."""
         if self.counts is None:
-            self.counts = {key: dict(Counter(str(m.get(key)) for m in self.metas)) for key in ("family", "verification")}
+            self.counts = {
+                key: dict(Counter(str(m.get(key)) for m in self.metas)) for key in ("family", "verification")
+            }
         return self.counts
 
     def mask(self, where: dict) -> np.ndarray:
@@ -79,7 +82,9 @@ class _Snapshot:
         for key, value in where.items():
             cache_key = (key, json.dumps(value, sort_keys=True))
             if cache_key not in self.masks:
-                self.masks[cache_key] = np.fromiter((m.get(key, _MISSING) == value for m in self.metas), bool, len(self.metas))
+                self.masks[cache_key] = np.fromiter(
+                    (m.get(key, _MISSING) == value for m in self.metas), bool, len(self.metas)
+                )
             allowed &= self.masks[cache_key]
         return allowed
 
@@ -122,14 +127,29 @@ class ImageMemory:
 
         def append(snap: _Snapshot) -> tuple[list[str], _Snapshot]:
             if snap.dim is not None and vectors.shape[1] != snap.dim:
-                raise ValueError(f"{self.file}: embeddings have {vectors.shape[1]} dimensions, the memory holds {snap.dim}")
+                raise ValueError(
+                    f"{self.file}: embeddings have {vectors.shape[1]} dimensions, the memory holds {snap.dim}"
+                )
             all_vectors = vectors if snap.vectors is None else np.concatenate([snap.vectors, vectors])
             kind = self.kind or snap.kind
-            if snap.index is None or kind != snap.kind or (kind == "ivf" and len(all_vectors) > IVF_RETRAIN_GROWTH * snap.trained_n):
+            if (
+                snap.index is None
+                or kind != snap.kind
+                or (kind == "ivf" and len(all_vectors) > IVF_RETRAIN_GROWTH * snap.trained_n)
+            ):
                 index, trained_n = faiss_index.build(kind, all_vectors), len(all_vectors)
             else:
                 index, trained_n = faiss_index.extended(snap.index, vectors), snap.trained_n
-            return ids, _Snapshot(snap.version + 1, kind, vectors.shape[1], snap.ids + ids, snap.metas + metas, all_vectors, index, trained_n)
+            return ids, _Snapshot(
+                snap.version + 1,
+                kind,
+                vectors.shape[1],
+                snap.ids + ids,
+                snap.metas + metas,
+                all_vectors,
+                index,
+                trained_n,
+            )
 
         return self._write(append)
 
@@ -142,8 +162,16 @@ class ImageMemory:
             if keep.all():
                 return 0, None
             vectors, kind = snap.vectors[keep], self.kind or snap.kind
-            return int((~keep).sum()), _Snapshot(snap.version + 1, kind, snap.dim, [i for i, k in zip(snap.ids, keep) if k],
-                                                 [m for m, k in zip(snap.metas, keep) if k], vectors, faiss_index.build(kind, vectors), len(vectors))
+            return int((~keep).sum()), _Snapshot(
+                snap.version + 1,
+                kind,
+                snap.dim,
+                [i for i, k in zip(snap.ids, keep) if k],
+                [m for m, k in zip(snap.metas, keep) if k],
+                vectors,
+                faiss_index.build(kind, vectors),
+                len(vectors),
+            )
 
         return self._write(prune)
 
@@ -165,7 +193,9 @@ class ImageMemory:
 
     # ------------------------------------------------------------------ reads
 
-    def query(self, embedding: np.ndarray, k: int = 5, floor: float = 0.0, where: dict | None = None) -> list[MemoryHit]:
+    def query(
+        self, embedding: np.ndarray, k: int = 5, floor: float = 0.0, where: dict | None = None
+    ) -> list[MemoryHit]:
         """The k most similar entries (cosine) with score >= floor and metadata matching ``where``, best first.
 
         The default floor of 0 leaves out anti-correlated entries; pass -1 for a plain top k."""
@@ -182,8 +212,16 @@ class ImageMemory:
     def stats(self) -> dict:
         snap = self._load_latest()
         tallies = snap.tallies()
-        return {"path": str(self.path), "entries": len(snap.ids), "dim": snap.dim, "kind": snap.kind, "version": snap.version,
-                "bytes": self._stamp[2] if self._stamp else 0, "families": tallies["family"], "verification": tallies["verification"]}
+        return {
+            "path": str(self.path),
+            "entries": len(snap.ids),
+            "dim": snap.dim,
+            "kind": snap.kind,
+            "version": snap.version,
+            "bytes": self._stamp[2] if self._stamp else 0,
+            "families": tallies["family"],
+            "verification": tallies["verification"],
+        }
 
     def __len__(self) -> int:
         return len(self._load_latest().ids)
@@ -220,9 +258,19 @@ def _encode(snap: _Snapshot) -> bytes:
     index = b"" if snap.kind == "flat" else faiss_index.to_bytes(snap.index)
     body_hash = hashlib.sha256(vectors)
     body_hash.update(index)
-    header = json.dumps({"version": snap.version, "kind": snap.kind, "dim": snap.dim, "trained_n": snap.trained_n,
-                         "ids": snap.ids, "metas": snap.metas, "vectors_bytes": len(vectors), "index_bytes": len(index),
-                         "sha256": body_hash.hexdigest()}).encode()
+    header = json.dumps(
+        {
+            "version": snap.version,
+            "kind": snap.kind,
+            "dim": snap.dim,
+            "trained_n": snap.trained_n,
+            "ids": snap.ids,
+            "metas": snap.metas,
+            "vectors_bytes": len(vectors),
+            "index_bytes": len(index),
+            "sha256": body_hash.hexdigest(),
+        }
+    ).encode()
     return b"".join([_PREFIX.pack(MAGIC, FORMAT, len(header)), header, vectors, index])
 
 
@@ -237,15 +285,28 @@ def _decode(path: Path) -> _Snapshot:
     if fmt != FORMAT:
         raise CaseError(path, f"memory file format {fmt} is not supported", accepted=f"format {FORMAT}")
     try:
-        header = json.loads(bytes(data[_PREFIX.size:_PREFIX.size + header_len]))
-        dim, n, vectors_len, index_len = header["dim"], len(header["ids"]), header["vectors_bytes"], header["index_bytes"]
+        header = json.loads(bytes(data[_PREFIX.size : _PREFIX.size + header_len]))
+        dim, n, vectors_len, index_len = (
+            header["dim"],
+            len(header["ids"]),
+            header["vectors_bytes"],
+            header["index_bytes"],
+        )
         kind, version, metas, digest = header["kind"], header["version"], header["metas"], header["sha256"]
     except (ValueError, KeyError, TypeError) as exc:
         raise CaseError(path, f"memory header is unreadable ({exc.__class__.__name__}: {exc})") from None
-    body = data[_PREFIX.size + header_len:]
-    if len(body) != vectors_len + index_len or vectors_len != n * (dim or 0) * 4 or len(metas) != n or kind not in faiss_index.KINDS:
-        raise CaseError(path, f"memory file is truncated or inconsistent (body {len(body)} bytes, header expects "
-                              f"{vectors_len} + {index_len} for {n} entries of dim {dim})")
+    body = data[_PREFIX.size + header_len :]
+    if (
+        len(body) != vectors_len + index_len
+        or vectors_len != n * (dim or 0) * 4
+        or len(metas) != n
+        or kind not in faiss_index.KINDS
+    ):
+        raise CaseError(
+            path,
+            f"memory file is truncated or inconsistent (body {len(body)} bytes, header expects "
+            f"{vectors_len} + {index_len} for {n} entries of dim {dim})",
+        )
     if hashlib.sha256(body).hexdigest() != digest:
         raise CaseError(path, "memory file is corrupt (sha256 of the body does not match its header)")
     vectors = np.frombuffer(body[:vectors_len], dtype="<f4").reshape(n, dim or 0).astype(np.float32)

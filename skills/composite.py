@@ -10,6 +10,7 @@ is derived from the atomic tools' own fields, so a composite is validated like a
 executor recognises it by its ``definition`` and runs the steps itself, so every intermediate call is validated,
 recorded and visible in the trajectory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,15 +76,21 @@ class Composite:
                 raise DefinitionError(f"composite {self.name}: step {j} has no tool name")
             for slot, source in step.get("inputs", {}).items():
                 if not isinstance(source, int) or not 0 <= source < j:
-                    raise DefinitionError(f"composite {self.name}: step {j} input {slot!r} must come from an earlier step, got {source!r}")
+                    raise DefinitionError(
+                        f"composite {self.name}: step {j} input {slot!r} must come from an earlier step, got {source!r}"
+                    )
             for arg, spec in step.get("args", {}).items():
                 if "param" in spec:
                     if spec["param"] not in self.params:
-                        raise DefinitionError(f"composite {self.name}: step {j} argument {arg!r} uses unknown parameter {spec['param']!r}")
+                        raise DefinitionError(
+                            f"composite {self.name}: step {j} argument {arg!r} uses unknown parameter {spec['param']!r}"
+                        )
                     used.add(spec["param"])
                 elif "from" in spec:
                     if not 0 <= spec["from"].get("step", -1) < j or not isinstance(spec["from"].get("field"), str):
-                        raise DefinitionError(f"composite {self.name}: step {j} argument {arg!r} must read a field of an earlier step")
+                        raise DefinitionError(
+                            f"composite {self.name}: step {j} argument {arg!r} must read a field of an earlier step"
+                        )
                 else:
                     raise DefinitionError(f"composite {self.name}: step {j} argument {arg!r} needs 'param' or 'from'")
         if unused := set(self.params) - used:
@@ -120,7 +127,9 @@ def make_tool(comp: Composite, tools: dict[str, MacroTool]) -> MacroTool:
         raise DefinitionError(f"composite {comp.name}: unknown tool(s) {', '.join(missing)}")
     nested = [t for t in comp.tools if getattr(type(tools[t]), "definition", None) is not None]
     if nested:
-        raise DefinitionError(f"composite {comp.name}: steps must be atomic tools, not composites ({', '.join(nested)})")
+        raise DefinitionError(
+            f"composite {comp.name}: steps must be atomic tools, not composites ({', '.join(nested)})"
+        )
     fields = {}
     for name, p in comp.params.items():
         atomic = tools[p["tool"]].args_schema.model_fields.get(p["arg"])
@@ -136,9 +145,15 @@ def make_tool(comp: Composite, tools: dict[str, MacroTool]) -> MacroTool:
         raise DefinitionError(f"composite {comp.name}: its tools accept no common modality and dimensionality")
     spec = ToolSpec(modalities=modalities, dims=dims, version=f"{KIND}-{comp.version}-{comp.digest()[:8]}")
     description = (comp.description or f"Runs {' -> '.join(comp.tools)} in one call.")[:200]
-    namespace = {"__annotations__": {"name": str, "description": str, "args_schema": type[BaseModel]},
-                 "name": comp.name, "description": description, "args_schema": schema,
-                 "spec": spec, "definition": comp, "__module__": __name__}
+    namespace = {
+        "__annotations__": {"name": str, "description": str, "args_schema": type[BaseModel]},
+        "name": comp.name,
+        "description": description,
+        "args_schema": schema,
+        "spec": spec,
+        "definition": comp,
+        "__module__": __name__,
+    }
     cls = type(_camel(comp.name), (CompositeBase,), namespace)
     return cls()
 
@@ -153,7 +168,9 @@ class CompositeBase(MacroTool):
     definition: ClassVar[Composite | None] = None
 
     def execute(self, ctx: ToolContext, args: BaseModel) -> ToolResult:
-        raise RuntimeError(f"{self.name} is a composite tool: run it through the agent's ToolExecutor, which runs its steps")
+        raise RuntimeError(
+            f"{self.name} is a composite tool: run it through the agent's ToolExecutor, which runs its steps"
+        )
 
 
 def _intersect(groups: list[tuple[str, ...]]) -> tuple[str, ...]:

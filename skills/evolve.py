@@ -10,6 +10,7 @@ Pruning uses the trajectories recorded since a composite was admitted: it goes w
 often than ``prune_reliability`` over at least ``prune_min_uses`` uses, and the library keeps the
 ``max_size`` best by mining score so the policy's tool list stays short.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,8 +57,8 @@ def occurrence(comp: Composite, traj: dict) -> list[dict] | None:
     steps = flat_steps(traj["steps"])
     tools, n = [s["tool"] for s in steps], len(comp.steps)
     for i in range(len(steps) - n + 1):
-        if tuple(tools[i:i + n]) == comp.tools:
-            return steps[i:i + n]
+        if tuple(tools[i : i + n]) == comp.tools:
+            return steps[i : i + n]
     return None
 
 
@@ -89,7 +90,8 @@ def executor_replay(registry_factory: Callable[[], object], artifacts_root) -> R
             registry.add(tool)
         case = load_case_ref(traj["case_ref"])
         _, step, _ = ToolExecutor(registry, ArtifactStore(artifacts_root)).run(
-            {"name": comp.name, "args": recorded_params(comp, steps), "id": "replay"}, case, [], {})
+            {"name": comp.name, "args": recorded_params(comp, steps), "id": "replay"}, case, [], {}
+        )
         return step.ok and all(same_result(rec.get("data", {}), got["data"]) for rec, got in zip(steps, step.children))
 
     return replay
@@ -104,11 +106,18 @@ def split_holdout(trajectories: list[dict], share: float) -> tuple[list[dict], l
     return [t for t in trajectories if t["id"] not in held_ids], held
 
 
-def admit(candidates: list[Composite], held_out: list[dict], replay: Replay, cfg: EvolveConfig,
-          progress: Callable[[str], None] | None = None) -> list[Composite]:
+def admit(
+    candidates: list[Composite],
+    held_out: list[dict],
+    replay: Replay,
+    cfg: EvolveConfig,
+    progress: Callable[[str], None] | None = None,
+) -> list[Composite]:
     admitted = []
     for comp in candidates:
-        pool = [t for t in held_out if t["verification"] == "verified" and occurrence(comp, t) is not None][:cfg.max_replays]
+        pool = [t for t in held_out if t["verification"] == "verified" and occurrence(comp, t) is not None][
+            : cfg.max_replays
+        ]
         passed = sum(bool(replay(comp, t)) for t in pool)
         comp.verification = {"replayed": len(pool), "reproduced": passed, "trajectories": [t["id"] for t in pool]}
         ok = len(pool) >= cfg.min_replays and passed >= cfg.verify_rate * len(pool)
@@ -131,8 +140,13 @@ def usage(name: str, trajectories: Iterable[dict]) -> dict:
         verified += traj["verification"] == "verified"
         failed += traj["verification"] == "failed"
     judged = verified + failed
-    return {"uses": uses, "errors": errors, "verified": verified, "failed": failed,
-            "reliability": round(verified / judged, 4) if judged else None}
+    return {
+        "uses": uses,
+        "errors": errors,
+        "verified": verified,
+        "failed": failed,
+        "reliability": round(verified / judged, 4) if judged else None,
+    }
 
 
 def prune(current: Round, trajectories: list[dict], cfg: EvolveConfig) -> tuple[list[Composite], list[str]]:
@@ -165,8 +179,13 @@ def replay_all(library: Library, trajectories: list[dict], replay: Replay, limit
     return out
 
 
-def evolve(trajectories: list[dict], library: Library, replay: Replay, cfg: EvolveConfig | None = None,
-           progress: Callable[[str], None] | None = None) -> dict:
+def evolve(
+    trajectories: list[dict],
+    library: Library,
+    replay: Replay,
+    cfg: EvolveConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Mine, admit, prune and commit the next library round. Returns a report of what happened."""
     import time
 
@@ -183,12 +202,21 @@ def evolve(trajectories: list[dict], library: Library, replay: Replay, cfg: Evol
         comp.provenance["admitted"] = time.time()
         comp.provenance["round"] = current.number + 1
         names.add(comp.name)
-    library_set = sorted(kept + admitted, key=lambda c: -c.provenance.get("score", 0))[:cfg.max_size]
-    note = f"mined {len(candidates)} new candidates from {len(mining_set)} trajectories; admitted {len(admitted)}; pruned {len(dropped)}"
+    library_set = sorted(kept + admitted, key=lambda c: -c.provenance.get("score", 0))[: cfg.max_size]
+    note = (
+        f"mined {len(candidates)} new candidates from {len(mining_set)} trajectories; "
+        f"admitted {len(admitted)}; pruned {len(dropped)}"
+    )
     new = library.commit(library_set, note)
-    return {"round": new.number, "candidates": [c.name for c in candidates], "admitted": [c.name for c in admitted],
-            "pruned": dropped, "library": [c.name for c in library_set], "note": note,
-            "verification": {c.name: c.verification for c in candidates}}
+    return {
+        "round": new.number,
+        "candidates": [c.name for c in candidates],
+        "admitted": [c.name for c in admitted],
+        "pruned": dropped,
+        "library": [c.name for c in library_set],
+        "note": note,
+        "verification": {c.name: c.verification for c in candidates},
+    }
 
 
 def _unique(name: str, taken: set[str]) -> str:

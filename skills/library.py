@@ -5,6 +5,7 @@ exclusive file lock, so a process killed mid-write leaves the previous round cur
 processes evolving at once cannot interleave (the second builds on the first's round). Loading checks the
 checksum; a damaged current round falls back to the newest intact one and says so.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,10 @@ class Round:
         for comp in self.composites:
             if comp.name == name:
                 return comp
-        raise KeyError(f"no composite {name!r} in library round {self.number}; known: {', '.join(c.name for c in self.composites) or 'none'}")
+        raise KeyError(
+            f"no composite {name!r} in library round {self.number}; known: "
+            f"{', '.join(c.name for c in self.composites) or 'none'}"
+        )
 
 
 def checksum(composites: list[dict]) -> str:

@@ -23,6 +23,7 @@ A candidate is a contiguous chain of successful atomic calls that recurs across 
 Deviation from the reconstruction's open points: mining is over tool names (not arguments), so one chain with
 varying arguments is one composite with parameters, instead of many near-duplicates.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,7 +76,9 @@ def mine(trajectories: Iterable, cfg: MineConfig | None = None) -> list[Composit
         body = traj if isinstance(traj, dict) else traj.to_dict()
         if body.get("verification") in ("verified", "failed"):
             steps = flat_steps(body["steps"])
-            families[body.get("family", "")].append((body["id"], body["verification"] == "verified", steps, tuple(s["tool"] for s in steps)))
+            families[body.get("family", "")].append(
+                (body["id"], body["verification"] == "verified", steps, tuple(s["tool"] for s in steps))
+            )
     best: dict[tuple, tuple] = {}
     found_in: dict[tuple, list[str]] = defaultdict(list)
     for family, runs in sorted(families.items()):
@@ -83,18 +86,26 @@ def mine(trajectories: Iterable, cfg: MineConfig | None = None) -> list[Composit
             found_in[chain].append(family)
             if chain not in best or _score(*stats[:2], len(chain)) > _score(*best[chain][1][:2], len(chain)):
                 best[chain] = (family, stats, runs)
-    ranked = sorted(best, key=lambda c: (-_score(*best[c][1][:2], len(c)), c))[:cfg.max_candidates]
+    ranked = sorted(best, key=lambda c: (-_score(*best[c][1][:2], len(c)), c))[: cfg.max_candidates]
     seconds = time.perf_counter() - start
     out = []
     for chain in ranked:
         family, (support, reliability, lift, confidence, failed), runs = best[chain]
         occurrences = _occurrences([chain], runs, cfg.max_occurrences)[chain]
         comp = bind(chain, [steps for _, steps in occurrences], cfg.bind_rate)
-        comp.provenance = {"family": family, "families": found_in[chain], "support": support, "failed": failed,
-                           "reliability": round(reliability, 4), "lift": round(lift, 2), "confidence": round(confidence, 3),
-                           "score": round(_score(support, reliability, len(chain)), 3),
-                           "trajectories": sorted({tid for tid, _ in occurrences})[:50],
-                           "mined_from": len(runs), "mining_seconds": round(seconds, 3)}
+        comp.provenance = {
+            "family": family,
+            "families": found_in[chain],
+            "support": support,
+            "failed": failed,
+            "reliability": round(reliability, 4),
+            "lift": round(lift, 2),
+            "confidence": round(confidence, 3),
+            "score": round(_score(support, reliability, len(chain)), 3),
+            "trajectories": sorted({tid for tid, _ in occurrences})[:50],
+            "mined_from": len(runs),
+            "mining_seconds": round(seconds, 3),
+        }
         out.append(comp)
     return out
 
@@ -123,7 +134,7 @@ def _candidates(runs: list, cfg: MineConfig) -> dict[tuple, tuple]:
 
 
 def _chains(tools: tuple[str, ...], lo: int, hi: int) -> set[tuple[str, ...]]:
-    return {tools[i:i + n] for n in range(lo, min(hi, len(tools)) + 1) for i in range(len(tools) - n + 1)}
+    return {tools[i : i + n] for n in range(lo, min(hi, len(tools)) + 1) for i in range(len(tools) - n + 1)}
 
 
 def _score(support: int, reliability: float, length: int) -> float:
@@ -132,13 +143,15 @@ def _score(support: int, reliability: float, length: int) -> float:
 
 def _contains(longer: tuple, shorter: tuple) -> bool:
     n = len(shorter)
-    return any(longer[i:i + n] == shorter for i in range(len(longer) - n + 1))
+    return any(longer[i : i + n] == shorter for i in range(len(longer) - n + 1))
 
 
 def _absorbed(chain: tuple, candidates: dict, ratio: float) -> bool:
     support = candidates[chain][0]
-    return any(len(other) > len(chain) and candidates[other][0] >= ratio * support and _contains(other, chain)
-               for other in candidates)
+    return any(
+        len(other) > len(chain) and candidates[other][0] >= ratio * support and _contains(other, chain)
+        for other in candidates
+    )
 
 
 def _occurrences(chains: list[tuple], runs: list, cap: int) -> dict[tuple, list[tuple[str, list[dict]]]]:
@@ -153,10 +166,10 @@ def _occurrences(chains: list[tuple], runs: list, cap: int) -> dict[tuple, list[
         seen = set()
         for n, wanted in by_length.items():
             for i in range(len(tools) - n + 1):
-                chain = tools[i:i + n]
+                chain = tools[i : i + n]
                 if chain in wanted and chain not in seen and len(found[chain]) < cap:
                     seen.add(chain)
-                    found[chain].append((tid, steps[i:i + n]))
+                    found[chain].append((tid, steps[i : i + n]))
     return found
 
 
@@ -164,7 +177,9 @@ def bind(chain: tuple[str, ...], occurrences: list[list[dict]], rate: float) -> 
     """A composite for ``chain`` with the bindings that hold in at least ``rate`` of ``occurrences``."""
     need = rate * len(occurrences)
     steps, params = [], {}
-    arg_names = Counter(a for j in range(len(chain)) for a in {a for occ in occurrences for a in occ[j].get("args", {})})
+    arg_names = Counter(
+        a for j in range(len(chain)) for a in {a for occ in occurrences for a in occ[j].get("args", {})}
+    )
     for j, tool in enumerate(chain):
         step = {"tool": tool, "args": {}, "inputs": {}}
         slots = {s for occ in occurrences for s in occ[j].get("inputs", {}) if s != "case"}
@@ -188,7 +203,9 @@ def bind(chain: tuple[str, ...], occurrences: list[list[dict]], rate: float) -> 
             step["args"][arg] = {"param": name}
         steps.append(step)
     name = "_then_".join(t.split("_")[0] for t in chain)[:48]
-    return Composite(name=name, steps=steps, params=params, description=f"Runs {' -> '.join(chain)} in one call (mined skill).")
+    return Composite(
+        name=name, steps=steps, params=params, description=f"Runs {' -> '.join(chain)} in one call (mined skill)."
+    )
 
 
 def _producer(occ: list[dict], j: int, artifact: str | None) -> int | None:

@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated MACRO_HOME per test and one demo phantom per session."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,9 +48,20 @@ def tiny_model(tmp_path_factory, model_home):
 
     folder = tmp_path_factory.mktemp("tiny-llm")
     tok = AutoTokenizer.from_pretrained(model_home.models / BASE_NAME)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                         num_key_value_heads=1, max_position_embeddings=2048, eos_token_id=tok.eos_token_id,
-                                         pad_token_id=tok.pad_token_id, tie_word_embeddings=True))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=2048,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+        )
+    )
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

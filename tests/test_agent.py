@@ -1,4 +1,5 @@
 """The agent graph with deterministic policies: tool loop, errors as messages, limits, grounding, threads."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,13 @@ class Replay(BaseChatModel):
         reply = self.replies[min(len(self.seen) - 1, len(self.replies) - 1)]
         if isinstance(reply, str):
             calls, errors = parse_calls(reply)
-            reply = AIMessage("" if calls else reply, tool_calls=calls,
-                              invalid_tool_calls=[{"name": None, "args": reply, "id": None, "error": e, "type": "invalid_tool_call"} for e in errors])
+            reply = AIMessage(
+                "" if calls else reply,
+                tool_calls=calls,
+                invalid_tool_calls=[
+                    {"name": None, "args": reply, "id": None, "error": e, "type": "invalid_tool_call"} for e in errors
+                ],
+            )
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
 
@@ -49,7 +55,9 @@ def _agent(policy, home, **kw) -> Agent:
 
 def test_cli_ask_scripted_json_volume_within_one_percent(demo_folder, home):
     truth = json.loads((demo_folder / "truth.json").read_text())["volumes_ml"]["WT"]
-    result = CliRunner().invoke(app, ["ask", str(demo_folder), "What is the tumour volume?", "--policy", "scripted", "--json"])
+    result = CliRunner().invoke(
+        app, ["ask", str(demo_folder), "What is the tumour volume?", "--policy", "scripted", "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert set(out) >= {"answer", "thread_id", "trajectory"}
@@ -62,9 +70,14 @@ def test_cli_ask_scripted_json_volume_within_one_percent(demo_folder, home):
 
 
 def test_failing_tool_goes_back_to_the_policy_and_into_the_trajectory(demo, home):
-    policy = Replay(replies=['<tool_call>{"name": "render_slice", "arguments": {"axis": "axial", "index": 9999}}</tool_call>',
-                             '<tool_call>{"name": "render_slice", "arguments": {"axis": "axial"}}</tool_call>',
-                             "Here is the axial slice."], seen=[])
+    policy = Replay(
+        replies=[
+            '<tool_call>{"name": "render_slice", "arguments": {"axis": "axial", "index": 9999}}</tool_call>',
+            '<tool_call>{"name": "render_slice", "arguments": {"axis": "axial"}}</tool_call>',
+            "Here is the axial slice.",
+        ],
+        seen=[],
+    )
     result = _agent(policy, home).ask(demo, "Show me an axial slice")
     steps = result.trajectory.steps
     assert [s["ok"] for s in steps] == [False, True] and "outside" in steps[0]["error"]
@@ -74,10 +87,15 @@ def test_failing_tool_goes_back_to_the_policy_and_into_the_trajectory(demo, home
 
 
 def test_unknown_tool_and_bad_arguments_are_tool_errors(demo, home):
-    policy = Replay(replies=['<tool_call>{"name": "segment_everything", "arguments": {}}</tool_call>',
-                             '<tool_call>{"name": "measure_volume", "arguments": {"region": "liver"}}</tool_call>',
-                             '<tool_call>{"name": "measure_volume", "arguments": {"region": "ET", "case_id": "abc"}}</tool_call>',
-                             "Done."], seen=[])
+    policy = Replay(
+        replies=[
+            '<tool_call>{"name": "segment_everything", "arguments": {}}</tool_call>',
+            '<tool_call>{"name": "measure_volume", "arguments": {"region": "liver"}}</tool_call>',
+            '<tool_call>{"name": "measure_volume", "arguments": {"region": "ET", "case_id": "abc"}}</tool_call>',
+            "Done.",
+        ],
+        seen=[],
+    )
     steps = _agent(policy, home).ask(demo, "volume?").trajectory.steps
     assert not steps[0]["ok"] and "unknown tool" in steps[0]["error"] and "measure_volume" in steps[0]["error"]
     assert not steps[1]["ok"] and "region" in steps[1]["error"]
@@ -85,21 +103,40 @@ def test_unknown_tool_and_bad_arguments_are_tool_errors(demo, home):
 
 
 def test_malformed_output_gets_a_retry_message(demo, home):
-    policy = Replay(replies=['<tool_call>{"name": "describe_scan", "arguments": </tool_call>',
-                             '<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>', "It is a brain MRI."], seen=[])
+    policy = Replay(
+        replies=[
+            '<tool_call>{"name": "describe_scan", "arguments": </tool_call>',
+            '<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>',
+            "It is a brain MRI.",
+        ],
+        seen=[],
+    )
     result = _agent(policy, home).ask(demo, "what is this?")
-    assert len(result.trajectory.format_errors) == 1 and [s["tool"] for s in result.trajectory.steps] == ["describe_scan"]
+    assert len(result.trajectory.format_errors) == 1 and [s["tool"] for s in result.trajectory.steps] == [
+        "describe_scan"
+    ]
     assert any(isinstance(m, HumanMessage) and "not a valid tool call" in m.text for m in policy.seen[1])
 
 
 def test_step_limit_stops_a_looping_policy(demo, home):
-    policy = Replay(replies=[f'<tool_call>{{"name": "render_slice", "arguments": {{"index": {i}}}}}</tool_call>' for i in range(10, 20)], seen=[])
+    policy = Replay(
+        replies=[
+            f'<tool_call>{{"name": "render_slice", "arguments": {{"index": {i}}}}}</tool_call>' for i in range(10, 20)
+        ],
+        seen=[],
+    )
     result = _agent(policy, home, max_steps=3).ask(demo, "loop")
     assert len(result.trajectory.steps) == 3 and "step limit" in result.answer
 
 
 def test_invented_numbers_are_withheld():
-    step = Step(tool="measure_volume", args={"region": "WT"}, ok=True, ms=1.0, summary="whole tumour (WT) volume: 37.67 mL (4709 voxels).")
+    step = Step(
+        tool="measure_volume",
+        args={"region": "WT"},
+        ok=True,
+        ms=1.0,
+        summary="whole tumour (WT) volume: 37.67 mL (4709 voxels).",
+    )
     assert compose_answer("The tumour is 37.67 mL.", [step]).startswith("The tumour is 37.67 mL.")
     answer = compose_answer("The tumour is 52 mL and grade 4.", [step])
     assert "withheld" in answer and "52" in answer and "37.67 mL" in answer
@@ -120,14 +157,20 @@ def test_threads_resume_after_restart_and_trajectories_are_stored(demo, home):
 
 def test_scripted_rules_route_by_meaning():
     tools = {"describe_scan", "render_slice", "measure_volume", "crop_resample"}
-    assert plan_for("How large is the enhancing tumour?", tools) == [{"name": "measure_volume", "args": {"region": "ET"}}]
-    assert plan_for("show coronal flair slice 40", tools) == [{"name": "render_slice", "args": {"axis": "coronal", "sequence": "flair", "index": 40}}]
+    assert plan_for("How large is the enhancing tumour?", tools) == [
+        {"name": "measure_volume", "args": {"region": "ET"}}
+    ]
+    assert plan_for("show coronal flair slice 40", tools) == [
+        {"name": "render_slice", "args": {"axis": "coronal", "sequence": "flair", "index": 40}}
+    ]
     assert plan_for("volume?", {"describe_scan"}) == [{"name": "describe_scan", "args": {}}]
 
 
 def test_cli_chat_reads_piped_stdin_and_resumes(demo_folder, home):
     runner = CliRunner()
-    first = runner.invoke(app, ["chat", str(demo_folder), "--policy", "scripted"], input="What is the tumour core volume?\n/quit\n")
+    first = runner.invoke(
+        app, ["chat", str(demo_folder), "--policy", "scripted"], input="What is the tumour core volume?\n/quit\n"
+    )
     assert first.exit_code == 0, first.output
     thread = first.stderr.strip().split("--thread ")[-1]
     again = runner.invoke(app, ["chat", "--thread", thread, "--policy", "scripted"], input="Describe the scan\n")
@@ -146,14 +189,23 @@ def test_info_commands_print_json(command, home):
 def test_scripted_segments_first_when_there_is_no_reference_mask():
     tools = {"describe_scan", "render_slice", "measure_volume", "crop_resample", "segment_brain_tumor"}
     assert plan_for("How large is the enhancing tumour?", tools, has_reference_mask=False) == [
-        {"name": "segment_brain_tumor", "args": {}}, {"name": "measure_volume", "args": {"region": "ET"}}]
-    assert plan_for("Segment it without adaptation", tools) == [{"name": "segment_brain_tumor", "args": {"adapt": "none"}}]
+        {"name": "segment_brain_tumor", "args": {}},
+        {"name": "measure_volume", "args": {"region": "ET"}},
+    ]
+    assert plan_for("Segment it without adaptation", tools) == [
+        {"name": "segment_brain_tumor", "args": {"adapt": "none"}}
+    ]
 
 
 def test_a_repeated_call_ends_the_turn_instead_of_looping(demo, home):
-    policy = Replay(replies=['<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>',
-                             '<tool_call>{"name": "render_slice", "arguments": {}}</tool_call>',
-                             '<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>'], seen=[])
+    policy = Replay(
+        replies=[
+            '<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>',
+            '<tool_call>{"name": "render_slice", "arguments": {}}</tool_call>',
+            '<tool_call>{"name": "describe_scan", "arguments": {}}</tool_call>',
+        ],
+        seen=[],
+    )
     agent = _agent(policy, home)
     result = agent.ask(demo, "what is this?")
     assert [s["tool"] for s in result.trajectory.steps] == ["describe_scan", "render_slice"]

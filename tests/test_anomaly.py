@@ -1,5 +1,6 @@
 """CADIC anomaly detection: the k-center rule, the fixed-size shared bank, crash-safe saving, the MVTec reader,
 the phantom stream, an evaluation slice and the score_anomaly tool through the agent."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,8 @@ import torch
 from PIL import Image
 
 from macro.errors import CaseError
-from macro.tools.anomaly.coreset import covering_radius, greedy_kcenter
 from macro.tools.anomaly.continual import Coreset, cadic_update, default_projection, fifo_update, thin
+from macro.tools.anomaly.coreset import covering_radius, greedy_kcenter
 
 TINY = {"n": 16, "n_test": 8, "tasks": 3}
 TINY_TASKS = ("brain-axial", "ct-head", "mr-abdomen")
@@ -20,7 +21,9 @@ TINY_TASKS = ("brain-axial", "ct-head", "mr-abdomen")
 
 def _clustered(rng: np.random.Generator, n_clusters: int, per: int, dim: int = 16, shift: float = 0.0) -> torch.Tensor:
     centres = rng.normal(shift, 10.0, (n_clusters, dim))
-    return torch.as_tensor(np.repeat(centres, per, 0) + rng.normal(0, 1.0, (n_clusters * per, dim)), dtype=torch.float32)
+    return torch.as_tensor(
+        np.repeat(centres, per, 0) + rng.normal(0, 1.0, (n_clusters * per, dim)), dtype=torch.float32
+    )
 
 
 def test_kcenter_is_seeded_distinct_and_covers_better_than_the_first_points():
@@ -46,20 +49,26 @@ def test_large_bank_scores_through_ivf_with_exact_image_scores():
     got = score(index, queries, batch=4)
     exact, exact_idx = index.search(queries.reshape(-1, 16))
     exact, exact_idx = exact.reshape(10, 20), exact_idx.reshape(10, 20)
-    assert (index.upper_bounds(queries.reshape(-1, 16))[0].reshape(10, 20).max(1) > exact.max(1) + 1e-4).any()  # refining matters
+    assert (
+        index.upper_bounds(queries.reshape(-1, 16))[0].reshape(10, 20).max(1) > exact.max(1) + 1e-4
+    ).any()  # refining matters
     assert np.allclose(got.image, exact.max(1), rtol=1e-5)
     assert (got.patches >= exact - 1e-4).all()
     worst = exact.argmax(1)
     assert np.array_equal(got.nearest[np.arange(10), worst], exact_idx[np.arange(10), worst])
     small = NearestNeighbours(bank[:100])
-    assert small.ivf is None and np.allclose(score(small, queries).patches, small.search(queries.reshape(-1, 16))[0].reshape(10, 20))
+    assert small.ivf is None and np.allclose(
+        score(small, queries).patches, small.search(queries.reshape(-1, 16))[0].reshape(10, 20)
+    )
 
 
 def test_shared_bank_keeps_its_size_and_every_task_while_fifo_forgets():
     rng = np.random.default_rng(1)
     proj = default_projection(16, seed=0)
-    tasks = [Coreset.from_features(_clustered(rng, 6, 60, shift=40.0 * t).reshape(36, 10, 16), np.arange(36) + 36 * t)
-             for t in range(4)]
+    tasks = [
+        Coreset.from_features(_clustered(rng, 6, 60, shift=40.0 * t).reshape(36, 10, 16), np.arange(36) + 36 * t)
+        for t in range(4)
+    ]
     candidates = [thin(task, proj) for task in tasks]
     capacity = len(candidates[0])
     cadic = fifo = None
@@ -195,6 +204,7 @@ def test_a_crash_while_saving_leaves_the_previous_bank_loadable(learnt, tmp_path
             if path.name.endswith(target):
                 raise KeyboardInterrupt("killed")
             real_write(path, payload)
+
         return write
 
     for target in (".npz", "manifest.json"):  # killed while writing the vectors, then between vectors and manifest
@@ -202,7 +212,10 @@ def test_a_crash_while_saving_leaves_the_previous_bank_loadable(learnt, tmp_path
         with pytest.raises(KeyboardInterrupt):
             bank_module.save_bank(changed, tmp_path)
         loaded = bank_module.load_bank(tmp_path)
-        assert len(loaded.coreset) == len(learnt.coreset) and json.loads((tmp_path / "manifest.json").read_text())["sha256"] == before["sha256"]
+        assert (
+            len(loaded.coreset) == len(learnt.coreset)
+            and json.loads((tmp_path / "manifest.json").read_text())["sha256"] == before["sha256"]
+        )
     monkeypatch.setattr(bank_module, "atomic_write_bytes", real_write)
     bank_module.save_bank(changed, tmp_path)
     assert len(bank_module.load_bank(tmp_path).coreset) == 10 and len(list(tmp_path.glob("bank-*.npz"))) == 1
@@ -222,7 +235,10 @@ def test_eval_slice_cadic_beats_fifo_and_stays_near_per_task_patchcore(stream, t
     assert m["cadic"]["mean_auroc"] >= m["fifo"]["mean_auroc"] + 5
     assert m["cadic"]["mean_auroc"] >= m["patchcore_per_task"]["mean_auroc"] - 10
     assert m["cadic"]["bank_mb"] <= m["patchcore_per_task"]["bank_mb"] / 3 + 1e-3
-    assert all(0 <= a <= 100 for r in m.values() for a in r["auroc_per_task"]) and m["fifo"]["forgetting"] > m["cadic"]["forgetting"]
+    assert (
+        all(0 <= a <= 100 for r in m.values() for a in r["auroc_per_task"])
+        and m["fifo"]["forgetting"] > m["cadic"]["forgetting"]
+    )
     files = write_report(report, tmp_path / "report")
     assert all(f.is_file() for f in files) and "cadic" in markdown(report)
 
@@ -241,13 +257,21 @@ def test_tool_through_the_agent_flags_an_anomaly_with_a_heatmap(stream, learnt, 
     save_bank(learnt, Home.current().models / "anomaly")
     task = stream_tasks(stream)[0]
     anomalous = sorted((task / "test" / "cutpaste").glob("*.png"))[0]
-    result = Agent(ScriptedPolicy(), "scripted", home=Home(home)).ask(load_case(anomalous), "Is anything anomalous in this image?")
+    result = Agent(ScriptedPolicy(), "scripted", home=Home(home)).ask(
+        load_case(anomalous), "Is anything anomalous in this image?"
+    )
     (step,) = result.trajectory.steps
     data = step["data"]
-    assert step["tool"] == "score_anomaly" and step["ok"] and data["threshold"] == pytest.approx(learnt.threshold, abs=1e-3)
+    assert (
+        step["tool"] == "score_anomaly"
+        and step["ok"]
+        and data["threshold"] == pytest.approx(learnt.threshold, abs=1e-3)
+    )
     assert data["reference"].startswith("brain-axial/") and "threshold" in result.answer
     tool = Registry.default().get("score_anomaly")
-    normal = tool.execute(ToolContext.for_case(load_case(task / "train" / "good" / "00000.png"), home / "artifacts"), tool.args_schema())
+    normal = tool.execute(
+        ToolContext.for_case(load_case(task / "train" / "good" / "00000.png"), home / "artifacts"), tool.args_schema()
+    )
     assert data["score"] > normal.data["score"] and normal.data["nearest_task"] == "brain-axial"
     heatmap = Image.open(normal.artifacts[0]["path"])
     assert heatmap.size == (672, 224) and normal.artifacts[0]["kind"] == "heatmap"

@@ -1,4 +1,5 @@
 """MACRO-Bench: checkers, process metrics, agent specs, and a resumable slice of the quick suite."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,15 @@ import pytest
 
 from macro.eval.bench.agents import specs, static_plan
 from macro.eval.bench.run import process_metrics
-from macro.eval.bench.tasks import Task, check_anomaly, check_diagnosis, check_finding, check_lesion, check_volume, reported_volume
+from macro.eval.bench.tasks import (
+    Task,
+    check_anomaly,
+    check_diagnosis,
+    check_finding,
+    check_lesion,
+    check_volume,
+    reported_volume,
+)
 
 
 def _task(family: str, truth: dict) -> Task:
@@ -25,7 +34,9 @@ def test_volume_checker_reads_the_asked_region_not_the_first_number():
 
 
 def test_class_and_finding_checkers():
-    assert check_lesion(_task("lesion-class", {"label": "NV"}), "Lesion class probabilities (calibrated): NV 0.61, MEL 0.20")
+    assert check_lesion(
+        _task("lesion-class", {"label": "NV"}), "Lesion class probabilities (calibrated): NV 0.61, MEL 0.20"
+    )
     assert not check_lesion(_task("lesion-class", {"label": "MEL"}), "Most likely NV; MEL is less likely.")
     summary = "Findings (calibrated probability): Effusion 0.81, Mass 0.10; above 0.5: Effusion (model abc)."
     assert check_finding(_task("cxr-finding", {"finding": "Effusion", "present": True}), summary)
@@ -37,21 +48,36 @@ def test_class_and_finding_checkers():
 def test_anomaly_and_diagnosis_checkers():
     tool = "Anomaly score 3.10 vs threshold 2.50 (99th percentile of held-out normals): anomalous; strongest at row 4."
     assert check_anomaly(_task("anomaly-screen", {"anomalous": True}), tool)
-    assert check_anomaly(_task("anomaly-screen", {"anomalous": False}), tool.replace("anomalous;", "within normal limits;"))
+    assert check_anomaly(
+        _task("anomaly-screen", {"anomalous": False}), tool.replace("anomalous;", "within normal limits;")
+    )
     assert check_anomaly(_task("anomaly-screen", {"anomalous": False}), "No, it looks normal.")
     assert not check_anomaly(_task("anomaly-screen", {"anomalous": True}), "Here is a description of the scan.")
     options = ["Normal", "Pneumonia", "Lung cancer"]
-    chain = "Step 6 secondary signs: none (0.70). Step 7 diagnosis: Pneumonia (0.55). Diagnosis: Pneumonia. (student model x)"
+    chain = (
+        "Step 6 secondary signs: none (0.70). Step 7 diagnosis: Pneumonia (0.55). "
+        "Diagnosis: Pneumonia. (student model x)"
+    )
     assert check_diagnosis(_task("stepwise-dx", {"diagnosis": "Pneumonia", "options": options}), chain)
     assert not check_diagnosis(_task("stepwise-dx", {"diagnosis": "Lung cancer", "options": options}), chain)
-    assert check_diagnosis(_task("stepwise-dx", {"diagnosis": "Lung cancer", "options": options}), "Most consistent with lung cancer.")
+    assert check_diagnosis(
+        _task("stepwise-dx", {"diagnosis": "Lung cancer", "options": options}), "Most consistent with lung cancer."
+    )
 
 
 def test_process_metrics_flatten_composites_and_score_the_chain():
-    expected = [{"name": "segment_brain_tumor", "args": {"adapt": ("vista", "tent")}}, {"name": "measure_volume", "args": {"region": "WT"}}]
+    expected = [
+        {"name": "segment_brain_tumor", "args": {"adapt": ("vista", "tent")}},
+        {"name": "measure_volume", "args": {"region": "WT"}},
+    ]
     seg = {"tool": "segment_brain_tumor", "ok": True, "args": {"adapt": "none"}}
     measure = {"tool": "measure_volume", "ok": True, "args": {"region": "WT"}}
-    bad = {"tool": "measure_volume", "ok": False, "args": {"region": "XX"}, "error": "invalid arguments for measure_volume: region"}
+    bad = {
+        "tool": "measure_volume",
+        "ok": False,
+        "args": {"region": "XX"},
+        "error": "invalid arguments for measure_volume: region",
+    }
     m = process_metrics(expected, [bad, {"tool": "skill", "ok": True, "args": {}, "children": [seg, measure]}])
     assert m["calls"] == 2 and m["atomic_calls"] == 3 and m["failed_calls"] == 1
     assert m["tool_selection"] == 1.0 and m["fidelity"] == 1.0 and m["arg_validity"] == pytest.approx(2 / 3, abs=1e-4)
@@ -65,7 +91,10 @@ def test_agent_specs_and_static_plans():
     assert agents[2].memory and agents[2].composites and not agents[1].memory
     with pytest.raises(ValueError, match="unknown agent"):
         specs(["react+magic"], "scripted")
-    plan = static_plan([{"name": "segment_brain_tumor", "args": {}}, {"name": "measure_volume", "args": {}}], "How large is the tumour core?")
+    plan = static_plan(
+        [{"name": "segment_brain_tumor", "args": {}}, {"name": "measure_volume", "args": {}}],
+        "How large is the tumour core?",
+    )
     assert plan == [{"name": "segment_brain_tumor", "args": {}}, {"name": "measure_volume", "args": {"region": "TC"}}]
 
 
@@ -76,8 +105,24 @@ def test_bench_slice_writes_the_report_and_resumes_without_rerunning(tmp_path, h
     from macro.cli import app
 
     out = tmp_path / "bench"
-    args = ["bench", "--llm", "scripted", "--families", "lesion-class,cxr-finding", "--seeds", "0,1,2", "--n-train", "2", "--n-eval", "1",
-            "--agents", "static,react,react+memory+composites,macro", "--out", str(out), "--json"]
+    args = [
+        "bench",
+        "--llm",
+        "scripted",
+        "--families",
+        "lesion-class,cxr-finding",
+        "--seeds",
+        "0,1,2",
+        "--n-train",
+        "2",
+        "--n-eval",
+        "1",
+        "--agents",
+        "static,react,react+memory+composites,macro",
+        "--out",
+        str(out),
+        "--json",
+    ]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)

@@ -1,4 +1,5 @@
 """Case I/O: every supported format loads; every kind of bad input fails with one clear CaseError."""
+
 from __future__ import annotations
 
 import gzip
@@ -127,7 +128,10 @@ def test_each_bad_input_raises_one_case_error(tmp_path, demo_folder):
 
 
 def test_shape_mismatch_between_sequences(tmp_path):
-    files = [_nifti(tmp_path / f"s{i}.nii.gz", np.random.default_rng(i).random((8, 8, 8 + (i == 3))).astype(np.float32)) for i in range(4)]
+    files = [
+        _nifti(tmp_path / f"s{i}.nii.gz", np.random.default_rng(i).random((8, 8, 8 + (i == 3))).astype(np.float32))
+        for i in range(4)
+    ]
     with pytest.raises(CaseError, match="co-registered"):
         load_case(files)
 
@@ -148,6 +152,16 @@ def test_cli_bad_inputs_exit_2_one_line_and_write_nothing(tmp_path, demo_folder,
 
 
 def test_cli_bad_input_in_a_real_process(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "macro.cli", "ask", str(tmp_path / "missing.nii.gz"), "hi", "--policy", "scripted"],
-                          capture_output=True, text=True, env={"MACRO_HOME": str(tmp_path / "h"), "PATH": ""}, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "macro.cli", "ask", str(tmp_path / "missing.nii.gz"), "hi", "--policy", "scripted"],
+        capture_output=True,
+        text=True,
+        env={"MACRO_HOME": str(tmp_path / "h"), "PATH": ""},
+        timeout=120,
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr.count("\n") == 1
+        and "not found" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )

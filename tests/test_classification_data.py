@@ -1,4 +1,5 @@
 """Classification data layer: the derm/cxr phantoms, the ISIC 2018 and ChestX-ray14 readers, and the client splits."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,19 @@ from scipy import ndimage as ndi
 
 from macro.case import load_case
 from macro.data import BUILDERS, cxr, derm, make
-from macro.data.labelled import (CXR14_CLASSES, ISIC_CLASSES, LabelledSet, dirichlet_split, erase_labels,
-                                 label_set_split, read_chestxray14, read_isic2018, read_phantom, shard, train_val_test)
+from macro.data.labelled import (
+    CXR14_CLASSES,
+    ISIC_CLASSES,
+    LabelledSet,
+    dirichlet_split,
+    erase_labels,
+    label_set_split,
+    read_chestxray14,
+    read_isic2018,
+    read_phantom,
+    shard,
+    train_val_test,
+)
 from macro.errors import CaseError
 
 DATASETS = {"derm-phantom": ("derm", "dermoscopy", derm.CLASSES), "cxr-phantom": ("cxr", "xray", cxr.CLASSES)}
@@ -69,8 +81,10 @@ def test_folder_is_a_labelled_dataset_with_sidecars(tmp_path, name):
     assert part.paths == [paths[4], paths[1]] and np.array_equal(part.labels, data.labels[[4, 1]])
 
 
-@pytest.mark.parametrize("options", [dict(n=0), dict(n=100_001), dict(seed=-1), dict(n=2.5), dict(size=8), dict(size=4096),
-                                     dict(colour="red")])
+@pytest.mark.parametrize(
+    "options",
+    [dict(n=0), dict(n=100_001), dict(seed=-1), dict(n=2.5), dict(size=8), dict(size=4096), dict(colour="red")],
+)
 def test_bad_builder_arguments_raise_case_error(tmp_path, options):
     for name in DATASETS:
         with pytest.raises(CaseError):
@@ -102,7 +116,11 @@ def test_cxr_prevalence_and_correlations_follow_the_table(tmp_path):
         expected[name] = with_it if given is None else expected[given] * with_it + (1 - expected[given]) * without_it
         assert 0.03 <= expected[name] <= 0.25
         assert abs(seen[name].mean() - expected[name]) < 4 * np.sqrt(expected[name] * (1 - expected[name]) / len(draws))
-    for finding, given in (("Effusion", "Cardiomegaly"), ("Consolidation", "Infiltration"), ("Atelectasis", "Effusion")):
+    for finding, given in (
+        ("Effusion", "Cardiomegaly"),
+        ("Consolidation", "Infiltration"),
+        ("Atelectasis", "Effusion"),
+    ):
         assert seen[finding][seen[given]].mean() > 2 * seen[finding][~seen[given]].mean()
     n = 300
     labels = read_phantom(make("cxr-phantom", tmp_path, n=n, seed=4, size=16)[0].parent).labels
@@ -117,7 +135,9 @@ def test_cxr_prevalence_and_correlations_follow_the_table(tmp_path):
 def _derm_features(image: np.ndarray) -> np.ndarray:
     """Mean colour, spread, size and colour counts of the pixels that differ from the skin at the border."""
     x = image.astype(np.float32) / 255
-    border = np.concatenate([x[:3].reshape(-1, 3), x[-3:].reshape(-1, 3), x[:, :3].reshape(-1, 3), x[:, -3:].reshape(-1, 3)])
+    border = np.concatenate(
+        [x[:3].reshape(-1, 3), x[-3:].reshape(-1, 3), x[:, :3].reshape(-1, 3), x[:, -3:].reshape(-1, 3)]
+    )
     skin = np.median(border, axis=0)
     distance = np.abs(x - skin).sum(axis=-1)
     lesion = distance > 0.15
@@ -126,14 +146,30 @@ def _derm_features(image: np.ndarray) -> np.ndarray:
     px = x[lesion]
     r, g, b = px.T
     texture = np.abs(ndi.laplace(x.mean(axis=-1)))[lesion].mean()
-    return np.array([lesion.mean(), *px.mean(0), *(px.mean(0) - skin), *px.std(0), ((r - g) > 0.3).mean(), (b > r).mean(),
-                     (px.min(axis=1) > 0.75).mean(), (px.mean(axis=1) < 0.3).mean(), texture])
+    return np.array(
+        [
+            lesion.mean(),
+            *px.mean(0),
+            *(px.mean(0) - skin),
+            *px.std(0),
+            ((r - g) > 0.3).mean(),
+            (b > r).mean(),
+            (px.min(axis=1) > 0.75).mean(),
+            (px.mean(axis=1) < 0.3).mean(),
+            texture,
+        ]
+    )
 
 
 def test_derm_classes_are_learnable_from_simple_colour_and_size_features():
     per_class, train = 60, 35
-    x = np.array([_derm_features(derm.render(np.random.default_rng([11, c, k]), name, 48))
-                  for c, name in enumerate(derm.CLASSES) for k in range(per_class)])
+    x = np.array(
+        [
+            _derm_features(derm.render(np.random.default_rng([11, c, k]), name, 48))
+            for c, name in enumerate(derm.CLASSES)
+            for k in range(per_class)
+        ]
+    )
     y = np.repeat(np.arange(len(derm.CLASSES)), per_class)
     fit = np.tile(np.arange(per_class) < train, len(derm.CLASSES))
     mu, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
@@ -164,7 +200,9 @@ def test_every_cxr_finding_is_learnable_by_a_linear_probe():
     fit = count * 6 // 10
     aucs = {}
     for i, name in enumerate(cxr.CLASSES):
-        positives = np.array([_cxr_features(cxr.render(np.random.default_rng([22, i, k]), [name], size)) for k in range(count)])
+        positives = np.array(
+            [_cxr_features(cxr.render(np.random.default_rng([22, i, k]), [name], size)) for k in range(count)]
+        )
         x = np.concatenate([positives[:fit], negatives[:fit]])
         mu, sd = x.mean(0), x.std(0) + 1e-6
         a = (x - mu) / sd
@@ -223,7 +261,11 @@ def isic(tmp_path):
         name = f"ISIC_{24306 + i:07d}"
         Image.fromarray(rng.integers(0, 255, (45, 60, 3), dtype=np.uint8)).save(images / f"{name}.jpg", quality=95)
         rows.append([name, *("1.0" if c == cls else "0.0" for c in ISIC_CLASSES)])
-    return _write_csv(tmp_path / "ISIC2018_Task3_Training_GroundTruth.csv", ["image", *ISIC_CLASSES], rows), images, rows
+    return (
+        _write_csv(tmp_path / "ISIC2018_Task3_Training_GroundTruth.csv", ["image", *ISIC_CLASSES], rows),
+        images,
+        rows,
+    )
 
 
 def test_isic2018_reader(isic):
@@ -236,17 +278,20 @@ def test_isic2018_reader(isic):
     assert loaded.shape == (4, 3, 32, 32) and 0 <= loaded.min() and loaded.max() <= 1
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda h, r: (h[:-1], [x[:-1] for x in r]), "missing column"),
-    (lambda h, r: (h + ["UNK"], [x + ["0.0"] for x in r]), "unexpected column"),
-    (lambda h, r: (h, [r[0][:2] + ["yes"] + r[0][3:]] + r[1:]), "not a number"),
-    (lambda h, r: (h, [r[0][:1] + ["1.0"] * 7] + r[1:]), "not one-hot"),
-    (lambda h, r: (h, [r[0][:1] + ["0.0"] * 7] + r[1:]), "not one-hot"),
-    (lambda h, r: (h, [r[0][:2] + ["0.5"] + r[0][3:]] + r[1:]), "not one-hot"),
-    (lambda h, r: (h, r + [r[0]]), "repeated"),
-    (lambda h, r: (h, r[:1] + [x[:3] for x in r[1:]]), "fields"),
-    (lambda h, r: (h, []), "no data rows"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda h, r: (h[:-1], [x[:-1] for x in r]), "missing column"),
+        (lambda h, r: (h + ["UNK"], [x + ["0.0"] for x in r]), "unexpected column"),
+        (lambda h, r: (h, [r[0][:2] + ["yes"] + r[0][3:]] + r[1:]), "not a number"),
+        (lambda h, r: (h, [r[0][:1] + ["1.0"] * 7] + r[1:]), "not one-hot"),
+        (lambda h, r: (h, [r[0][:1] + ["0.0"] * 7] + r[1:]), "not one-hot"),
+        (lambda h, r: (h, [r[0][:2] + ["0.5"] + r[0][3:]] + r[1:]), "not one-hot"),
+        (lambda h, r: (h, r + [r[0]]), "repeated"),
+        (lambda h, r: (h, r[:1] + [x[:3] for x in r[1:]]), "fields"),
+        (lambda h, r: (h, []), "no data rows"),
+    ],
+)
 def test_isic2018_reader_rejects_bad_csv(isic, edit, message):
     csv_path, images, rows = isic
     header, body = edit(["image", *ISIC_CLASSES], [list(r) for r in rows])
@@ -271,7 +316,19 @@ CXR14_ROWS = [
     ["00000001_000.png", "Cardiomegaly", "0", "1", "58", "M", "PA", "2682", "2749", "0.143", "0.143"],
     ["00000001_001.png", "Cardiomegaly|Emphysema", "1", "1", "58", "M", "PA", "2894", "2729", "0.143", "0.143"],
     ["00000002_000.png", "No Finding", "0", "2", "81", "M", "PA", "2500", "2048", "0.171", "0.171"],
-    ["00000003_000.png", "Effusion|Hernia|Pleural_Thickening", "0", "3", "74", "F", "AP", "2048", "2500", "0.168", "0.168"],
+    [
+        "00000003_000.png",
+        "Effusion|Hernia|Pleural_Thickening",
+        "0",
+        "3",
+        "74",
+        "F",
+        "AP",
+        "2048",
+        "2500",
+        "0.168",
+        "0.168",
+    ],
 ]
 
 
@@ -283,8 +340,10 @@ def nih(tmp_path):
     for i, row in enumerate(CXR14_ROWS):
         pixels = rng.integers(0, 255, (50, 50)).astype(np.uint8)
         Image.fromarray(pixels.astype(np.uint16) * 257 if i == 1 else pixels).save(images / row[0])
-    header = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position," \
-             "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    header = (
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    )
     csv_path = tmp_path / "Data_Entry_2017.csv"
     csv_path.write_text("\n".join([header] + [",".join(r) for r in CXR14_ROWS]) + "\n")
     return csv_path, images
@@ -296,7 +355,12 @@ def test_chestxray14_reader(nih, tmp_path):
     assert data.classes == CXR14_CLASSES and data.multi_label and data.modality == "xray"
     assert data.patient_ids == ["1", "1", "2", "3"]
     found = [{c for c, v in zip(data.classes, row) if v} for row in data.labels]
-    assert found == [{"Cardiomegaly"}, {"Cardiomegaly", "Emphysema"}, set(), {"Effusion", "Hernia", "Pleural_Thickening"}]
+    assert found == [
+        {"Cardiomegaly"},
+        {"Cardiomegaly", "Emphysema"},
+        set(),
+        {"Effusion", "Hernia", "Pleural_Thickening"},
+    ]
     loaded = data.load_images(size=20)
     assert loaded.shape == (4, 3, 20, 20) and np.array_equal(loaded[:, 0], loaded[:, 1])
     assert 0.3 < loaded[1].mean() < 0.7  # the 16-bit image is scaled to [0, 1] like the 8-bit ones
@@ -309,14 +373,23 @@ def test_chestxray14_reader(nih, tmp_path):
     assert {data.patient_ids[i] for i in train}.isdisjoint({data.patient_ids[i] for i in test})
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda lines: [lines[0].replace(",View Position", "")] + [",".join(r[:6] + r[7:]) for r in CXR14_ROWS], "missing column.*View Position"),
-    (lambda lines: [lines[0] + ",Extra"] + [line + ",x" for line in lines[1:]], "unexpected column.*Extra"),
-    (lambda lines: lines[:2] + [lines[2].replace("Emphysema", "Emphysemia")] + lines[3:], "line 3: unknown finding.*Emphysemia"),
-    (lambda lines: lines[:3] + [lines[3].replace(",2,81", ",P2,81")] + lines[4:], "Patient ID 'P2'"),
-    (lambda lines: lines + [lines[1]], "repeated"),
-    (lambda lines: lines[:2] + ["00000009_000.png,No Finding"], "line 3 has 2 fields"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda lines: [lines[0].replace(",View Position", "")] + [",".join(r[:6] + r[7:]) for r in CXR14_ROWS],
+            "missing column.*View Position",
+        ),
+        (lambda lines: [lines[0] + ",Extra"] + [line + ",x" for line in lines[1:]], "unexpected column.*Extra"),
+        (
+            lambda lines: lines[:2] + [lines[2].replace("Emphysema", "Emphysemia")] + lines[3:],
+            "line 3: unknown finding.*Emphysemia",
+        ),
+        (lambda lines: lines[:3] + [lines[3].replace(",2,81", ",P2,81")] + lines[4:], "Patient ID 'P2'"),
+        (lambda lines: lines + [lines[1]], "repeated"),
+        (lambda lines: lines[:2] + ["00000009_000.png,No Finding"], "line 3 has 2 fields"),
+    ],
+)
 def test_chestxray14_reader_rejects_bad_csv(nih, edit, message):
     csv_path, images = nih
     csv_path.write_text("\n".join(edit(csv_path.read_text().splitlines())) + "\n")
@@ -331,7 +404,9 @@ def test_chestxray14_reader_names_missing_images_and_bad_classes(nih):
         read_chestxray14(csv_path, images, classes=["Cardiomegaly", "Pneumonitis"])
     extra = [f"{90 + i:08d}_000.png,No Finding,0,{90 + i},40,F,PA,2048,2048,0.14,0.14" for i in range(7)]
     csv_path.write_text(csv_path.read_text() + "\n".join(extra) + "\n")
-    with pytest.raises(CaseError, match=r"7 image file\(s\) listed in Data_Entry_2017.csv are missing: 00000090_000.png.*, \.\.\.") as err:
+    with pytest.raises(
+        CaseError, match=r"7 image file\(s\) listed in Data_Entry_2017.csv are missing: 00000090_000.png.*, \.\.\."
+    ) as err:
         read_chestxray14(csv_path, images)
     assert "00000096_000.png" not in str(err.value)
 

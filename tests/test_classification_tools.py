@@ -1,5 +1,6 @@
 """The two federated classification tools with the shipped weights: manifests, gating, calibrated output that
 ranks unseen phantom images well, and use through the agent."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,10 @@ def images(tmp_path_factory):
     from macro.data import make
 
     root = tmp_path_factory.mktemp("cls")
-    return {"derm": make("derm-phantom", root / "derm", n=40, seed=UNSEEN_SEED),
-            "cxr": make("cxr-phantom", root / "cxr", n=40, seed=UNSEEN_SEED)}
+    return {
+        "derm": make("derm-phantom", root / "derm", n=40, seed=UNSEEN_SEED),
+        "cxr": make("cxr-phantom", root / "cxr", n=40, seed=UNSEEN_SEED),
+    }
 
 
 @pytest.mark.parametrize("task", ["derm", "cxr"])
@@ -38,7 +41,9 @@ def test_each_tool_is_offered_only_for_its_modality(images, demo):
     registry = Registry.default()
     derm, cxr = load_case(images["derm"][0]), load_case(images["cxr"][0])
     assert derm.modality == "dermoscopy" and cxr.modality == "xray"
-    offered = {name: {t.name for t in registry.for_case(case)} for name, case in (("derm", derm), ("cxr", cxr), ("mri", demo))}
+    offered = {
+        name: {t.name for t in registry.for_case(case)} for name, case in (("derm", derm), ("cxr", cxr), ("mri", demo))
+    }
     assert "classify_lesion" in offered["derm"] and "classify_findings" not in offered["derm"]
     assert "classify_findings" in offered["cxr"] and "classify_lesion" not in offered["cxr"]
     assert not {"classify_lesion", "classify_findings"} & offered["mri"]
@@ -69,7 +74,9 @@ def test_agent_classifies_a_lesion_with_the_scripted_policy(images, home):
     from macro.agent.scripted import ScriptedPolicy
     from macro.config import Home
 
-    result = Agent(ScriptedPolicy(), "scripted", home=Home(home)).ask(load_case(images["derm"][0]), "Is this mole a melanoma?")
+    result = Agent(ScriptedPolicy(), "scripted", home=Home(home)).ask(
+        load_case(images["derm"][0]), "Is this mole a melanoma?"
+    )
     (step,) = result.trajectory.steps
     assert step["tool"] == "classify_lesion" and step["ok"] and "MEL" in step["data"]["probabilities"]
     assert "MEL" in result.answer

@@ -1,4 +1,5 @@
 """The embedded policy (SmolLM2 + the shipped LoRA adapter) drives the agent on the demo case."""
+
 from __future__ import annotations
 
 import hashlib

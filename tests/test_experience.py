@@ -1,4 +1,5 @@
 """Experience end to end: scripted runs on phantoms, verdicts from ground truth, memory, mining, and reuse."""
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,25 @@ def test_agent_mines_a_verified_composite_and_reuses_it_on_a_new_case(tmp_path, 
         result = agent.ask(load_case(brats_files(folder)[0]), _question(region), family="tumour-volume")
         truth = json.loads((folder / "truth.json").read_text())["volumes_ml"][region]
         measured = result.trajectory.steps[-1]["data"]["volume_ml"]
-        record_verdict(result.trajectory.id, "verified" if abs(measured - truth) <= 0.3 * truth else "failed", "checker:volume", home=h)
+        record_verdict(
+            result.trajectory.id,
+            "verified" if abs(measured - truth) <= 0.3 * truth else "failed",
+            "checker:volume",
+            home=h,
+        )
 
     runs = TrajectoryStore(h.trajectories_db).list(verification=("verified", "failed"))
-    assert sum(t.verification == "verified" for t in runs) >= 8 and all(t.embedding_id for t in runs if t.verification == "verified")
+    assert sum(t.verification == "verified" for t in runs) >= 8 and all(
+        t.embedding_id for t in runs if t.verification == "verified"
+    )
     assert ImageMemory(h.memory).stats()["entries"] == sum(t.verification == "verified" for t in runs)
 
-    report = evolve([t.to_dict() for t in runs], Library(h.skills / "library"),
-                    executor_replay(lambda: Registry.default(composites=False), h.artifacts), EvolveConfig(holdout=0.4))
+    report = evolve(
+        [t.to_dict() for t in runs],
+        Library(h.skills / "library"),
+        executor_replay(lambda: Registry.default(composites=False), h.artifacts),
+        EvolveConfig(holdout=0.4),
+    )
     assert len(report["admitted"]) == 1, report
     name = report["admitted"][0]
     assert report["verification"][name]["reproduced"] == report["verification"][name]["replayed"] >= 2
@@ -54,7 +66,9 @@ def test_agent_mines_a_verified_composite_and_reuses_it_on_a_new_case(tmp_path, 
 
     new_case = load_case(brats_files(folders[10])[0])
     reused = Agent(ScriptedPolicy(), "scripted", home=h).ask(new_case, _question("WT"), family="tumour-volume")
-    atomic = Agent(ScriptedPolicy(), "scripted", home=h, registry=Registry.default(composites=False), memory=False).ask(new_case, _question("WT"))
+    atomic = Agent(ScriptedPolicy(), "scripted", home=h, registry=Registry.default(composites=False), memory=False).ask(
+        new_case, _question("WT")
+    )
     (step,) = reused.trajectory.steps
     assert step["tool"] == name and [c["tool"] for c in step["children"]] == ["segment_brain_tumor", "measure_volume"]
     assert [s["tool"] for s in atomic.trajectory.steps] == ["segment_brain_tumor", "measure_volume"]

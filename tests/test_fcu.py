@@ -1,4 +1,5 @@
 """FCU mechanics (research/tool_methods.md §3.7's test list and more), on a tiny CNN over 8x8 synthetic images."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from macro.federated.fcu import (FCUConfig, FLConfig, fcu, fgmp_fuse, finetune, fusable_keys, gradient_ascent, mcu_loss,
-                                 retrain, train_fedavg, unlearn)
+from macro.federated.fcu import (
+    FCUConfig,
+    FLConfig,
+    fcu,
+    fgmp_fuse,
+    finetune,
+    fusable_keys,
+    gradient_ascent,
+    mcu_loss,
+    retrain,
+    train_fedavg,
+    unlearn,
+)
 from macro.federated.fedlsm import ClientData, evaluate
 
 SIZE = 8
@@ -22,9 +34,19 @@ class CNN(nn.Module):
 
     def __init__(self, classes: int = 2):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(16, classes)
         nn.init.zeros_(self.head.bias)
 
@@ -53,7 +75,7 @@ def _images(g: torch.Generator, y: torch.Tensor, trigger: torch.Tensor) -> torch
     for i in range(len(y)):
         if y[i]:
             r, c = pos[i]
-            x[i, 0, r:r + 3, c:c + 3] += 1.5
+            x[i, 0, r : r + 3, c : c + 3] += 1.5
         if trigger[i]:
             x[i, 0, :3, :3] = TRIGGER
     return x
@@ -61,8 +83,13 @@ def _images(g: torch.Generator, y: torch.Tensor, trigger: torch.Tensor) -> torch
 
 def _data(x: torch.Tensor, y: torch.Tensor, seed: int) -> ClientData:
     noise = torch.Generator().manual_seed(seed)
-    return ClientData(weak=lambda i: x[i], strong=lambda i: x[i] + 0.1 * torch.randn(len(i), *x.shape[1:], generator=noise),
-                      labels=F.one_hot(y, 2).float(), label_mask=torch.ones(2), multi_label=False)
+    return ClientData(
+        weak=lambda i: x[i],
+        strong=lambda i: x[i] + 0.1 * torch.randn(len(i), *x.shape[1:], generator=noise),
+        labels=F.one_hot(y, 2).float(),
+        label_mask=torch.ones(2),
+        multi_label=False,
+    )
 
 
 def _backdoor_problem(seed: int = 0, n: int = 200, clients: int = 5):
@@ -125,7 +152,9 @@ def test_fusion_with_r_at_least_one_keeps_low_amplitude_and_high_phase(r):
         spec, spec_low, spec_high = (torch.fft.fft2(_matrix(s[key]).double()) for s in (fused, low, high))
         assert torch.allclose(spec.abs(), spec_low.abs(), atol=1e-4), key
         strong = spec.abs() > 1e-3
-        assert torch.allclose(torch.cos(spec.angle() - spec_high.angle())[strong], torch.ones(()).double(), atol=1e-4), key
+        assert torch.allclose(
+            torch.cos(spec.angle() - spec_high.angle())[strong], torch.ones(()).double(), atol=1e-4
+        ), key
         assert not torch.allclose(fused[key], high[key]), key
 
 
@@ -149,7 +178,10 @@ def test_mcu_loss_is_the_two_way_contrastive_cross_entropy():
     cos_d, cos_o = F.cosine_similarity(f, f_d), F.cosine_similarity(f, f_o)
     expected = -torch.log(torch.exp(cos_d / 0.5) / (torch.exp(cos_d / 0.5) + torch.exp(cos_o / 0.5))).mean()
     assert torch.allclose(mcu_loss(f, f_d, f_o, 0.5), expected)
-    assert torch.allclose(mcu_loss(f, f_d, f_o, 0.5), F.cross_entropy(torch.stack([2 * cos_d, 2 * cos_o], 1), torch.zeros(6, dtype=torch.long)))
+    assert torch.allclose(
+        mcu_loss(f, f_d, f_o, 0.5),
+        F.cross_entropy(torch.stack([2 * cos_d, 2 * cos_o], 1), torch.zeros(6, dtype=torch.long)),
+    )
     assert mcu_loss(f_d, f_d, f_o) < mcu_loss(f_o, f_d, f_o)
 
 
@@ -168,7 +200,9 @@ def test_mcu_pulls_features_to_the_downgraded_model_and_leaves_the_head():
     _, start = unlearn(CNN(), downgraded, trained, _client_zero(), FCUConfig(iterations=0))
     assert stats["final_cos_downgraded"] > start["final_cos_downgraded"] + 0.03
     assert stats["final_cos_original"] < start["final_cos_original"]
-    assert torch.equal(state["head.weight"], trained["head.weight"]) and torch.equal(state["head.bias"], trained["head.bias"])
+    assert torch.equal(state["head.weight"], trained["head.weight"]) and torch.equal(
+        state["head.bias"], trained["head.bias"]
+    )
     assert not torch.equal(state["body.0.weight"], trained["body.0.weight"])
 
 
@@ -198,20 +232,29 @@ def test_fcu_forgets_a_backdoor_like_retraining_and_keeps_utility():
     final, unlearned, stats = fcu(CNN, init, trained, data, 0, cfg)
     tuned, _ = finetune(CNN, trained, data, 0, cfg)
 
-    asr = {name: _metric(s, attack) for name, s in [("trained", trained), ("retrain", gold), ("fcu", final), ("finetune", tuned)]}
+    asr = {
+        name: _metric(s, attack)
+        for name, s in [("trained", trained), ("retrain", gold), ("fcu", final), ("finetune", tuned)]
+    }
     assert asr["trained"] >= 80 and asr["retrain"] <= 10, asr
     assert asr["fcu"] <= asr["retrain"] + 15 and _metric(unlearned, attack) <= asr["retrain"] + 15, asr
     assert asr["finetune"] >= 40, asr  # the signature survives plain continued training: the check can fail
     assert _metric(final, test) >= _metric(trained, test) - 3
     forgotten = {name: _metric(s, data[0]) for name, s in [("trained", trained), ("retrain", gold), ("fcu", final)]}
-    assert abs(forgotten["fcu"] - forgotten["retrain"]) < abs(forgotten["trained"] - forgotten["retrain"]) / 2, forgotten
+    assert abs(forgotten["fcu"] - forgotten["retrain"]) < abs(forgotten["trained"] - forgotten["retrain"]) / 2, (
+        forgotten
+    )
     assert len(stats["loss"]) == 100 and stats["fused_keys"] == 4 and 0 < stats["seconds"] and retrain_seconds > 0
 
 
 def test_gradient_ascent_stays_bounded():
     data, test, _ = _backdoor_problem(n=64)
-    trained, _ = train_fedavg(CNN, _state(0), data, sorted(data), FLConfig(rounds=3, iterations=5, batch_size=32, lr=1e-2))
-    cfg = FCUConfig(batch_size=32, ga_iterations=30, ga_lr=1e-1, post_rounds=1, post_iters=5, post_lr=1e-3, post_batch=32)
+    trained, _ = train_fedavg(
+        CNN, _state(0), data, sorted(data), FLConfig(rounds=3, iterations=5, batch_size=32, lr=1e-2)
+    )
+    cfg = FCUConfig(
+        batch_size=32, ga_iterations=30, ga_lr=1e-1, post_rounds=1, post_iters=5, post_lr=1e-3, post_batch=32
+    )
     state, seconds = gradient_ascent(CNN, trained, data, 0, cfg)
     assert seconds > 0
     assert all(torch.isfinite(v.float()).all() and v.float().abs().max() < 1e3 for v in state.values())

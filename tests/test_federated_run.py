@@ -1,5 +1,6 @@
 """Federated classifiers end to end on small federations: build, train, calibrate, unlearn with an audit trail,
 the classification tools, and a slice of ``macro eval federated``."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,9 @@ def test_labelset_federation_erases_what_a_site_does_not_label(derm_fed):
         assert 2 <= len(fed.label_sets[k]) <= 3 and data.label_mask[outside].sum() == 0
         assert data.labels[:, outside].sum() == 0
         assert data.weak(np.arange(4)).shape == (4, 320, 3, 3)
-    assert np.array_equal(fed.test.weak(np.arange(5)).numpy(), fed.test.weak(np.arange(5)).numpy())  # held-out view is fixed
+    assert np.array_equal(
+        fed.test.weak(np.arange(5)).numpy(), fed.test.weak(np.arange(5)).numpy()
+    )  # held-out view is fixed
 
 
 def test_unknown_task_and_bad_split_are_clear_errors(tmp_path):
@@ -48,10 +51,14 @@ def test_train_then_unlearn_writes_weights_manifest_and_audit(tmp_path, home):
     out = tmp_path / "derm"
     manifest = train_task("derm", tmp_path / "data", out, rounds=2, n_images=150, seed=3, progress=False)
     model, loaded = load_classifier(out)
-    assert loaded["sha256"] == manifest["sha256"] and loaded["dtype"] == "float16" and 0.05 <= loaded["temperature"] <= 20
+    assert (
+        loaded["sha256"] == manifest["sha256"] and loaded["dtype"] == "float16" and 0.05 <= loaded["temperature"] <= 20
+    )
     assert loaded["federation"]["n_clients"] == 5 and loaded["held_out"]["test"]["auc"] > 50
     cfg = FCUConfig(iterations=10, fusion_interval=5, lr=1e-4, post_rounds=1, post_iters=2, post_lr=1e-3)
-    record = unlearn_task("derm", 2, tmp_path / "data", weights=out, requested_by="dpo@hospital", cfg=cfg, progress=False)
+    record = unlearn_task(
+        "derm", 2, tmp_path / "data", weights=out, requested_by="dpo@hospital", cfg=cfg, progress=False
+    )
     after = json.loads((out / "manifest.json").read_text())
     assert after["unlearned_clients"] == [2] and after["previous_sha256"] == manifest["sha256"] != after["sha256"]
     assert record["model_before"] == manifest["sha256"] and record["model_after"] == after["sha256"]
@@ -71,13 +78,17 @@ def test_eval_slice_keeps_the_shape_and_the_direction_of_the_full_run(tmp_path):
     from macro.eval.federated import classification, markdown, unlearning
 
     p = {"cxr_images": 600, "cxr_rounds": 4, "derm_images": 600, "fl_rounds": 6, "fl_iters": 10, "post_rounds": 1}
-    report = {"classification": classification(tmp_path, p, log=lambda *_: None),
-              "unlearning": unlearning(tmp_path, p, log=lambda *_: None)}
+    report = {
+        "classification": classification(tmp_path, p, log=lambda *_: None),
+        "unlearning": unlearning(tmp_path, p, log=lambda *_: None),
+    }
     cls, unl = report["classification"], report["unlearning"]
     assert set(cls) == {"fedavg", "fedavg_labelled", "fedlsm"} and all(0 <= r["mean_auc"] <= 100 for r in cls.values())
     assert {"fcu", "retrain", "finetune", "gradient_ascent"} <= set(unl)
     assert all({"forgotten_acc", "others_acc", "test_auc", "seconds"} <= set(r) for r in unl.values())
     assert cls["fedlsm"]["mean_auc"] >= cls["fedavg"]["mean_auc"] - 1
     assert unl["fcu"]["forgotten_acc"] < unl["original"]["forgotten_acc"]
-    assert unl["fcu"]["test_auc"] >= unl["retrain"]["test_auc"] - 5 and unl["fcu"]["seconds"] < unl["retrain"]["seconds"]
+    assert (
+        unl["fcu"]["test_auc"] >= unl["retrain"]["test_auc"] - 5 and unl["fcu"]["seconds"] < unl["retrain"]["seconds"]
+    )
     assert "fedlsm" in markdown(report)

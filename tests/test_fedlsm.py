@@ -1,4 +1,5 @@
 """FedLSM mechanics (research/tool_methods.md §2.7's test list and more), on a tiny MLP over synthetic features."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,8 +11,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from macro.federated.engine import ClientResult, fedavg
-from macro.federated.fedlsm import (VARIANTS, ClientData, FedLSMConfig, awpa, class_weights, evaluate, fedlsm_client,
-                                    label_loss, mean_auc, mix, pseudo_labels, roc_auc, run, tiers, uncertainty)
+from macro.federated.fedlsm import (
+    VARIANTS,
+    ClientData,
+    FedLSMConfig,
+    awpa,
+    class_weights,
+    evaluate,
+    fedlsm_client,
+    label_loss,
+    mean_auc,
+    mix,
+    pseudo_labels,
+    roc_auc,
+    run,
+    tiers,
+    uncertainty,
+)
 
 C, D = 6, 16
 
@@ -31,10 +47,17 @@ class MLP(nn.Module):
         return f, self.head(f)
 
 
-def _client(x: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, multi_label: bool = True, seed: int = 0) -> ClientData:
+def _client(
+    x: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, multi_label: bool = True, seed: int = 0
+) -> ClientData:
     noise = torch.Generator().manual_seed(seed)
-    return ClientData(weak=lambda i: x[i], strong=lambda i: x[i] + 0.1 * torch.randn(len(i), x.shape[1], generator=noise),
-                      labels=labels * mask, label_mask=mask, multi_label=multi_label)
+    return ClientData(
+        weak=lambda i: x[i],
+        strong=lambda i: x[i] + 0.1 * torch.randn(len(i), x.shape[1], generator=noise),
+        labels=labels * mask,
+        label_mask=mask,
+        multi_label=multi_label,
+    )
 
 
 def _mismatch_problem(seed: int = 0, n: int = 300, clients: int = 3, prevalence: float = 0.25):
@@ -42,7 +65,7 @@ def _mismatch_problem(seed: int = 0, n: int = 300, clients: int = 3, prevalence:
     and a per-client offset (a site shift), so reading "unlabelled" as "negative" teaches site cues."""
     g = torch.Generator().manual_seed(seed)
     directions = nn.functional.normalize(torch.randn(C, D, generator=g), dim=1) * 2.5
-    offsets = torch.randn(clients, D, generator=g) * 1.5 / D ** 0.5
+    offsets = torch.randn(clients, D, generator=g) * 1.5 / D**0.5
 
     def sample(m, site=None):
         y = (torch.rand(m, C, generator=g) < prevalence).float()
@@ -53,7 +76,7 @@ def _mismatch_problem(seed: int = 0, n: int = 300, clients: int = 3, prevalence:
     for k in range(clients):
         x, y = sample(n, k)
         mask = torch.zeros(C)
-        mask[2 * k:2 * k + 2] = 1
+        mask[2 * k : 2 * k + 2] = 1
         data[k] = _client(x, y, mask, seed=100 + k)
     x_test, y_test = sample(1000)
     return data, _client(x_test, y_test, torch.ones(C))
@@ -174,7 +197,9 @@ def test_ude_mixup_targets_and_masks():
     mask = torch.tensor([1.0, 0, 0])
     labels = torch.tensor([[1.0, 0, 0], [0, 0, 0]])
     t_u, m_u = pseudo_labels(torch.tensor([[0.5, 0.75, 0.3], [0.5, 0.004, 0.6]]), labels, mask, True, 0.70, 0.005)
-    t_c, m_c = pseudo_labels(torch.tensor([[0.5, 0.90, 0.005], [0.5, 0.005, 0.5]]), labels.flip(0), mask, True, 0.85, 0.01)
+    t_c, m_c = pseudo_labels(
+        torch.tensor([[0.5, 0.90, 0.005], [0.5, 0.005, 0.5]]), labels.flip(0), mask, True, 0.85, 0.01
+    )
     x_u, x_c = torch.ones(2, 4), torch.zeros(2, 4)
     x, t, m = mix(x_u, x_c, t_u, m_u, t_c, m_c, 0.3)
     assert torch.allclose(x, torch.full((2, 4), 0.3))
@@ -183,7 +208,9 @@ def test_ude_mixup_targets_and_masks():
 
 
 def test_class_weights_from_partial_labels():
-    a = _client(torch.zeros(4, D), torch.tensor([[1.0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]]), torch.tensor([1.0, 1, 0]))
+    a = _client(
+        torch.zeros(4, D), torch.tensor([[1.0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]]), torch.tensor([1.0, 1, 0])
+    )
     b = _client(torch.zeros(3, D), torch.tensor([[1.0, 0, 1], [0, 0, 0], [0, 0, 0]]), torch.tensor([1.0, 0, 1]))
     w = class_weights([a, b])
     assert torch.allclose(w, torch.tensor([5 / 2, 2 / 2, 2 / 1]))  # class 2 counts only b, where it is labelled
@@ -253,14 +280,21 @@ def test_single_label_runs_and_its_two_fedavg_baselines_coincide():
         for k in range(2):
             ids = torch.randint(4, (120,), generator=g)
             mask = torch.zeros(4)
-            mask[2 * k:2 * k + 2] = 1
-            data[k] = _client(centres[ids] + torch.randn(120, D, generator=g), F.one_hot(ids, 4).float(), mask, False, seed=k)
+            mask[2 * k : 2 * k + 2] = 1
+            data[k] = _client(
+                centres[ids] + torch.randn(120, D, generator=g), F.one_hot(ids, 4).float(), mask, False, seed=k
+            )
         ids = torch.randint(4, (400,), generator=g)
-        return data, _client(centres[ids] + torch.randn(400, D, generator=g), F.one_hot(ids, 4).float(), torch.ones(4), False)
+        return data, _client(
+            centres[ids] + torch.randn(400, D, generator=g), F.one_hot(ids, 4).float(), torch.ones(4), False
+        )
 
     base = dict(rounds=3, local_iters=5, batch_pseudo=28, batch_mix=4, lr=1e-2)
     make = lambda: MLP(classes=4)  # noqa: E731
-    states = {name: run(make, problem()[0], FedLSMConfig.variant(name, **base)) for name in ("fedavg", "fedavg_labelled", "fedlsm")}
+    states = {
+        name: run(make, problem()[0], FedLSMConfig.variant(name, **base))
+        for name in ("fedavg", "fedavg_labelled", "fedlsm")
+    }
     assert all(torch.equal(states["fedavg"][k], states["fedavg_labelled"][k]) for k in states["fedavg"])
     model = make()
     model.load_state_dict(states["fedlsm"])

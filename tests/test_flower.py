@@ -4,6 +4,7 @@ must end where ``engine.simulate`` ends with the same functions.
 Needs the ``federated`` extra; without Flower the module is skipped. The processes are the deployment's own
 commands (``flower-superlink``, ``flower-supernode``, ``flwr run``), started from this interpreter's bin folder on
 free local ports, so the test exercises exactly what a hospital network would run."""
+
 from __future__ import annotations
 
 import contextlib
@@ -103,32 +104,68 @@ def test_flower_loopback_matches_simulation(tmp_path):
     home = tmp_path / "flwr-home"
     home.mkdir()
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(home),
-           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
     out = tmp_path / "final.safetensors"
     app = tmp_path / "app"
     flower_app.write_app(app, TASK, out, num_clients=CLIENTS, num_rounds=ROUNDS)
 
-    commands = {"superlink": [bin_dir / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link),
-                              "--disable-runtime-dependency-installation"]}
+    commands = {
+        "superlink": [
+            bin_dir / "flower-superlink",
+            "--insecure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(link),
+            "--disable-runtime-dependency-installation",
+        ]
+    }
     for client, port in enumerate(node_ports):
-        commands[f"supernode{client}"] = [bin_dir / "flower-supernode", "--insecure", "--superlink",
-                                          f"127.0.0.1:{link}", "--port", str(port),
-                                          "--node-config", f"partition-id={client}"]
+        commands[f"supernode{client}"] = [
+            bin_dir / "flower-supernode",
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{link}",
+            "--port",
+            str(port),
+            "--node-config",
+            f"partition-id={client}",
+        ]
     logs = [tmp_path / f"{name}.log" for name in [*commands, "flwr-run"]]
     procs: list[subprocess.Popen] = []
     start = time.monotonic()
     try:
         for name, cmd in commands.items():
             with open(tmp_path / f"{name}.log", "wb") as log:
-                procs.append(subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                              cwd=tmp_path, start_new_session=True))
+                procs.append(
+                    subprocess.Popen(
+                        [str(c) for c in cmd],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=tmp_path,
+                        start_new_session=True,
+                    )
+                )
         _wait_listening(link, procs[0])
         with open(tmp_path / "flwr-run.log", "wb") as log:  # --stream: returns once the run has finished
             try:
-                run = subprocess.run([str(bin_dir / "flwr"), "run", str(app), "loopback", "--stream"], stdout=log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=tmp_path, timeout=240)
+                run = subprocess.run(
+                    [str(bin_dir / "flwr"), "run", str(app), "loopback", "--stream"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=tmp_path,
+                    timeout=240,
+                )
             except subprocess.TimeoutExpired:
                 pytest.fail("flwr run timed out\n" + _logs(logs))
         # flwr run exits 0 even when the ServerApp raised, so the written state is the success signal
@@ -146,8 +183,14 @@ def test_flower_loopback_matches_simulation(tmp_path):
 
     task = flower_app.demo_task({})
     history = []
-    expected = simulate(task.init_state, list(range(CLIENTS)), ROUNDS, task.client_fn, task.aggregate_fn,
-                        on_round=lambda _r, _s, results: history.append(results))
+    expected = simulate(
+        task.init_state,
+        list(range(CLIENTS)),
+        ROUNDS,
+        task.client_fn,
+        task.aggregate_fn,
+        on_round=lambda _r, _s, results: history.append(results),
+    )
     got = load_file(str(out))
     assert got.keys() == expected.keys()
     for key in expected:
@@ -155,7 +198,9 @@ def test_flower_loopback_matches_simulation(tmp_path):
 
     rounds = json.loads(out.with_suffix(".rounds.json").read_text())  # the stats crossed the wire intact
     assert [r["round"] for r in rounds] == list(range(ROUNDS))
-    assert [[(c["client"], c["n_samples"], c["stats"]["round"]) for c in r["clients"]] for r in rounds] == \
-        [[(c.client, c.n_samples, c.stats["round"]) for c in results] for results in history]
-    assert [c["stats"]["loss"] for r in rounds for c in r["clients"]] == \
-        pytest.approx([c.stats["loss"] for results in history for c in results])
+    assert [[(c["client"], c["n_samples"], c["stats"]["round"]) for c in r["clients"]] for r in rounds] == [
+        [(c.client, c.n_samples, c.stats["round"]) for c in results] for results in history
+    ]
+    assert [c["stats"]["loss"] for r in rounds for c in r["clients"]] == pytest.approx(
+        [c.stats["loss"] for results in history for c in results]
+    )

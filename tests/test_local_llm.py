@@ -1,4 +1,5 @@
 """The local chat-model backend: prompt rendering in the tool-call format, and prefix KV reuse that changes nothing."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,10 +32,22 @@ def test_prefix_cache_reuse_gives_identical_output(tiny_model, monkeypatch):
 def test_to_chat_renders_tools_calls_and_results_for_a_local_model():
     case = load_case(get_testdata_file("CT_small.dcm"))
     schemas = [convert_to_openai_tool(t) for t in Registry.default().for_case(case)]
-    call = AIMessage("", tool_calls=[{"name": "render_slice", "args": {"axis": "axial"}, "id": "c1", "type": "tool_call"}])
-    chat = to_chat([system_message(case.summary()), HumanMessage("show it"), call, ToolMessage("Rendered 2D image.", name="render_slice", tool_call_id="c1")], schemas)
+    call = AIMessage(
+        "", tool_calls=[{"name": "render_slice", "args": {"axis": "axial"}, "id": "c1", "type": "tool_call"}]
+    )
+    chat = to_chat(
+        [
+            system_message(case.summary()),
+            HumanMessage("show it"),
+            call,
+            ToolMessage("Rendered 2D image.", name="render_slice", tool_call_id="c1"),
+        ],
+        schemas,
+    )
     assert [m["role"] for m in chat] == ["system", "user", "assistant", "tool"]
-    assert "- render_slice(axis: axial|coronal|sagittal = \"axial\", index: integer, sequence: string)" in chat[0]["content"]
+    assert (
+        '- render_slice(axis: axial|coronal|sagittal = "axial", index: integer, sequence: string)' in chat[0]["content"]
+    )
     assert "measure_volume" not in chat[0]["content"] and "<tool_call>" in chat[0]["content"]
     assert chat[2]["content"] == '<tool_call>{"name": "render_slice", "arguments": {"axis": "axial"}}</tool_call>'
     assert chat[3]["content"] == "render_slice: Rendered 2D image."

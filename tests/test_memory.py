@@ -1,4 +1,5 @@
-"""The image memory store: exact retrieval, filters, persistence, several writers, kills mid-write, corrupt files, CLI."""
+"""The image memory store: exact retrieval, filters, persistence, several writers, kills mid-write, damage, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 def _filled(path: Path, kind: str, n: int = 400, dim: int = 32) -> tuple[ImageMemory, np.ndarray, list[str]]:
     vectors = _unit(np.random.default_rng(0), n, dim)
-    metas = [{"i": i, "family": "classify" if i % 100 == 7 else "segment", "verification": "failed" if i % 3 == 0 else "verified"}
-             for i in range(n)]
+    metas = [
+        {
+            "i": i,
+            "family": "classify" if i % 100 == 7 else "segment",
+            "verification": "failed" if i % 3 == 0 else "verified",
+        }
+        for i in range(n)
+    ]
     memory = ImageMemory(path, kind=kind)
     return memory, vectors, memory.add_many(vectors, metas)
 
@@ -71,13 +78,19 @@ def test_round_trip_remove_and_kind_conversion(tmp_path):
     assert reopened.stats()["entries"] == 50 and reopened.stats()["version"] == 1 and reopened.stats()["dim"] == 32
     assert reopened.stats()["families"] == {"segment": 49, "classify": 1}
     hit = reopened.query(vectors[9], k=1)[0]
-    assert hit == MemoryHit(ids[9], pytest.approx(1.0, abs=1e-5), {"i": 9, "family": "segment", "verification": "failed"})
+    assert hit == MemoryHit(
+        ids[9], pytest.approx(1.0, abs=1e-5), {"i": 9, "family": "segment", "verification": "failed"}
+    )
     assert reopened.remove(ids[:10] + ["mem-unknown"]) == 10 and reopened.remove(["mem-unknown"]) == 0
     assert len(memory) == 40 and memory.stats()["version"] == 2  # the first handle sees the other's write
     assert memory.query(vectors[9], k=1)[0].id != ids[9]
     ImageMemory(tmp_path, kind="hnsw").add(vectors[0], {"i": 0})
     converted = ImageMemory(tmp_path)
-    assert converted.stats()["kind"] == "hnsw" and len(converted) == 41 and converted.query(vectors[0], k=1)[0].meta == {"i": 0}
+    assert (
+        converted.stats()["kind"] == "hnsw"
+        and len(converted) == 41
+        and converted.query(vectors[0], k=1)[0].meta == {"i": 0}
+    )
 
 
 def test_bad_inputs_fail_before_anything_is_written(tmp_path):
@@ -95,7 +108,9 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path):
 
 def _python(code: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def test_concurrent_writers_lose_no_entries(tmp_path):
@@ -107,7 +122,9 @@ def test_concurrent_writers_lose_no_entries(tmp_path):
         rng = np.random.default_rng(w)
         print(json.dumps([memory.add(rng.standard_normal(16), {"writer": w, "i": i}) for i in range(12)]))
     """
-    procs = [_python(writer.replace("sys.argv[1]", repr(str(tmp_path))).replace("sys.argv[2]", str(w))) for w in range(3)]
+    procs = [
+        _python(writer.replace("sys.argv[1]", repr(str(tmp_path))).replace("sys.argv[2]", str(w))) for w in range(3)
+    ]
     ids = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     memory = ImageMemory(tmp_path)
@@ -144,12 +161,15 @@ def test_sigkill_during_a_write_leaves_the_previous_version_loadable(tmp_path):
     assert not list(tmp_path.glob(f".{FILE}.*.tmp")) and len(ImageMemory(tmp_path)) == 4
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda b: b"NOTAMEM!" + b[8:], "bad magic"),
-    (lambda b: b[: len(b) - 100], "truncated"),
-    (lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]), "sha256"),
-    (lambda b: b[:4], "truncated"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b"NOTAMEM!" + b[8:], "bad magic"),
+        (lambda b: b[: len(b) - 100], "truncated"),
+        (lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]), "sha256"),
+        (lambda b: b[:4], "truncated"),
+    ],
+)
 def test_a_damaged_file_raises_case_error_naming_it(tmp_path, damage, message):
     _filled(tmp_path, "hnsw", n=20)
     path = tmp_path / FILE
@@ -170,21 +190,41 @@ def test_cli_stats_and_query_on_a_small_memory(home, demo, demo_folder, tmp_path
     picture = tmp_path / "skin.png"
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(picture)
     memory = ImageMemory(Home.current().memory)
-    memory.add(case_embedding(demo), {"case_id": demo.id, "family": "segment", "verification": "verified",
-                                      "tools": [{"name": "segment_tumour", "args": {}}]})
-    memory.add(case_embedding(load_case(picture)), {"case_id": "skin", "family": "classify", "verification": "failed", "tools": []})
+    memory.add(
+        case_embedding(demo),
+        {
+            "case_id": demo.id,
+            "family": "segment",
+            "verification": "verified",
+            "tools": [{"name": "segment_tumour", "args": {}}],
+        },
+    )
+    memory.add(
+        case_embedding(load_case(picture)),
+        {"case_id": "skin", "family": "classify", "verification": "failed", "tools": []},
+    )
     runner = CliRunner()
     stats = runner.invoke(app, ["memory", "stats", "--json"])
     assert stats.exit_code == 0, stats.output
-    assert json.loads(stats.output) | {"path": None} == {"path": None, "entries": 2, "dim": 320, "kind": "flat", "version": 2,
-                                                         "bytes": (home / "memory" / FILE).stat().st_size,
-                                                         "families": {"segment": 1, "classify": 1},
-                                                         "verification": {"verified": 1, "failed": 1}}
+    assert json.loads(stats.output) | {"path": None} == {
+        "path": None,
+        "entries": 2,
+        "dim": 320,
+        "kind": "flat",
+        "version": 2,
+        "bytes": (home / "memory" / FILE).stat().st_size,
+        "families": {"segment": 1, "classify": 1},
+        "verification": {"verified": 1, "failed": 1},
+    }
     query = runner.invoke(app, ["memory", "query", str(demo_folder), "--k", "2", "--json"])
     assert query.exit_code == 0, query.output
     hits = json.loads(query.output)
-    assert [h["meta"]["case_id"] for h in hits] == [demo.id, "skin"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    only = json.loads(runner.invoke(app, ["memory", "query", str(demo_folder), "--family", "classify", "--json"]).output)
+    assert [h["meta"]["case_id"] for h in hits] == [demo.id, "skin"] and hits[0]["score"] == pytest.approx(
+        1.0, abs=1e-4
+    )
+    only = json.loads(
+        runner.invoke(app, ["memory", "query", str(demo_folder), "--family", "classify", "--json"]).output
+    )
     assert [h["meta"]["case_id"] for h in only] == ["skin"]
     (home / "memory" / FILE).write_bytes(b"garbage")
     broken = runner.invoke(app, ["memory", "stats"])
@@ -194,9 +234,11 @@ def test_cli_stats_and_query_on_a_small_memory(home, demo, demo_folder, tmp_path
 def test_benchmark_command_reports_latency_and_recall():
     from macro.cli import app
 
-    result = CliRunner().invoke(app, ["eval", "memory", "--sizes", "300", "--large", "3000", "--queries", "20", "--json"])
+    result = CliRunner().invoke(
+        app, ["eval", "memory", "--sizes", "300", "--large", "3000", "--queries", "20", "--json"]
+    )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output[result.output.index("{"):])
+    report = json.loads(result.output[result.output.index("{") :])
     flat = report["flat"][0]
     assert flat["entries"] == 300 and 0 < flat["query_ms"]["p50"] <= flat["query_ms"]["p95"]
     for kind in ("ivf", "hnsw"):

@@ -1,4 +1,5 @@
 """The memory's frozen encoder: one unit vector per case, the same one every time, for 2D pictures and 3D volumes."""
+
 from __future__ import annotations
 
 import numpy as np

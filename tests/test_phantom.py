@@ -1,4 +1,5 @@
 """The brain MRI phantom: seeded, anatomically sane, BraTS-labelled, and readable by ``macro.case``."""
+
 from __future__ import annotations
 
 import json
@@ -92,8 +93,13 @@ def test_contrasts_follow_tissue_physics(built):
     anatomy = load_anatomy()
     wm, gm, csf = anatomy.wm > 0.9, anatomy.gm > 0.9, anatomy.csf > 0.9
     healthy = case.labels == 0
-    mean = {name: {tissue: float(case.channel(name)[mask & healthy].mean()) for tissue, mask in
-                   {"wm": wm, "gm": gm, "csf": csf}.items()} for name in case.channels}
+    mean = {
+        name: {
+            tissue: float(case.channel(name)[mask & healthy].mean())
+            for tissue, mask in {"wm": wm, "gm": gm, "csf": csf}.items()
+        }
+        for name in case.channels
+    }
     assert mean["t1"]["wm"] > mean["t1"]["gm"] > mean["t1"]["csf"]
     assert mean["t2"]["csf"] > mean["t2"]["gm"] > mean["t2"]["wm"]
     assert mean["flair"]["csf"] < mean["flair"]["wm"]

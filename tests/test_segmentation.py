@@ -1,4 +1,5 @@
 """The segmentation tool family end to end with the shipped weights: tool, agent use, continual adaptation, eval."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,9 @@ def test_weights_match_their_manifest():
 def test_offered_only_for_multisequence_mri(demo):
     registry = Registry.default()
     assert "segment_brain_tumor" in {t.name for t in registry.for_case(demo)}
-    assert "segment_brain_tumor" not in {t.name for t in registry.for_case(load_case(get_testdata_file("CT_small.dcm")))}
+    assert "segment_brain_tumor" not in {
+        t.name for t in registry.for_case(load_case(get_testdata_file("CT_small.dcm")))
+    }
 
 
 def test_segmentation_then_measure_uses_the_new_mask(demo, demo_folder, home):
@@ -40,7 +43,10 @@ def test_segmentation_then_measure_uses_the_new_mask(demo, demo_folder, home):
     from macro.config import Home
 
     truth = json.loads((demo_folder / "truth.json").read_text())["volumes_ml"]
-    plan = [{"name": "segment_brain_tumor", "args": {"adapt": "none"}}, {"name": "measure_volume", "args": {"region": "WT"}}]
+    plan = [
+        {"name": "segment_brain_tumor", "args": {"adapt": "none"}},
+        {"name": "measure_volume", "args": {"region": "WT"}},
+    ]
     result = Agent(ScriptedPolicy(plan=plan), "scripted", home=Home(home)).ask(demo, "segment and measure")
     seg, measure = result.trajectory.steps
     assert seg["ok"] and measure["ok"] and measure["inputs"]["mask"] == seg["outputs"][0]

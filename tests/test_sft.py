@@ -1,4 +1,5 @@
 """SFT data generation (held-out wording really held out) and the trainer on a tiny model."""
+
 from __future__ import annotations
 
 import hashlib
@@ -41,7 +42,9 @@ def test_rows_are_prompt_completion_in_the_runtime_format(data):
 def test_answers_quote_real_tool_output(data, demo_folder):
     truth = json.loads((demo_folder / "truth.json").read_text())["volumes_ml"]
     answers = [r["completion"][0]["content"] for r in data["train"] if r["kind"] == "answer"]
-    assert any(f"{truth['WT']:.2f} mL" in a or f"{truth['ET']:.2f} mL" in a or f"{truth['TC']:.2f} mL" in a for a in answers)
+    assert any(
+        f"{truth['WT']:.2f} mL" in a or f"{truth['ET']:.2f} mL" in a or f"{truth['TC']:.2f} mL" in a for a in answers
+    )
 
 
 @pytest.mark.slow
@@ -56,4 +59,9 @@ def test_train_sft_on_a_tiny_model_writes_fp16_adapter_and_manifest(tmp_path, ti
     with safe_open(str(weights), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     saved = json.loads((out / "manifest.json").read_text())
-    assert saved["train"]["steps"] == 2 and saved["held_out"]["n"] == 2 and saved["seed"] == 0 and saved["command"] == "pytest"
+    assert (
+        saved["train"]["steps"] == 2
+        and saved["held_out"]["n"] == 2
+        and saved["seed"] == 0
+        and saved["command"] == "pytest"
+    )

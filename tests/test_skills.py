@@ -1,4 +1,5 @@
 """Skill mining, composite definitions and their interpreter, the versioned library, and evolution end to end."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import sys
 import time
 
 import pytest
+from pydantic import ValidationError
 
 from macro.skills.composite import Composite, DefinitionError, make_tool
 from macro.skills.evolve import EvolveConfig, evolve, same_result
@@ -56,10 +58,32 @@ def test_mining_ignores_unverified_runs_and_needs_support():
 
 def test_a_log_of_one_task_type_still_yields_its_chain():
     """Every call is frequent here, so lift is capped near 2 and the confidence test has to carry the chain."""
-    runs = [{"id": f"t{k}", "verification": "verified", "case_id": f"c{k}", "steps": [
-        {"tool": "segment_brain_tumor", "ok": True, "args": {"adapt": "none"}, "inputs": {"case": "c"}, "outputs": [f"m{k}"], "data": {}},
-        {"tool": "measure_volume", "ok": True, "args": {"region": "ET" if k % 2 else "WT"}, "inputs": {"case": "c", "mask": f"m{k}"}, "outputs": [], "data": {}}]}
-        for k in range(6)]
+    runs = [
+        {
+            "id": f"t{k}",
+            "verification": "verified",
+            "case_id": f"c{k}",
+            "steps": [
+                {
+                    "tool": "segment_brain_tumor",
+                    "ok": True,
+                    "args": {"adapt": "none"},
+                    "inputs": {"case": "c"},
+                    "outputs": [f"m{k}"],
+                    "data": {},
+                },
+                {
+                    "tool": "measure_volume",
+                    "ok": True,
+                    "args": {"region": "ET" if k % 2 else "WT"},
+                    "inputs": {"case": "c", "mask": f"m{k}"},
+                    "outputs": [],
+                    "data": {},
+                },
+            ],
+        }
+        for k in range(6)
+    ]
     (comp,) = mine(runs)
     assert comp.tools == ("segment_brain_tumor", "measure_volume") and comp.steps[1]["inputs"] == {"mask": 0}
     assert comp.params["adapt"]["default"] == "none" and "default" not in comp.params["region"]
@@ -67,20 +91,53 @@ def test_a_log_of_one_task_type_still_yields_its_chain():
 
 def test_chains_are_judged_within_their_task_family():
     """The same calls fail on a harder family; that must not sink the chain where it works, and vice versa."""
+
     def run(k, family, verdict):
-        return {"id": f"{family}{k}", "verification": verdict, "family": family, "case_id": f"{family}{k}", "steps": [
-            {"tool": "segment_brain_tumor", "ok": True, "args": {}, "inputs": {}, "outputs": [f"m{family}{k}"], "data": {}},
-            {"tool": "measure_volume", "ok": True, "args": {}, "inputs": {"mask": f"m{family}{k}"}, "outputs": [], "data": {}}]}
-    runs = [run(k, "easy", "verified") for k in range(6)] + [run(k, "hard", "failed" if k % 4 else "verified") for k in range(12)]
+        return {
+            "id": f"{family}{k}",
+            "verification": verdict,
+            "family": family,
+            "case_id": f"{family}{k}",
+            "steps": [
+                {
+                    "tool": "segment_brain_tumor",
+                    "ok": True,
+                    "args": {},
+                    "inputs": {},
+                    "outputs": [f"m{family}{k}"],
+                    "data": {},
+                },
+                {
+                    "tool": "measure_volume",
+                    "ok": True,
+                    "args": {},
+                    "inputs": {"mask": f"m{family}{k}"},
+                    "outputs": [],
+                    "data": {},
+                },
+            ],
+        }
+
+    runs = [run(k, "easy", "verified") for k in range(6)] + [
+        run(k, "hard", "failed" if k % 4 else "verified") for k in range(12)
+    ]
     (comp,) = mine(runs)
     assert comp.provenance["family"] == "easy" and comp.provenance["reliability"] == 1.0
     assert mine([r for r in runs if r["family"] == "hard"]) == []
 
 
 def test_definition_checks_and_round_trip():
-    comp = Composite("seg_then_measure", [{"tool": "segment_brain_tumor", "args": {"adapt": {"param": "adapt"}}, "inputs": {}},
-                                          {"tool": "measure_volume", "args": {"region": {"param": "region"}}, "inputs": {"mask": 0}}],
-                     {"adapt": {"tool": "segment_brain_tumor", "arg": "adapt", "default": "none"}, "region": {"tool": "measure_volume", "arg": "region"}})
+    comp = Composite(
+        "seg_then_measure",
+        [
+            {"tool": "segment_brain_tumor", "args": {"adapt": {"param": "adapt"}}, "inputs": {}},
+            {"tool": "measure_volume", "args": {"region": {"param": "region"}}, "inputs": {"mask": 0}},
+        ],
+        {
+            "adapt": {"tool": "segment_brain_tumor", "arg": "adapt", "default": "none"},
+            "region": {"tool": "measure_volume", "arg": "region"},
+        },
+    )
     again = Composite.from_dict(json.loads(json.dumps(comp.to_dict())))
     assert again == comp and again.digest() == comp.digest()
     bad = comp.to_dict()
@@ -94,10 +151,17 @@ def test_definition_checks_and_round_trip():
 
 
 def _seg_measure(default_adapt="none") -> Composite:
-    return Composite("seg_then_measure", [{"tool": "segment_brain_tumor", "args": {"adapt": {"param": "adapt"}}, "inputs": {}},
-                                          {"tool": "measure_volume", "args": {"region": {"param": "region"}}, "inputs": {"mask": 0}}],
-                     {"adapt": {"tool": "segment_brain_tumor", "arg": "adapt", "default": default_adapt},
-                      "region": {"tool": "measure_volume", "arg": "region"}})
+    return Composite(
+        "seg_then_measure",
+        [
+            {"tool": "segment_brain_tumor", "args": {"adapt": {"param": "adapt"}}, "inputs": {}},
+            {"tool": "measure_volume", "args": {"region": {"param": "region"}}, "inputs": {"mask": 0}},
+        ],
+        {
+            "adapt": {"tool": "segment_brain_tumor", "arg": "adapt", "default": default_adapt},
+            "region": {"tool": "measure_volume", "arg": "region"},
+        },
+    )
 
 
 def test_composite_tool_derives_its_schema_and_modalities_from_its_steps(demo, home):
@@ -108,12 +172,20 @@ def test_composite_tool_derives_its_schema_and_modalities_from_its_steps(demo, h
     fields = tool.args_schema.model_fields
     assert fields["adapt"].default == "none" and fields["region"].default == "WT"
     assert tool.spec.modalities == ("mri-multiseq",) and kind(tool) == "composite"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         tool.args_schema(region="XX")
     registry.add(tool)
     with pytest.raises(DefinitionError, match="atomic"):
-        make_tool(Composite("nested_one", [{"tool": "seg_then_measure", "args": {}, "inputs": {}}, {"tool": "describe_scan", "args": {}, "inputs": {}}]),
-                  {t.name: t for t in registry.all()})
+        make_tool(
+            Composite(
+                "nested_one",
+                [
+                    {"tool": "seg_then_measure", "args": {}, "inputs": {}},
+                    {"tool": "describe_scan", "args": {}, "inputs": {}},
+                ],
+            ),
+            {t.name: t for t in registry.all()},
+        )
 
 
 def test_executor_runs_a_composite_step_by_step_and_matches_the_atomic_chain(demo, home):
@@ -141,13 +213,19 @@ def test_a_failing_step_stops_the_composite_and_names_it(demo, home):
     from macro.artifacts import ArtifactStore
     from macro.tools.registry import Registry
 
-    comp = Composite("render_then_measure", [{"tool": "render_slice", "args": {"index": {"param": "index"}}, "inputs": {}},
-                                             {"tool": "measure_volume", "args": {}, "inputs": {}}],
-                     {"index": {"tool": "render_slice", "arg": "index"}})
+    comp = Composite(
+        "render_then_measure",
+        [
+            {"tool": "render_slice", "args": {"index": {"param": "index"}}, "inputs": {}},
+            {"tool": "measure_volume", "args": {}, "inputs": {}},
+        ],
+        {"index": {"tool": "render_slice", "arg": "index"}},
+    )
     registry = Registry.default()
     registry.add(make_tool(comp, {t.name: t for t in registry.all()}))
     msg, step, _ = ToolExecutor(registry, ArtifactStore(home / "artifacts")).run(
-        {"name": "render_then_measure", "args": {"index": 100000}, "id": "x"}, demo, [], {})
+        {"name": "render_then_measure", "args": {"index": 100000}, "id": "x"}, demo, [], {}
+    )
     assert not step.ok and msg.status == "error" and "step 1/2 (render_slice)" in step.error and len(step.children) == 1
 
 
@@ -156,11 +234,17 @@ def test_library_rounds_are_checksummed_and_a_damaged_round_falls_back(tmp_path)
     assert lib.current().number == 0
     first = lib.commit([_seg_measure()], "first")
     second = lib.commit([_seg_measure("tent")], "second")
-    assert lib.current().number == second.number == 2 and lib.current().composites[0].params["adapt"]["default"] == "tent"
+    assert (
+        lib.current().number == second.number == 2 and lib.current().composites[0].params["adapt"]["default"] == "tent"
+    )
     second.path.write_text(second.path.read_text().replace("tent", "vista"))
     again = Library(tmp_path / "lib")
     current = again.current()
-    assert current.number == first.number and "checksum mismatch" in again.problems[0] and str(second.path) in again.problems[0]
+    assert (
+        current.number == first.number
+        and "checksum mismatch" in again.problems[0]
+        and str(second.path) in again.problems[0]
+    )
 
 
 _WRITER = """
@@ -201,12 +285,22 @@ def test_killing_a_writer_mid_commit_leaves_a_loadable_library(tmp_path):
 def test_evolve_admits_only_replayable_candidates_and_prunes_unreliable_composites(tmp_path):
     runs = synthetic_trajectories(600, 3)
     lib = Library(tmp_path / "lib")
-    report = evolve(runs, lib, replay=lambda comp, traj: comp.tools != PLANTED["screen_then_explain"][0], cfg=EvolveConfig())
+    report = evolve(
+        runs, lib, replay=lambda comp, traj: comp.tools != PLANTED["screen_then_explain"][0], cfg=EvolveConfig()
+    )
     admitted = {lib.current().get(n).tools for n in report["admitted"]}
     assert admitted == {PLANTED["segment_then_measure"][0], PLANTED["describe_then_render_then_score"][0]}
     assert report["verification"]["score_then_answer"]["reproduced"] == 0
     name = report["admitted"][0]
-    later = [{"id": f"use-{k}", "created": time.time() + 1, "verification": "failed" if k % 4 else "verified", "case_id": f"u{k}",
-              "steps": [{"tool": name, "ok": True, "args": {}, "children": []}]} for k in range(8)]
+    later = [
+        {
+            "id": f"use-{k}",
+            "created": time.time() + 1,
+            "verification": "failed" if k % 4 else "verified",
+            "case_id": f"u{k}",
+            "steps": [{"tool": name, "ok": True, "args": {}, "children": []}],
+        }
+        for k in range(8)
+    ]
     again = evolve(later, lib, replay=lambda comp, traj: True)
     assert any(p.startswith(name) for p in again["pruned"]) and name not in again["library"]

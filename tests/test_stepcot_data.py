@@ -1,4 +1,5 @@
 """Step-CoT data: the loaders on a fixture in the real release's layout, their errors, and the phantom's chain."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ from macro.errors import CaseError
 
 
 def _chain(answers: list[str]) -> list[dict]:
-    return [{"step": f"Step {k + 1}", "question": stepcot.QUESTIONS[k], "options": list(stepcot.OPTIONS[k]), "answer": a,
-             "reasoning": f"because {k}"} for k, a in enumerate(answers)]
+    return [
+        {
+            "step": f"Step {k + 1}",
+            "question": stepcot.QUESTIONS[k],
+            "options": list(stepcot.OPTIONS[k]),
+            "answer": a,
+            "reasoning": f"because {k}",
+        }
+        for k, a in enumerate(answers)
+    ]
 
 
 NORMAL = ["No abnormality", "None", "None", "None", "None", "None", "Normal"]
@@ -28,13 +37,34 @@ def release(tmp_path):
     for folder, name in (("images", "p1.png"), ("images", "p2.png"), ("images_2", "p3.png")):
         (tmp_path / folder).mkdir(exist_ok=True)
         Image.fromarray(np.full((32, 32), 90, np.uint8)).save(tmp_path / folder / name)
-    records = [{"patient_id": "p1", "image_path": "images/p1.png", "origin": "site A", "report": "clear", "vqa_chain": _chain(NORMAL)},
-               {"patient_id": "p2", "image_path": "images/p2.png", "origin": "site A", "report": "mass", "vqa_chain": _chain(CANCER)},
-               {"patient_id": "p3", "image_path": "p3.png", "origin": "site B", "report": "odd",
-                "vqa_chain": _chain(CANCER[:5] + ["Not an option", "Lung cancer"])}]
+    records = [
+        {
+            "patient_id": "p1",
+            "image_path": "images/p1.png",
+            "origin": "site A",
+            "report": "clear",
+            "vqa_chain": _chain(NORMAL),
+        },
+        {
+            "patient_id": "p2",
+            "image_path": "images/p2.png",
+            "origin": "site A",
+            "report": "mass",
+            "vqa_chain": _chain(CANCER),
+        },
+        {
+            "patient_id": "p3",
+            "image_path": "p3.png",
+            "origin": "site B",
+            "report": "odd",
+            "vqa_chain": _chain(CANCER[:5] + ["Not an option", "Lung cancer"]),
+        },
+    ]
     (tmp_path / "data.json").write_text(json.dumps(records))
     pd.DataFrame([{"patient_id": "p1", "image_path": "images/p1.png"}]).to_excel(tmp_path / "train.xlsx", index=False)
-    pd.DataFrame([{**records[1], "vqa_chain": json.dumps(records[1]["vqa_chain"])}]).to_excel(tmp_path / "val.xlsx", index=False)
+    pd.DataFrame([{**records[1], "vqa_chain": json.dumps(records[1]["vqa_chain"])}]).to_excel(
+        tmp_path / "val.xlsx", index=False
+    )
     pd.DataFrame([{"patient_id": "p3"}]).to_excel(tmp_path / "test.xlsx", index=False)
     return tmp_path
 
@@ -52,13 +82,33 @@ def test_loaders_read_the_release_layout(release):
     assert labels[2, 5] == -1 and not valid[2, 5] and valid[:, :5].all()
 
 
-@pytest.mark.parametrize("mutate,expected", [
-    (lambda recs: {"not": "a list"}, "expected a list of records"),
-    (lambda recs: [recs[0], {k: v for k, v in recs[1].items() if k != "vqa_chain"}], "record 1: missing field 'vqa_chain'"),
-    (lambda recs: [{**recs[0], "vqa_chain": recs[0]["vqa_chain"][:6]}], "record 0: vqa_chain must be a list of 7 steps, got 6"),
-    (lambda recs: [{**recs[0], "vqa_chain": [*recs[0]["vqa_chain"][:2], {"question": "q", "options": "A, B", "answer": "A"},
-                                             *recs[0]["vqa_chain"][3:]]}], "record 0, step 3: options must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "mutate,expected",
+    [
+        (lambda recs: {"not": "a list"}, "expected a list of records"),
+        (
+            lambda recs: [recs[0], {k: v for k, v in recs[1].items() if k != "vqa_chain"}],
+            "record 1: missing field 'vqa_chain'",
+        ),
+        (
+            lambda recs: [{**recs[0], "vqa_chain": recs[0]["vqa_chain"][:6]}],
+            "record 0: vqa_chain must be a list of 7 steps, got 6",
+        ),
+        (
+            lambda recs: [
+                {
+                    **recs[0],
+                    "vqa_chain": [
+                        *recs[0]["vqa_chain"][:2],
+                        {"question": "q", "options": "A, B", "answer": "A"},
+                        *recs[0]["vqa_chain"][3:],
+                    ],
+                }
+            ],
+            "record 0, step 3: options must be a non-empty list",
+        ),
+    ],
+)
 def test_malformed_data_json_names_file_and_record(release, mutate, expected):
     path = release / "data.json"
     path.write_text(json.dumps(mutate(json.loads(path.read_text()))))
@@ -72,7 +122,9 @@ def test_malformed_xlsx_rows_name_file_and_row(release):
     with pytest.raises(CaseError, match=r"train\.xlsx: row 3: 'p9' is neither in data.json") as info:
         stepcot.load_split(release, "train")
     assert info.value.path == str(release / "train.xlsx")
-    pd.DataFrame([{"patient_id": "p2", "image_path": "images/p2.png", "vqa_chain": "[{broken"}]).to_excel(release / "val.xlsx", index=False)
+    pd.DataFrame([{"patient_id": "p2", "image_path": "images/p2.png", "vqa_chain": "[{broken"}]).to_excel(
+        release / "val.xlsx", index=False
+    )
     with pytest.raises(CaseError, match="row 2: vqa_chain is not valid JSON"):
         stepcot.load_split(release, "val")
     pd.DataFrame([{"name": "p1"}]).to_excel(release / "test.xlsx", index=False)
@@ -99,8 +151,12 @@ def test_the_diagnosis_follows_from_the_earlier_steps():
         by_pattern[a["pattern"]].add(a["diagnosis"])
     assert len(by_pattern["Cavity"]) == 2 and len(by_pattern["Nodule/Mass"]) == 2  # ... but no single step does
     assert {a["pattern"] for a in chains if a["density"] == "Mixed opacity"} == {"Cavity"}
-    upper = np.mean([("upper" in a["location"]) for a in chains if a["pattern"] == "Cavity" and a["distribution"] == "Focal"])
-    lower = np.mean([("upper" in a["location"]) for a in chains if a["pattern"] == "Consolidation" and a["distribution"] == "Focal"])
+    upper = np.mean(
+        [("upper" in a["location"]) for a in chains if a["pattern"] == "Cavity" and a["distribution"] == "Focal"]
+    )
+    lower = np.mean(
+        [("upper" in a["location"]) for a in chains if a["pattern"] == "Consolidation" and a["distribution"] == "Focal"]
+    )
     assert upper > 0.55 and lower < 0.4  # location depends on the pattern
     for option_set, key in zip(stepcot.OPTIONS, stepcot.ATTRIBUTES):
         assert {a[key] for a in chains} == set(option_set)  # every option occurs
@@ -109,11 +165,18 @@ def test_the_diagnosis_follows_from_the_earlier_steps():
 def test_a_lesion_is_drawn_in_the_zone_its_chain_names():
     normal = dict(zip(stepcot.ATTRIBUTES, NORMAL))
     half = stepcot.SIZE // 2
-    for location, (rows, cols) in {"Right upper zone": (slice(0, half), slice(0, half)),
-                                   "Left lower zone": (slice(half, None), slice(half, None))}.items():
+    for location, (rows, cols) in {
+        "Right upper zone": (slice(0, half), slice(0, half)),
+        "Left lower zone": (slice(half, None), slice(half, None)),
+    }.items():
         chain = dict(zip(stepcot.ATTRIBUTES, CANCER), location=location, morphology="Well-circumscribed")
-        changed = np.abs(stepcot.render(np.random.default_rng(3), chain).astype(float)
-                         - stepcot.render(np.random.default_rng(3), normal).astype(float)) > 20
+        changed = (
+            np.abs(
+                stepcot.render(np.random.default_rng(3), chain).astype(float)
+                - stepcot.render(np.random.default_rng(3), normal).astype(float)
+            )
+            > 20
+        )
         assert changed.sum() > 20 and changed[rows, cols].sum() > 0.8 * changed.sum(), location
 
 

@@ -1,4 +1,5 @@
 """Stores that several processes write at once: trajectories (SQLite WAL) and artifacts (atomic files)."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -13,8 +14,16 @@ from macro.trajectory import Trajectory, TrajectoryStore
 def _write_trajectories(path: str, worker: int, n: int) -> None:
     store = TrajectoryStore(Path(path))
     for i in range(n):
-        store.add(Trajectory(question=f"q{worker}-{i}", case_id="case-x", steps=[{"tool": "describe_scan", "ok": True}],
-                             answer="a", policy_id="scripted", thread_id=f"t{worker}"))
+        store.add(
+            Trajectory(
+                question=f"q{worker}-{i}",
+                case_id="case-x",
+                steps=[{"tool": "describe_scan", "ok": True}],
+                answer="a",
+                policy_id="scripted",
+                thread_id=f"t{worker}",
+            )
+        )
 
 
 def _write_artifacts(root: str, worker: int) -> list[str]:

@@ -1,4 +1,5 @@
 """The local tool-call format: formatted and parsed back, forgiving of small-model slips, strict on shape."""
+
 from macro.agent.toolcall import format_call, parse_calls
 
 
@@ -23,6 +24,10 @@ def test_plain_text_is_an_answer_not_an_error():
 
 
 def test_malformed_calls_become_errors():
-    for text in ('<tool_call>{"name": </tool_call>', '<tool_call>{"arguments": {}}</tool_call>', '<tool_call>{"name": "x", "arguments": [1]}</tool_call>'):
+    for text in (
+        '<tool_call>{"name": </tool_call>',
+        '<tool_call>{"arguments": {}}</tool_call>',
+        '<tool_call>{"name": "x", "arguments": [1]}</tool_call>',
+    ):
         calls, errors = parse_calls(text)
         assert calls == [] and len(errors) == 1

@@ -1,4 +1,5 @@
 """Tool contract, registry and the atomic imaging tools on real data."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,13 @@ def _call(tool, ctx, **args):
 
 def test_registry_offers_only_tools_that_accept_the_case(demo):
     registry = Registry.default()
-    assert {t.name for t in registry.for_case(demo)} == {"describe_scan", "render_slice", "measure_volume", "crop_resample", "segment_brain_tumor"}
+    assert {t.name for t in registry.for_case(demo)} == {
+        "describe_scan",
+        "render_slice",
+        "measure_volume",
+        "crop_resample",
+        "segment_brain_tumor",
+    }
     ct_slice = load_case(get_testdata_file("CT_small.dcm"))
     assert {t.name for t in registry.for_case(ct_slice)} == {"describe_scan", "render_slice", "score_anomaly"}
 
@@ -45,18 +52,23 @@ def test_bad_tool_definitions_fail_at_class_creation():
         x: int = 1
 
     with pytest.raises(TypeError, match="snake_case"):
+
         class BadName(MacroTool):  # noqa: F841
             name: str = "Bad-Name"
             description: str = "d"
             args_schema: type[BaseModel] = Args
             spec = ToolSpec(modalities=("*",))
+
     with pytest.raises(TypeError, match="unknown modality"):
+
         class BadModality(MacroTool):  # noqa: F841
             name: str = "bad_modality"
             description: str = "d"
             args_schema: type[BaseModel] = Args
             spec = ToolSpec(modalities=("spectroscopy",))
+
     with pytest.raises(TypeError, match="spec must be a ToolSpec"):
+
         class NoSpec(MacroTool):  # noqa: F841
             name: str = "no_spec"
             description: str = "d"
@@ -74,7 +86,10 @@ class Echo(MacroTool):
 
 
 def test_entry_point_plugins_load_and_broken_ones_are_skipped(monkeypatch):
-    eps = [EntryPoint("echo", f"{__name__}:Echo", "macro.tools"), EntryPoint("broken", "no_such_module:Tool", "macro.tools")]
+    eps = [
+        EntryPoint("echo", f"{__name__}:Echo", "macro.tools"),
+        EntryPoint("broken", "no_such_module:Tool", "macro.tools"),
+    ]
     monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
     registry = Registry.default()
     assert "echo_shape" in registry
@@ -97,7 +112,9 @@ def test_measure_volume_prefers_a_segmentation_artifact(demo, tmp_path):
     art = ctx.store.save_nifti(mask, demo.affine, "mask", "seg")
     ctx.history.append(art.ref())
     result = _call(Registry.default().get("measure_volume"), ctx, region="ET")
-    assert result.data["voxels"] == 1000 and result.data["volume_ml"] == pytest.approx(8.0) and ctx.used["mask"] == art.id
+    assert (
+        result.data["voxels"] == 1000 and result.data["volume_ml"] == pytest.approx(8.0) and ctx.used["mask"] == art.id
+    )
 
 
 def test_render_slice_writes_png_with_overlay(demo, tmp_path):
@@ -134,8 +151,10 @@ def test_describe_scan_reports_real_statistics(demo, tmp_path):
 
 def test_tool_invokes_as_a_plain_langchain_tool(demo, tmp_path):
     tool = Registry.default().get("measure_volume")
-    msg = tool.invoke({"name": "measure_volume", "args": {"region": "WT"}, "id": "c1", "type": "tool_call"},
-                      config={"configurable": {"macro": _ctx(demo, tmp_path)}})
+    msg = tool.invoke(
+        {"name": "measure_volume", "args": {"region": "WT"}, "id": "c1", "type": "tool_call"},
+        config={"configurable": {"macro": _ctx(demo, tmp_path)}},
+    )
     assert "mL" in msg.content and msg.artifact.data["region"] == "WT"
 
 

@@ -1,13 +1,21 @@
 """Test-time adaptation mechanics (VISTA's unit-test list in research/tool_methods.md §1.7), on a tiny UNet."""
+
 from __future__ import annotations
 
 import torch
-
-from macro.tools.segmentation.model import SegNetConfig, build_unet
 import torch.nn.functional as F
 
-from macro.tools.segmentation.tta import (Adapter, TTAConfig, bn_affine_params, dilate, hierarchy_fix, lowfreq_swap,
-                                          patch_swap, quantile)
+from macro.tools.segmentation.model import SegNetConfig, build_unet
+from macro.tools.segmentation.tta import (
+    Adapter,
+    TTAConfig,
+    bn_affine_params,
+    dilate,
+    hierarchy_fix,
+    lowfreq_swap,
+    patch_swap,
+    quantile,
+)
 
 TINY = SegNetConfig(channels=(4, 8), strides=(2,), num_res_units=1, grid=(16, 16, 16))
 
@@ -105,6 +113,8 @@ def test_batch_statistics_normalise_with_the_input_and_leave_running_stats_alone
     with torch.no_grad(), batch_statistics(net):
         out = net(x)
     assert torch.allclose(out.mean(dim=(0, 2, 3, 4)), net[1].bias, atol=1e-5)
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and not net.training and not net[1].training
+    assert (
+        all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and not net.training and not net[1].training
+    )
     with torch.no_grad(), batch_statistics(net, enabled=False):
         assert not torch.allclose(net(x).mean(dim=(0, 2, 3, 4)), net[1].bias, atol=1e-3)

@@ -1,4 +1,5 @@
 """Step-CoT networks and losses: graph shapes, the step-by-step memory, the student's chain, KD at T = 2 and CKA."""
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,9 @@ def test_gat_attends_over_all_nodes_with_normalised_weights():
     layer = GATLayer(16, heads=4).eval()
     out, alpha = layer(torch.randn(3, 8, 16), return_attention=True)
     assert out.shape == (3, 8, 16) and alpha.shape == (3, 4, 8, 8)
-    assert torch.allclose(alpha.sum(-1), torch.ones(3, 4, 8), atol=1e-6) and (alpha > 0).all()  # fully connected, self-loops
+    assert (
+        torch.allclose(alpha.sum(-1), torch.ones(3, 4, 8), atol=1e-6) and (alpha > 0).all()
+    )  # fully connected, self-loops
 
 
 def test_teacher_runs_the_graph_step_by_step_with_a_gru_memory():
@@ -26,7 +29,9 @@ def test_teacher_runs_the_graph_step_by_step_with_a_gru_memory():
     trace = {}
     logits, features = teacher(torch.randn(5, 32), trace)
     assert [z.shape for z in logits] == [(5, c) for c in CLASSES] and all(f.shape == (5, 16) for f in features)
-    assert len(trace["attention"]) == 7 and all(len(step) == 2 and step[0].shape == (5, 4, 8, 8) for step in trace["attention"])
+    assert len(trace["attention"]) == 7 and all(
+        len(step) == 2 and step[0].shape == (5, 4, 8, 8) for step in trace["attention"]
+    )
     memories = torch.stack(trace["memory"])  # (7, B, hidden): written after every step, different each time
     assert memories.shape == (7, 5, 16) and all(not torch.allclose(memories[i], memories[i + 1]) for i in range(6))
     assert not torch.allclose(memories[0], teacher.memory0.expand(5, -1))

@@ -1,5 +1,6 @@
 """``answer_stepwise`` with the shipped Step-CoT weights: manifest, gating, answers on unseen phantom images, the
 agent turn with the scripted policy, and an evaluation slice in the real harness."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,10 @@ def test_weights_match_their_manifest():
     manifest = json.loads((WEIGHTS_DIR / "manifest.json").read_text())
     for kind in ("teacher", "student"):
         entry = manifest["files"][kind]
-        assert hashlib.sha256((WEIGHTS_DIR / entry["file"]).read_bytes()).hexdigest() == entry["sha256"] and entry["dtype"] == "float16"
+        assert (
+            hashlib.sha256((WEIGHTS_DIR / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+            and entry["dtype"] == "float16"
+        )
     assert manifest["command"].startswith("macro train vqa") and manifest["seed"] == 0 and manifest["train_seed"] == 42
     held = manifest["held_out"]
     assert set(held) == {"split", "baseline", "teacher", "student"}
@@ -52,7 +56,9 @@ def test_student_and_teacher_answer_unseen_images(images, home):
         ctx = ToolContext.for_case(load_case(path), home / "artifacts")
         for kind in right:
             data = tool.execute(ctx, tool.args_schema(model=kind)).data
-            assert [s["step"] for s in data["steps"]] == list(range(1, 8)) and data["diagnosis"] == data["steps"][-1]["answer"]
+            assert [s["step"] for s in data["steps"]] == list(range(1, 8)) and data["diagnosis"] == data["steps"][-1][
+                "answer"
+            ]
             assert all(0 < s["probability"] <= 1 and s["reasoning"] for s in data["steps"])
             right[kind] += [s["answer"] == chain[key] for s, key in zip(data["steps"], stepcot.ATTRIBUTES)]
     for kind, hits in right.items():
@@ -64,7 +70,11 @@ def test_question_focuses_one_step(images, home):
     tool = Registry.default().get("answer_stepwise")
     ctx = ToolContext.for_case(load_case(images[1]), home / "artifacts")
     result = tool.execute(ctx, tool.args_schema(question="Where is the lesion located?"))
-    assert result.data["focus_step"] == 4 and "Answer (anatomical location):" in result.text and "Diagnosis:" in result.text
+    assert (
+        result.data["focus_step"] == 4
+        and "Answer (anatomical location):" in result.text
+        and "Diagnosis:" in result.text
+    )
 
 
 def test_agent_reasons_step_by_step_with_the_scripted_policy(images, home):
@@ -72,7 +82,9 @@ def test_agent_reasons_step_by_step_with_the_scripted_policy(images, home):
     from macro.agent.scripted import ScriptedPolicy
     from macro.config import Home
 
-    result = Agent(ScriptedPolicy(), "scripted", home=Home(home)).ask(load_case(images[2]), "Walk me through the diagnosis step by step.")
+    result = Agent(ScriptedPolicy(), "scripted", home=Home(home)).ask(
+        load_case(images[2]), "Walk me through the diagnosis step by step."
+    )
     (step,) = result.trajectory.steps
     assert step["tool"] == "answer_stepwise" and step["ok"] and len(step["data"]["steps"]) == 7
     assert "Step 7 Diagnosis" in result.answer and step["data"]["diagnosis"] in result.answer
@@ -85,7 +97,7 @@ def test_evaluation_slice_runs_all_three_in_one_harness(tmp_path):
     report = vqa.evaluate(tmp_path, quick=True, n_images=600, progress=False, log=lambda *_: None)
     methods = report["methods"]
     assert set(methods) == {"baseline", "teacher", "student"}
-    for name, row in methods.items():
+    for row in methods.values():
         assert len(row["step_acc"]) == 7 and 0 <= row["consistency"] <= 100 and row["ms_per_image"] > 0
     # What the chain gives on the phantom is coherence, not per-step accuracy: the student's diagnosis agrees with
     # its own earlier answers more often than the independent classifiers' does (README, Step-CoT section).

@@ -5,6 +5,7 @@ tool through a :class:`ToolContext` passed in the runnable config (``config["con
 model never has to copy paths or ids into JSON. Subclasses are validated when they are defined, so a malformed
 tool fails at import, not in the middle of a conversation.
 """
+
 from __future__ import annotations
 
 import re
@@ -100,10 +101,17 @@ class MacroTool(BaseTool):
     def _run(self, config: RunnableConfig, run_manager: Any = None, **kwargs: Any) -> tuple[str, ToolResult]:
         ctx = (config.get("configurable") or {}).get("macro")
         if not isinstance(ctx, ToolContext):
-            raise CaseError(None, f"tool {self.name} needs a case: pass config={{'configurable': {{'macro': ToolContext.for_case(path)}}}}")
+            raise CaseError(
+                None,
+                f"tool {self.name} needs a case: pass "
+                f"config={{'configurable': {{'macro': ToolContext.for_case(path)}}}}",
+            )
         if not self.spec.accepts(ctx.case):
-            raise CaseError(ctx.case.paths[0], f"tool {self.name} does not accept a {ctx.case.dims}D {ctx.case.modality} case",
-                            accepted=f"modalities {', '.join(self.spec.modalities)}; {'/'.join(map(str, self.spec.dims))}D")
+            raise CaseError(
+                ctx.case.paths[0],
+                f"tool {self.name} does not accept a {ctx.case.dims}D {ctx.case.modality} case",
+                accepted=f"modalities {', '.join(self.spec.modalities)}; {'/'.join(map(str, self.spec.dims))}D",
+            )
         result = self.execute(ctx, self.args_schema(**kwargs))
         return result.text, result
 

@@ -6,6 +6,7 @@ convention (1 ET, 2 non-enhancing tumour, 3 cyst, 4 oedema): see :mod:`macro.dat
 the newest mask a segmentation tool wrote in the thread, falls back to the case's reference segmentation, and says
 which it used.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -44,8 +45,15 @@ def _mask_source(ctx: ToolContext) -> tuple[np.ndarray, str, str]:
             raise CaseError(art.path, f"mask shape {labels.shape} differs from the case shape {ctx.case.shape}")
         return labels, f"segmentation {art.id}", "gli"
     if ctx.case.labels is not None:
-        return ctx.case.labels, f"reference segmentation {ctx.case.label_path.name}", convention_for(ctx.case.label_path.name)
-    raise CaseError(ctx.case.paths[0], "no tumour mask yet: run a segmentation tool first, or provide a case with a reference seg file")
+        return (
+            ctx.case.labels,
+            f"reference segmentation {ctx.case.label_path.name}",
+            convention_for(ctx.case.label_path.name),
+        )
+    raise CaseError(
+        ctx.case.paths[0],
+        "no tumour mask yet: run a segmentation tool first, or provide a case with a reference seg file",
+    )
 
 
 class NoArgs(BaseModel):
@@ -57,18 +65,38 @@ class DescribeScan(MacroTool):
     description: str = "Modality, size, voxel spacing and intensity statistics of the scan."
     args_schema: type[BaseModel] = NoArgs
     spec = ToolSpec(
-        modalities=(ANY_MODALITY,), outputs={"summary": "text"}, version="1.0.0",
-        examples=tuple(ToolExample(request=r) for r in (
-            "What kind of scan is this?", "Describe this scan.", "Give me the basic facts about this image.",
-            "What modality and resolution is this study?", "How big is this volume and what is the voxel size?",
-            "Which sequences are included?", "Summarise the acquisition for me.", "What are the dimensions of the image?",
-            "Tell me about the image intensities.", "Is this an MRI or a CT?", "What is the slice thickness?",
-            "Can you characterise this study before we start?", "What's the spacing in mm?", "Give me an overview of the case.",
-            "Report the image header information.", "How many channels does this scan have?", "What am I looking at here?",
-            "Check the scan properties.", "List the sequences and their intensity ranges.", "What's the matrix size?",
-            "Print the scan metadata.", "Before anything else, describe the data.", "What resolution was this acquired at?",
-            "Give me shape, spacing and modality.",
-        )),
+        modalities=(ANY_MODALITY,),
+        outputs={"summary": "text"},
+        version="1.0.0",
+        examples=tuple(
+            ToolExample(request=r)
+            for r in (
+                "What kind of scan is this?",
+                "Describe this scan.",
+                "Give me the basic facts about this image.",
+                "What modality and resolution is this study?",
+                "How big is this volume and what is the voxel size?",
+                "Which sequences are included?",
+                "Summarise the acquisition for me.",
+                "What are the dimensions of the image?",
+                "Tell me about the image intensities.",
+                "Is this an MRI or a CT?",
+                "What is the slice thickness?",
+                "Can you characterise this study before we start?",
+                "What's the spacing in mm?",
+                "Give me an overview of the case.",
+                "Report the image header information.",
+                "How many channels does this scan have?",
+                "What am I looking at here?",
+                "Check the scan properties.",
+                "List the sequences and their intensity ranges.",
+                "What's the matrix size?",
+                "Print the scan metadata.",
+                "Before anything else, describe the data.",
+                "What resolution was this acquired at?",
+                "Give me shape, spacing and modality.",
+            )
+        ),
     )
 
     def execute(self, ctx: ToolContext, args: NoArgs) -> ToolResult:
@@ -77,12 +105,27 @@ class DescribeScan(MacroTool):
         for name in case.channels:
             vox = case.channel(name)
             fg = vox[vox > np.percentile(vox, 5)] if vox.size > 100 else vox.ravel()
-            stats[name] = {k: round(float(v), 2) for k, v in (
-                ("min", vox.min()), ("max", vox.max()), ("mean", fg.mean()), ("std", fg.std()),
-                ("p1", np.percentile(fg, 1)), ("p99", np.percentile(fg, 99)))}
-        data = {"case_id": case.id, "modality": case.modality, "dims": case.dims, "shape": list(case.shape),
-                "spacing_mm": [round(s, 4) for s in case.spacing], "channels": list(case.channels),
-                "has_reference_mask": case.label_path is not None, "intensity": stats}
+            stats[name] = {
+                k: round(float(v), 2)
+                for k, v in (
+                    ("min", vox.min()),
+                    ("max", vox.max()),
+                    ("mean", fg.mean()),
+                    ("std", fg.std()),
+                    ("p1", np.percentile(fg, 1)),
+                    ("p99", np.percentile(fg, 99)),
+                )
+            }
+        data = {
+            "case_id": case.id,
+            "modality": case.modality,
+            "dims": case.dims,
+            "shape": list(case.shape),
+            "spacing_mm": [round(s, 4) for s in case.spacing],
+            "channels": list(case.channels),
+            "has_reference_mask": case.label_path is not None,
+            "intensity": stats,
+        }
         ranges = "; ".join(f"{n} {s['p1']:g}-{s['p99']:g}" for n, s in stats.items())
         return ToolResult(text=f"{case.summary()}. Intensity p1-p99: {ranges}.", data=data)
 
@@ -98,7 +141,9 @@ class RenderSlice(MacroTool):
     description: str = "Render a slice to PNG with the tumour overlaid."
     args_schema: type[BaseModel] = RenderArgs
     spec = ToolSpec(
-        modalities=(ANY_MODALITY,), outputs={"png": "render"}, version="1.0.0",
+        modalities=(ANY_MODALITY,),
+        outputs={"png": "render"},
+        version="1.0.0",
         examples=(
             ToolExample(request="Show me an axial slice.", args={"axis": "axial"}),
             ToolExample(request="Render the coronal view.", args={"axis": "coronal"}),
@@ -106,13 +151,17 @@ class RenderSlice(MacroTool):
             ToolExample(request="Display the FLAIR image.", args={"sequence": "flair"}),
             ToolExample(request="Show the T1 post-contrast slice through the tumour.", args={"sequence": "t1ce"}),
             ToolExample(request="Make a picture of slice 40.", args={"index": 40}),
-            ToolExample(request="Render axial slice 52 of the T2.", args={"axis": "axial", "index": 52, "sequence": "t2"}),
+            ToolExample(
+                request="Render axial slice 52 of the T2.", args={"axis": "axial", "index": 52, "sequence": "t2"}
+            ),
             ToolExample(request="Give me a coronal picture of the T1.", args={"axis": "coronal", "sequence": "t1"}),
             ToolExample(request="Visualise the lesion.", args={}),
             ToolExample(request="Draw the scan with the tumour outlined.", args={}),
             ToolExample(request="Show me the image.", args={}),
             ToolExample(request="I'd like to see a sagittal cut at index 30.", args={"axis": "sagittal", "index": 30}),
-            ToolExample(request="Export a PNG of the FLAIR in the coronal plane.", args={"axis": "coronal", "sequence": "flair"}),
+            ToolExample(
+                request="Export a PNG of the FLAIR in the coronal plane.", args={"axis": "coronal", "sequence": "flair"}
+            ),
             ToolExample(request="Plot the middle axial slice.", args={"axis": "axial"}),
             ToolExample(request="Let me look at the T2-weighted image.", args={"sequence": "t2"}),
             ToolExample(request="Produce a screenshot of slice 61.", args={"index": 61}),
@@ -122,17 +171,30 @@ class RenderSlice(MacroTool):
             ToolExample(request="Picture of coronal slice 58, please.", args={"axis": "coronal", "index": 58}),
             ToolExample(request="Show where the tumour is.", args={}),
             ToolExample(request="View the native T1 axially.", args={"axis": "axial", "sequence": "t1"}),
-            ToolExample(request="Render slice 45 in the sagittal plane from the T2.", args={"axis": "sagittal", "index": 45, "sequence": "t2"}),
+            ToolExample(
+                request="Render slice 45 in the sagittal plane from the T2.",
+                args={"axis": "sagittal", "index": 45, "sequence": "t2"},
+            ),
             ToolExample(request="Save an image of the scan.", args={}),
             ToolExample(request="Show the coronal T2.", args={"axis": "coronal", "sequence": "t2"}),
             ToolExample(request="I want to see the FLAIR sagittally.", args={"axis": "sagittal", "sequence": "flair"}),
-            ToolExample(request="Can I see an image of the post-contrast T1 in the axial plane?", args={"axis": "axial", "sequence": "t1ce"}),
+            ToolExample(
+                request="Can I see an image of the post-contrast T1 in the axial plane?",
+                args={"axis": "axial", "sequence": "t1ce"},
+            ),
             ToolExample(request="Display sagittal slice 50.", args={"axis": "sagittal", "index": 50}),
             ToolExample(request="Let me see the coronal plane.", args={"axis": "coronal"}),
             ToolExample(request="Show a picture of the T1 at slice 33.", args={"index": 33, "sequence": "t1"}),
-            ToolExample(request="Render the FLAIR, coronal, slice 60.", args={"axis": "coronal", "index": 60, "sequence": "flair"}),
-            ToolExample(request="Could I look at a sagittal T1ce image?", args={"axis": "sagittal", "sequence": "t1ce"}),
-            ToolExample(request="Show me the axial T2 at index 47.", args={"axis": "axial", "index": 47, "sequence": "t2"}),
+            ToolExample(
+                request="Render the FLAIR, coronal, slice 60.",
+                args={"axis": "coronal", "index": 60, "sequence": "flair"},
+            ),
+            ToolExample(
+                request="Could I look at a sagittal T1ce image?", args={"axis": "sagittal", "sequence": "t1ce"}
+            ),
+            ToolExample(
+                request="Show me the axial T2 at index 47.", args={"axis": "axial", "index": 47, "sequence": "t2"}
+            ),
             ToolExample(request="See the tumour on a coronal FLAIR.", args={"axis": "coronal", "sequence": "flair"}),
         ),
     )
@@ -140,7 +202,9 @@ class RenderSlice(MacroTool):
     def execute(self, ctx: ToolContext, args: RenderArgs) -> ToolResult:
         case = ctx.case
         if args.sequence is not None and args.sequence not in case.channels:
-            raise CaseError(case.paths[0], f"no sequence {args.sequence!r} in this case", accepted=", ".join(case.channels))
+            raise CaseError(
+                case.paths[0], f"no sequence {args.sequence!r} in this case", accepted=", ".join(case.channels)
+            )
         labels = None
         if case.dims == 3:
             try:
@@ -151,7 +215,11 @@ class RenderSlice(MacroTool):
                 labels = None
         shown = args.sequence or ("flair" if "flair" in case.channels else "/".join(case.channels))
         if case.dims == 2:
-            pixels = np.moveaxis(case.image, 0, -1) if args.sequence is None and len(case.channels) == 3 else case.channel(args.sequence)
+            pixels = (
+                np.moveaxis(case.image, 0, -1)
+                if args.sequence is None and len(case.channels) == 3
+                else case.channel(args.sequence)
+            )
             plane, where = pixels, "2D image"
             mask_plane = None
         else:
@@ -167,10 +235,15 @@ class RenderSlice(MacroTool):
         rgb = _to_rgb(plane, mask_plane)
         scale = max(1, -(-MIN_RENDER_PX // min(rgb.shape[:2])))  # small volumes get a viewable, pixel-exact upscale
         rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
-        art = ctx.store.save_png(rgb, "render", f"{args.axis}-{args.sequence or 'default'}", {"where": where, "scale": scale})
+        art = ctx.store.save_png(
+            rgb, "render", f"{args.axis}-{args.sequence or 'default'}", {"where": where, "scale": scale}
+        )
         overlay = " with tumour overlay" if mask_plane is not None and mask_plane.any() else ""
-        return ToolResult(text=f"Rendered {where} of {shown}{overlay} to {art.id}.",
-                          data={"where": where, "overlay": bool(overlay)}, artifacts=[art.ref()])
+        return ToolResult(
+            text=f"Rendered {where} of {shown}{overlay} to {art.id}.",
+            data={"where": where, "overlay": bool(overlay)},
+            artifacts=[art.ref()],
+        )
 
 
 def _default_index(labels: np.ndarray | None, axis: int, size: int) -> int:
@@ -200,7 +273,10 @@ class MeasureVolume(MacroTool):
     description: str = "Tumour volume in mL: ET enhancing, TC core, WT whole."
     args_schema: type[BaseModel] = VolumeArgs
     spec = ToolSpec(
-        modalities=VOLUME_MODALITIES, dims=(3,), inputs={"case": "image", "mask": "mask"}, outputs={"volume_ml": "scalar"},
+        modalities=VOLUME_MODALITIES,
+        dims=(3,),
+        inputs={"case": "image", "mask": "mask"},
+        outputs={"volume_ml": "scalar"},
         version="1.0.0",
         examples=(
             ToolExample(request="What is the tumour volume?", args={"region": "WT"}),
@@ -243,13 +319,22 @@ class MeasureVolume(MacroTool):
         voxels = int(region_masks(labels, convention)[args.region].sum())
         volume = voxels * ctx.case.voxel_ml
         return ToolResult(
-            text=f"{REGION_NAMES[args.region]} ({args.region}) volume: {volume:.2f} mL ({voxels} voxels, from the {source}).",
-            data={"region": args.region, "volume_ml": round(volume, 4), "voxels": voxels, "voxel_ml": ctx.case.voxel_ml, "mask_source": source},
+            text=f"{REGION_NAMES[args.region]} ({args.region}) volume: {volume:.2f} mL "
+            f"({voxels} voxels, from the {source}).",
+            data={
+                "region": args.region,
+                "volume_ml": round(volume, 4),
+                "voxels": voxels,
+                "voxel_ml": ctx.case.voxel_ml,
+                "mask_source": source,
+            },
         )
 
 
 class ResampleArgs(BaseModel):
-    spacing_mm: float | None = Field(None, gt=0.2, le=10, description="isotropic output spacing in mm; default keeps the spacing")
+    spacing_mm: float | None = Field(
+        None, gt=0.2, le=10, description="isotropic output spacing in mm; default keeps the spacing"
+    )
     crop: bool = Field(True, description="crop to the foreground (head/body) bounding box")
 
 
@@ -258,7 +343,10 @@ class CropResample(MacroTool):
     description: str = "Crop to the foreground and/or resample to isotropic mm."
     args_schema: type[BaseModel] = ResampleArgs
     spec = ToolSpec(
-        modalities=VOLUME_MODALITIES, dims=(3,), outputs={"volume": "image"}, version="1.0.0",
+        modalities=VOLUME_MODALITIES,
+        dims=(3,),
+        outputs={"volume": "image"},
+        version="1.0.0",
         examples=(
             ToolExample(request="Resample the scan to 1 mm isotropic.", args={"spacing_mm": 1.0}),
             ToolExample(request="Crop away the empty background.", args={"crop": True}),
@@ -275,7 +363,9 @@ class CropResample(MacroTool):
             ToolExample(request="Crop to the brain and resample at 2 mm.", args={"spacing_mm": 2.0, "crop": True}),
             ToolExample(request="Change the resolution to 4 mm.", args={"spacing_mm": 4.0}),
             ToolExample(request="Tight crop around the anatomy please.", args={"crop": True}),
-            ToolExample(request="Resample at 1.25 mm but keep the full field of view.", args={"spacing_mm": 1.25, "crop": False}),
+            ToolExample(
+                request="Resample at 1.25 mm but keep the full field of view.", args={"spacing_mm": 1.25, "crop": False}
+            ),
         ),
     )
 
@@ -293,10 +383,16 @@ class CropResample(MacroTool):
             img = Spacing(pixdim=(args.spacing_mm,) * 3, mode="bilinear")(img)
         out = np.moveaxis(img.numpy().astype(np.float32), 0, -1)
         new_spacing = [round(float(s), 4) for s in np.sqrt((img.affine.numpy()[:3, :3] ** 2).sum(axis=0))]
-        art = ctx.store.save_nifti(out, img.affine.numpy(), "image", "resampled", {"spacing_mm": new_spacing, "channels": list(case.channels)})
+        art = ctx.store.save_nifti(
+            out, img.affine.numpy(), "image", "resampled", {"spacing_mm": new_spacing, "channels": list(case.channels)}
+        )
         shape = list(out.shape[:3])
-        return ToolResult(text=f"Saved a {'x'.join(map(str, shape))} volume at {'x'.join(f'{s:g}' for s in new_spacing)} mm to {art.id}.",
-                          data={"shape": shape, "spacing_mm": new_spacing}, artifacts=[art.ref()])
+        return ToolResult(
+            text=f"Saved a {'x'.join(map(str, shape))} volume at {'x'.join(f'{s:g}' for s in new_spacing)} mm "
+            f"to {art.id}.",
+            data={"shape": shape, "spacing_mm": new_spacing},
+            artifacts=[art.ref()],
+        )
 
 
 BUILTINS = (DescribeScan, RenderSlice, MeasureVolume, CropResample)

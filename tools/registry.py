@@ -3,6 +3,7 @@
 An entry point may name a ``MacroTool`` subclass, an instance, or a zero-argument callable returning either or a
 list of them. A broken plug-in is reported and skipped; it never stops the agent from starting.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,10 @@ class Registry:
         from macro.tools.segmentation.tool import SegmentBrainTumor
         from macro.tools.vqa.tool import AnswerStepwise
 
-        registry = cls(tool() for tool in (*BUILTINS, SegmentBrainTumor, ClassifyLesion, ClassifyFindings, ScoreAnomaly, AnswerStepwise))
+        registry = cls(
+            tool()
+            for tool in (*BUILTINS, SegmentBrainTumor, ClassifyLesion, ClassifyFindings, ScoreAnomaly, AnswerStepwise)
+        )
         registry.load_entry_points()
         if composites:
             registry.load_composites(home)

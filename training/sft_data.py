@@ -7,6 +7,7 @@ cases, so final answers learn to quote real outputs.
 
 Rows are TRL prompt-completion conversations: ``{"prompt": [...], "completion": [assistant turn], ...}``.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,19 +28,34 @@ from macro.tools.base import MacroTool, ToolExample
 from macro.tools.registry import Registry
 
 HELD_OUT_EVERY = 5
-OPENERS = {"train": ["", "", "", "Hi. ", "Hello, ", "Please: ", "Quick question: ", "Doctor here. ", "OK. "],
-           "test": ["", "Hey there, ", "Good morning. ", "Could you help? ", "Urgent: "]}
+OPENERS = {
+    "train": ["", "", "", "Hi. ", "Hello, ", "Please: ", "Quick question: ", "Doctor here. ", "OK. "],
+    "test": ["", "Hey there, ", "Good morning. ", "Could you help? ", "Urgent: "],
+}
 CLOSERS = {"train": ["", "", "", " Thanks.", " Please.", " Thank you!"], "test": ["", " Cheers.", " ASAP please."]}
 ANSWER_LEADS = ["", "According to {tool}: ", "Result from {tool}: ", "{tool} reports: ", "Here is what I found. "]
-SMALL_TALK = [("Hello!", "Hello. Ask me about this scan: I can describe, render and measure it."),
-              ("Who are you?", "I am MACRO, a medical imaging assistant. I answer from tool results, not guesses."),
-              ("Thanks, that's all.", "You're welcome."),
-              ("Can you diagnose me?", "I am a research tool, not a doctor. I can measure and describe this scan.")]
-TWO_STEP = [("Describe the scan and then show me an axial slice.", [("describe_scan", {}), ("render_slice", {"axis": "axial"})]),
-            ("Measure the whole tumour, then render it.", [("measure_volume", {"region": "WT"}), ("render_slice", {})]),
-            ("Give me the ET volume and the WT volume.", [("measure_volume", {"region": "ET"}), ("measure_volume", {"region": "WT"})]),
-            ("What is this scan, and how big is the tumour core?", [("describe_scan", {}), ("measure_volume", {"region": "TC"})]),
-            ("Crop to the head and then describe it.", [("crop_resample", {"crop": True}), ("describe_scan", {})])]
+SMALL_TALK = [
+    ("Hello!", "Hello. Ask me about this scan: I can describe, render and measure it."),
+    ("Who are you?", "I am MACRO, a medical imaging assistant. I answer from tool results, not guesses."),
+    ("Thanks, that's all.", "You're welcome."),
+    ("Can you diagnose me?", "I am a research tool, not a doctor. I can measure and describe this scan."),
+]
+TWO_STEP = [
+    (
+        "Describe the scan and then show me an axial slice.",
+        [("describe_scan", {}), ("render_slice", {"axis": "axial"})],
+    ),
+    ("Measure the whole tumour, then render it.", [("measure_volume", {"region": "WT"}), ("render_slice", {})]),
+    (
+        "Give me the ET volume and the WT volume.",
+        [("measure_volume", {"region": "ET"}), ("measure_volume", {"region": "WT"})],
+    ),
+    (
+        "What is this scan, and how big is the tumour core?",
+        [("describe_scan", {}), ("measure_volume", {"region": "TC"})],
+    ),
+    ("Crop to the head and then describe it.", [("crop_resample", {"crop": True}), ("describe_scan", {})]),
+]
 
 
 def split_examples(tool: MacroTool, split: str) -> list[ToolExample]:
@@ -56,7 +72,7 @@ def perturb(text: str, rng: random.Random, split: str) -> str:
             w = words[i]
             if len(w) > 3:
                 j = rng.randrange(1, len(w) - 1)
-                words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:] if rng.random() < 0.5 else w[:j] + w[j + 1:]
+                words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :] if rng.random() < 0.5 else w[:j] + w[j + 1 :]
         text = " ".join(words)
     return text.lower() if rng.random() < 0.12 else text
 
@@ -90,7 +106,9 @@ class Context:
         """Run a tool for real; identical calls on identical inputs are reused (segmentation takes seconds)."""
         key = (name, json.dumps(args, sort_keys=True), tuple(a["id"] for a in history))
         if key not in self.memo:
-            msg, _, produced = self.executor.run({"name": name, "args": args, "id": f"call_{name}"}, self.case, list(history))
+            msg, _, produced = self.executor.run(
+                {"name": name, "args": args, "id": f"call_{name}"}, self.case, list(history)
+            )
             self.memo[key] = (msg, produced)
         msg, produced = self.memo[key]
         history.extend(produced)
@@ -102,11 +120,20 @@ def contexts(cases: Iterable[Case], registry: Registry, workdir: Path) -> list[C
     return [Context(c, registry.for_case(c), executor) for c in cases]
 
 
-def _row(ctx: Context, messages: Sequence[BaseMessage], target: AIMessage, kind: str, tool: str | None, args: dict | None) -> dict:
+def _row(
+    ctx: Context, messages: Sequence[BaseMessage], target: AIMessage, kind: str, tool: str | None, args: dict | None
+) -> dict:
     chat = to_chat([system_message(ctx.case.summary()), *messages, target], ctx.schemas)
     user = next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
-    return {"prompt": chat[:-1], "completion": chat[-1:], "kind": kind, "tool": tool or "", "args": args or {},
-            "user": user, "case_ref": ctx.case.ref()}
+    return {
+        "prompt": chat[:-1],
+        "completion": chat[-1:],
+        "kind": kind,
+        "tool": tool or "",
+        "args": args or {},
+        "user": user,
+        "case_ref": ctx.case.ref(),
+    }
 
 
 def _call(name: str, args: dict) -> AIMessage:
@@ -149,8 +176,16 @@ def dialogue_rows(ctxs: Sequence[Context], rng: random.Random, n_answers: int) -
         follow = rng.choice(split_examples(other, "train"))
         has_mask = any(a.get("kind") == "mask" for a in history)
         name, args = (other.name, follow.args) if has_mask else ctx.first_action(other.name, follow.args)
-        rows.append(_row(ctx, [user, call, result, answer, HumanMessage(perturb(follow.request, rng, "train"))],
-                         _call(name, args), "follow_up", name, args))
+        rows.append(
+            _row(
+                ctx,
+                [user, call, result, answer, HumanMessage(perturb(follow.request, rng, "train"))],
+                _call(name, args),
+                "follow_up",
+                name,
+                args,
+            )
+        )
     for ctx in [c for c in ctxs if c.needs_segmentation]:
         measure = next(t for t in ctx.tools if t.name == "measure_volume")
         for ex in rng.sample(split_examples(measure, "train"), k=min(6, len(split_examples(measure, "train")))):
@@ -179,7 +214,9 @@ def _chain_rows(ctx: Context, request: str, plan: list[tuple[str, dict]], rng: r
     return rows
 
 
-def build(cases: Sequence[Case], registry: Registry, seed: int = 0, per_example: int = 1, n_answers: int = 20) -> dict[str, list[dict]]:
+def build(
+    cases: Sequence[Case], registry: Registry, seed: int = 0, per_example: int = 1, n_answers: int = 20
+) -> dict[str, list[dict]]:
     """``{"train": rows, "test": rows}``; test rows are first calls on held-out wording only."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="macro-sft-") as tmp:

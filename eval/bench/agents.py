@@ -9,6 +9,7 @@
 The LLM is the embedded policy unless ``--llm`` names another backend (``scripted`` is the keyword policy,
 deterministic and fast, for CI slices and for separating the LLM's share of the result from the harness's).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,7 +70,10 @@ def _chat(spec: AgentSpec):
             from macro.agent.local_llm import LocalChatModel, embedded_base
 
             policy_id = f"embedded+grpo:{spec.adapter}"
-            _CHATS[key] = LocalChatModel(model_path=str(embedded_base()), adapter=spec.adapter, policy_id=policy_id), policy_id
+            _CHATS[key] = (
+                LocalChatModel(model_path=str(embedded_base()), adapter=spec.adapter, policy_id=policy_id),
+                policy_id,
+            )
         else:
             from macro.agent.policy import make_policy
 

@@ -2,6 +2,7 @@
 process metrics; per family success; and the component analysis the issue asks for (what memory, composites
 and their combination change against zero-shot ReAct, with paired bootstrap CIs), stated plainly.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -46,7 +47,8 @@ def _cell(rows: list[dict], rng: np.random.Generator) -> dict:
         "calls_per_solved": round(sum(r["calls"] for r in solved) / len(solved), 2) if solved else None,
         "failed_calls": round(float(np.mean([r["failed_calls"] for r in rows])), 3),
         "latency_s": round(float(np.mean([r["latency_s"] for r in rows])), 2),
-        "episodes": len(rows), "errors": sum(1 for r in rows if r.get("error")),
+        "episodes": len(rows),
+        "errors": sum(1 for r in rows if r.get("error")),
     }
 
 
@@ -64,36 +66,64 @@ def _paired_delta(rows: list[dict], a: str, b: str, split: str, rng: np.random.G
     diffs = np.asarray([wins[t] - base[t] for t in common])
     boots = [diffs[rng.integers(0, len(diffs), len(diffs))].mean() for _ in range(BOOTSTRAP)]
     lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"delta": round(100 * float(diffs.mean()), 2), "ci": [round(100 * lo, 2), round(100 * hi, 2)], "tasks": len(common)}
+    return {
+        "delta": round(100 * float(diffs.mean()), 2),
+        "ci": [round(100 * lo, 2), round(100 * hi, 2)],
+        "tasks": len(common),
+    }
 
 
-def summarise(rows: list[dict], train_rows: list[dict], cfg: dict, evolution: dict, skipped: dict, seconds: float) -> dict:
+def summarise(
+    rows: list[dict], train_rows: list[dict], cfg: dict, evolution: dict, skipped: dict, seconds: float
+) -> dict:
     rng = np.random.default_rng(0)
     agents = list(dict.fromkeys(r["agent"] for r in rows))
-    report: dict = {"agents": {}, "families": {}, "config": cfg, "skipped": skipped, "seconds": round(seconds, 1),
-                    "experience": {"train_runs": len(train_rows), "verified": sum(r["success"] for r in train_rows),
-                                   "library": evolution.get("library", []), "admitted": evolution.get("admitted", []),
-                                   "candidates": evolution.get("candidates", [])}}
+    report: dict = {
+        "agents": {},
+        "families": {},
+        "config": cfg,
+        "skipped": skipped,
+        "seconds": round(seconds, 1),
+        "experience": {
+            "train_runs": len(train_rows),
+            "verified": sum(r["success"] for r in train_rows),
+            "library": evolution.get("library", []),
+            "admitted": evolution.get("admitted", []),
+            "candidates": evolution.get("candidates", []),
+        },
+    }
     for agent in agents:
-        report["agents"][agent] = {split: _cell([r for r in rows if r["agent"] == agent and r["split"] == split], rng)
-                                   for split in ("held_out", "ood") if any(r["agent"] == agent and r["split"] == split for r in rows)}
+        report["agents"][agent] = {
+            split: _cell([r for r in rows if r["agent"] == agent and r["split"] == split], rng)
+            for split in ("held_out", "ood")
+            if any(r["agent"] == agent and r["split"] == split for r in rows)
+        }
         fam = defaultdict(lambda: defaultdict(list))
         for r in rows:
             if r["agent"] == agent:
                 fam[r["family"]][r["split"]].append(float(r["success"]))
-        report["families"][agent] = {f: {s: round(100 * float(np.mean(v)), 2) for s, v in splits.items()} for f, splits in fam.items()}
+        report["families"][agent] = {
+            f: {s: round(100 * float(np.mean(v)), 2) for s, v in splits.items()} for f, splits in fam.items()
+        }
     full = "macro" if "macro" in agents else "react+memory+composites"
     analysis = {"full_agent": full, "components": {}}
     for split in ("held_out", "ood"):
-        analysis["components"][split] = {name: _paired_delta(rows, name, "react", split, rng)
-                                         for name in agents if name.startswith(("react+", "macro"))}
+        analysis["components"][split] = {
+            name: _paired_delta(rows, name, "react", split, rng)
+            for name in agents
+            if name.startswith(("react+", "macro"))
+        }
     held = report["agents"].get(full, {}).get("held_out")
     base = report["agents"].get("react", {}).get("held_out")
     if held and base:
         gain = round(held["success"] - base["success"], 2)
         fewer = (held["calls_per_solved"] or float("inf")) < (base["calls_per_solved"] or float("inf"))
-        analysis["claim"] = {"gain_points": gain, "required": CLAIM_POINTS, "fewer_calls_per_solved": fewer,
-                             "holds": gain >= CLAIM_POINTS and fewer}
+        analysis["claim"] = {
+            "gain_points": gain,
+            "required": CLAIM_POINTS,
+            "fewer_calls_per_solved": fewer,
+            "holds": gain >= CLAIM_POINTS and fewer,
+        }
     report["analysis"] = analysis
     return report
 
@@ -101,33 +131,62 @@ def summarise(rows: list[dict], train_rows: list[dict], cfg: dict, evolution: di
 def markdown(report: dict) -> str:
     lines = ["# MACRO-Bench report", ""]
     cfg = report["config"]
-    lines.append(f"Suite `{cfg['suite']}`, LLM `{cfg['llm']}`, seeds {list(cfg['seeds'])}, {cfg['n_eval']} task(s) per family, split and seed; "
-                 f"{report['seconds']:.0f} s. Success in points with a seed-stratified 95 % bootstrap CI.")
-    lines += ["", "| agent | split | success | 95 % CI | tool selection | arg validity | fidelity | calls/solved | failed calls | s/task |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines.append(
+        f"Suite `{cfg['suite']}`, LLM `{cfg['llm']}`, seeds {list(cfg['seeds'])}, {cfg['n_eval']} task(s) per family, "
+        "split and seed; "
+        f"{report['seconds']:.0f} s. Success in points with a seed-stratified 95 % bootstrap CI."
+    )
+    lines += [
+        "",
+        "| agent | split | success | 95 % CI | tool selection | arg validity | fidelity | calls/solved | failed calls "
+        "| s/task |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for agent, splits in report["agents"].items():
         for split, c in splits.items():
-            lines.append(f"| {agent} | {split} | {c['success']:.1f} | [{c['ci'][0]:.1f}, {c['ci'][1]:.1f}] | {c['tool_selection']:.1f} | "
-                         f"{_fmt(c['arg_validity'])} | {c['fidelity']:.1f} | {_fmt(c['calls_per_solved'], 2)} | {c['failed_calls']:.2f} | {c['latency_s']:.1f} |")
+            lines.append(
+                f"| {agent} | {split} | {c['success']:.1f} | [{c['ci'][0]:.1f}, {c['ci'][1]:.1f}] | "
+                f"{c['tool_selection']:.1f} | "
+                f"{_fmt(c['arg_validity'])} | {c['fidelity']:.1f} | {_fmt(c['calls_per_solved'], 2)} | "
+                f"{c['failed_calls']:.2f} | {c['latency_s']:.1f} |"
+            )
     families = sorted({f for fams in report["families"].values() for f in fams})
-    lines += ["", "Success per family (held-out / OOD):", "", "| agent | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    lines += [
+        "",
+        "Success per family (held-out / OOD):",
+        "",
+        "| agent | " + " | ".join(families) + " |",
+        "|---|" + "---|" * len(families),
+    ]
     for agent, fams in report["families"].items():
         cells = [f"{_fmt(fams.get(f, {}).get('held_out'))} / {_fmt(fams.get(f, {}).get('ood'))}" for f in families]
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
     exp = report["experience"]
-    lines += ["", f"Experience: {exp['verified']}/{exp['train_runs']} train runs verified; mined candidates: {', '.join(exp['candidates']) or 'none'}; "
-              f"library: {', '.join(exp['library']) or 'empty'}."]
+    lines += [
+        "",
+        f"Experience: {exp['verified']}/{exp['train_runs']} train runs verified; mined candidates: "
+        f"{', '.join(exp['candidates']) or 'none'}; "
+        f"library: {', '.join(exp['library']) or 'empty'}.",
+    ]
     analysis = report["analysis"]
     lines += ["", "## What each component changes against zero-shot ReAct (paired by task)", ""]
     for split, comps in analysis["components"].items():
         for name, d in comps.items():
             if d:
-                lines.append(f"* {split}, {name}: {d['delta']:+.1f} points [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}] over {d['tasks']} tasks")
+                lines.append(
+                    f"* {split}, {name}: {d['delta']:+.1f} points [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}] over "
+                    f"{d['tasks']} tasks"
+                )
     claim = analysis.get("claim")
     if claim:
         verdict = "holds" if claim["holds"] else "does NOT hold"
-        lines += ["", f"Claim (full agent `{analysis['full_agent']}` ≥ {claim['required']:.0f} points over zero-shot ReAct on held-out, with fewer "
-                      f"calls per solved task): {verdict} here ({claim['gain_points']:+.1f} points; fewer calls per solved task: {claim['fewer_calls_per_solved']})."]
+        lines += [
+            "",
+            f"Claim (full agent `{analysis['full_agent']}` ≥ {claim['required']:.0f} points over zero-shot ReAct on "
+            "held-out, with fewer "
+            f"calls per solved task): {verdict} here ({claim['gain_points']:+.1f} points; fewer calls per solved "
+            f"task: {claim['fewer_calls_per_solved']}).",
+        ]
     for kind, items in report["skipped"].items():
         for name, why in items.items():
             lines.append(f"* skipped {kind[:-1]} `{name}`: {why}")

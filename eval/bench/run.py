@@ -6,6 +6,7 @@ start empty, so a run never reads or pollutes the user's experience, and two run
 same tasks. Experience comes from the zero-shot agent's own train-split runs, judged by the task checkers; test
 runs are judged and stored too, but never enter the memory, so no question can help a later one.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,9 @@ class BenchConfig:
         return cls(suite=suite, **{**SUITES[suite], **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def build_tasks(cfg: BenchConfig, data: Path, available: set[str], log: Callable[[str], None]) -> tuple[list[Task], dict[str, str]]:
+def build_tasks(
+    cfg: BenchConfig, data: Path, available: set[str], log: Callable[[str], None]
+) -> tuple[list[Task], dict[str, str]]:
     tasks, skipped = [], {}
     for name in cfg.families:
         family = FAMILIES[name]
@@ -77,19 +80,45 @@ def episode(spec: AgentSpec, task: Task, home_root: str, remember: bool, threads
 
     torch.set_num_threads(threads)
     home = Home(Path(home_root))
-    row = {"agent": spec.name, "task": task.id, "family": task.family, "split": task.split, "seed": int(task.id.split("/")[2])}
+    row = {
+        "agent": spec.name,
+        "task": task.id,
+        "family": task.family,
+        "split": task.split,
+        "seed": int(task.id.split("/")[2]),
+    }
     start = time.perf_counter()
     try:
         agent = build_agent(spec, home, plan=static_plan(task.expected, task.question) if spec.static else None)
         case = load_case(task.case if len(task.case) > 1 else task.case[0], modality=task.modality)
         result = agent.ask(case, task.question, family=task.family)
         success = FAMILIES[task.family].check(task, result.answer)
-        record_verdict(result.trajectory.id, "verified" if success else "failed", f"bench:{task.family}", home=home, remember=remember)
-        row.update(success=bool(success), answer=result.answer[:400], trajectory=result.trajectory.id,
-                   **process_metrics(task.expected, result.trajectory.steps))
+        record_verdict(
+            result.trajectory.id,
+            "verified" if success else "failed",
+            f"bench:{task.family}",
+            home=home,
+            remember=remember,
+        )
+        row.update(
+            success=bool(success),
+            answer=result.answer[:400],
+            trajectory=result.trajectory.id,
+            **process_metrics(task.expected, result.trajectory.steps),
+        )
     except Exception as exc:  # one broken episode must not end the benchmark
-        row.update(success=False, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc(limit=3), calls=0, failed_calls=0,
-                   tool_selection=0.0, arg_validity=None, arg_accuracy=None, fidelity=0.0, chain=[])
+        row.update(
+            success=False,
+            error=f"{type(exc).__name__}: {exc}",
+            trace=traceback.format_exc(limit=3),
+            calls=0,
+            failed_calls=0,
+            tool_selection=0.0,
+            arg_validity=None,
+            arg_accuracy=None,
+            fidelity=0.0,
+            chain=[],
+        )
     row["latency_s"] = round(time.perf_counter() - start, 3)
     return row
 
@@ -104,12 +133,19 @@ def process_metrics(expected: list[dict], steps: list[dict]) -> dict:
     for e in expected:
         call = next((s for s in calls if s["tool"] == e["name"] and s["ok"]), None)
         if call is not None:
-            matched.append(all(call["args"].get(k) in (v if isinstance(v, (list, tuple)) else (v,)) for k, v in e["args"].items()))
-    return {"calls": len(steps), "atomic_calls": len(calls), "failed_calls": sum(not s["ok"] for s in steps),
-            "tool_selection": round(len(set(want) & set(ok_names)) / len(want), 4),
-            "arg_validity": round(sum(valid) / len(valid), 4) if valid else None,
-            "arg_accuracy": round(sum(matched) / len(matched), 4) if matched else None,
-            "fidelity": round(_lcs_ratio(want, ok_names), 4), "chain": [s["tool"] for s in steps]}
+            matched.append(
+                all(call["args"].get(k) in (v if isinstance(v, (list, tuple)) else (v,)) for k, v in e["args"].items())
+            )
+    return {
+        "calls": len(steps),
+        "atomic_calls": len(calls),
+        "failed_calls": sum(not s["ok"] for s in steps),
+        "tool_selection": round(len(set(want) & set(ok_names)) / len(want), 4),
+        "arg_validity": round(sum(valid) / len(valid), 4) if valid else None,
+        "arg_accuracy": round(sum(matched) / len(matched), 4) if matched else None,
+        "fidelity": round(_lcs_ratio(want, ok_names), 4),
+        "chain": [s["tool"] for s in steps],
+    }
 
 
 def _lcs_ratio(a: list[str], b: list[str]) -> float:
@@ -134,8 +170,15 @@ def _done(results: Path) -> dict[tuple[str, str], dict]:
     return rows
 
 
-def _run_all(jobs: list[tuple[AgentSpec, Task, bool]], cfg: BenchConfig, home: Path, results: Path, done: dict, label: str,
-             progress: Callable | None) -> list[dict]:
+def _run_all(
+    jobs: list[tuple[AgentSpec, Task, bool]],
+    cfg: BenchConfig,
+    home: Path,
+    results: Path,
+    done: dict,
+    label: str,
+    progress: Callable | None,
+) -> list[dict]:
     todo = [(spec, task, remember) for spec, task, remember in jobs if (spec.name, task.id) not in done]
     rows = [done[(spec.name, task.id)] for spec, task, _ in jobs if (spec.name, task.id) in done]
     bar = progress(total=len(jobs), initial=len(rows), desc=label) if progress else None
@@ -163,8 +206,14 @@ def _run_all(jobs: list[tuple[AgentSpec, Task, bool]], cfg: BenchConfig, home: P
     return rows
 
 
-def run_bench(cfg: BenchConfig, out: Path, agent_names: list[str], grpo_adapter: str | None = None,
-              log: Callable[[str], None] = print, progress: Callable | None = None) -> dict:
+def run_bench(
+    cfg: BenchConfig,
+    out: Path,
+    agent_names: list[str],
+    grpo_adapter: str | None = None,
+    log: Callable[[str], None] = print,
+    progress: Callable | None = None,
+) -> dict:
     from macro.config import Home
     from macro.skills.evolve import evolve, executor_replay
     from macro.skills.library import Library
@@ -182,19 +231,42 @@ def run_bench(cfg: BenchConfig, out: Path, agent_names: list[str], grpo_adapter:
 
     started = time.perf_counter()
     experience = AgentSpec(EXPERIENCE_AGENT, cfg.llm)
-    train_rows = _run_all([(experience, t, True) for t in tasks if t.split == "train"], cfg, home.root, results, done, "experience", progress)
+    train_rows = _run_all(
+        [(experience, t, True) for t in tasks if t.split == "train"],
+        cfg,
+        home.root,
+        results,
+        done,
+        "experience",
+        progress,
+    )
     library = Library(home.skills / "library")
     if library.current().number == 0:
-        trajectories = [t.to_dict() for t in TrajectoryStore(home.trajectories_db).list(verification=("verified", "failed"))]
-        evolution = evolve(trajectories, library, executor_replay(lambda: Registry.default(composites=False, home=home), home.artifacts),
-                           BENCH_EVOLVE)
+        trajectories = [
+            t.to_dict() for t in TrajectoryStore(home.trajectories_db).list(verification=("verified", "failed"))
+        ]
+        evolution = evolve(
+            trajectories,
+            library,
+            executor_replay(lambda: Registry.default(composites=False, home=home), home.artifacts),
+            BENCH_EVOLVE,
+        )
         (out / "evolution.json").write_text(json.dumps(evolution, indent=1))
     evolution = json.loads((out / "evolution.json").read_text())
-    log(f"experience: {sum(r['success'] for r in train_rows)}/{len(train_rows)} train runs verified; library: {', '.join(evolution['library']) or 'empty'}")
+    log(
+        f"experience: {sum(r['success'] for r in train_rows)}/{len(train_rows)} train runs verified; library: "
+        f"{', '.join(evolution['library']) or 'empty'}"
+    )
 
     jobs = [(spec, t, False) for spec in agents for t in tasks if t.split != "train"]
     test_rows = _run_all(jobs, cfg, home.root, results, done, "test", progress)
     from macro.eval.bench.report import summarise
 
-    return summarise(test_rows, train_rows, cfg=asdict(cfg), evolution=evolution, skipped={"agents": skipped_agents, "families": skipped_families},
-                     seconds=time.perf_counter() - started)
+    return summarise(
+        test_rows,
+        train_rows,
+        cfg=asdict(cfg),
+        evolution=evolution,
+        skipped={"agents": skipped_agents, "families": skipped_families},
+        seconds=time.perf_counter() - started,
+    )

@@ -7,6 +7,7 @@ experience: memory, mining, later GRPO), ``held_out`` (same domains and phrasing
 
 A family is skipped, with a note in the report, when a tool it needs is not registered.
 """
+
 from __future__ import annotations
 
 import csv
@@ -58,10 +59,14 @@ VOLUME_TEMPLATES = {
     "ood": ["Quantify the {name} burden for me.", "Roughly how many millilitres does the {name} occupy?"],
 }
 SHIFTED_TEMPLATES = {
-    "seen": ["This scan comes from a low-field scanner. How large is the {name}?",
-             "Acquired on a different scanner than usual: what is the {name} volume?"],
-    "ood": ["Paediatric patient, scanned with a protocol we rarely see. Give the {name} volume in mL.",
-            "The contrast of this study looks unusual. How big is the {name}?"],
+    "seen": [
+        "This scan comes from a low-field scanner. How large is the {name}?",
+        "Acquired on a different scanner than usual: what is the {name} volume?",
+    ],
+    "ood": [
+        "Paediatric patient, scanned with a protocol we rarely see. Give the {name} volume in mL.",
+        "The contrast of this study looks unusual. How big is the {name}?",
+    ],
 }
 
 
@@ -70,17 +75,33 @@ def _volume_tasks(family: str, templates: dict, domains: dict, root: Path, split
     from macro.data import make
 
     rng = _rng(split, seed, family)
-    folders = make("brats-phantom", root / f"{family}-{split}-{seed}", n=n, seed=SPLIT_SEED[split] + 1000 * seed + hash_family(family),
-                   domain=domains[split])
+    folders = make(
+        "brats-phantom",
+        root / f"{family}-{split}-{seed}",
+        n=n,
+        seed=SPLIT_SEED[split] + 1000 * seed + hash_family(family),
+        domain=domains[split],
+    )
     tasks = []
     for k, folder in enumerate(folders):
         region = rng.choice(list(REGION_NAMES))
         truth = json.loads((folder / "truth.json").read_text())["volumes_ml"][region]
         question = _pick(templates, split, rng).format(name=REGION_NAMES[region])
         adapt = {} if domains[split] == "source" else {"adapt": ("vista", "tent")}
-        tasks.append(Task(f"{family}/{split}/{seed}/{k}", family, split, [str(p) for p in brats_files(folder)[0]], question,
-                          {"region": region, "volume_ml": truth},
-                          [{"name": "segment_brain_tumor", "args": adapt}, {"name": "measure_volume", "args": {"region": region}}]))
+        tasks.append(
+            Task(
+                f"{family}/{split}/{seed}/{k}",
+                family,
+                split,
+                [str(p) for p in brats_files(folder)[0]],
+                question,
+                {"region": region, "volume_ml": truth},
+                [
+                    {"name": "segment_brain_tumor", "args": adapt},
+                    {"name": "measure_volume", "args": {"region": region}},
+                ],
+            )
+        )
     return tasks
 
 
@@ -107,18 +128,41 @@ def check_volume(task: Task, answer: str) -> bool:
 
 
 def build_tumour_volume(root: Path, split: str, seed: int, n: int) -> list[Task]:
-    return _volume_tasks("tumour-volume", VOLUME_TEMPLATES, {"train": "source", "held_out": "source", "ood": "pediatric"}, root, split, seed, n)
+    return _volume_tasks(
+        "tumour-volume",
+        VOLUME_TEMPLATES,
+        {"train": "source", "held_out": "source", "ood": "pediatric"},
+        root,
+        split,
+        seed,
+        n,
+    )
 
 
 def build_shifted_volume(root: Path, split: str, seed: int, n: int) -> list[Task]:
-    return _volume_tasks("shifted-volume", SHIFTED_TEMPLATES, {"train": "lowfield", "held_out": "lowfield", "ood": "pediatric"}, root, split, seed, n)
+    return _volume_tasks(
+        "shifted-volume",
+        SHIFTED_TEMPLATES,
+        {"train": "lowfield", "held_out": "lowfield", "ood": "pediatric"},
+        root,
+        split,
+        seed,
+        n,
+    )
 
 
 # ---- classification families --------------------------------------------------------------------------------
 
 LESION_TEMPLATES = {
-    "seen": ["What kind of lesion is this?", "Classify this skin lesion.", "Is this mole benign or malignant? Name the most likely class."],
-    "ood": ["Which dermoscopic diagnosis fits this image best?", "Give me the single most probable lesion category for this dermatoscopy."],
+    "seen": [
+        "What kind of lesion is this?",
+        "Classify this skin lesion.",
+        "Is this mole benign or malignant? Name the most likely class.",
+    ],
+    "ood": [
+        "Which dermoscopic diagnosis fits this image best?",
+        "Give me the single most probable lesion category for this dermatoscopy.",
+    ],
 }
 FINDING_TEMPLATES = {
     "seen": ["Is there {article} {finding} on this chest X-ray?", "Does this radiograph show {article} {finding}?"],
@@ -126,7 +170,9 @@ FINDING_TEMPLATES = {
 }
 
 
-def _labelled_images(dataset: str, root: Path, split: str, seed: int, n: int, family: str, size: int) -> list[tuple[Path, dict]]:
+def _labelled_images(
+    dataset: str, root: Path, split: str, seed: int, n: int, family: str, size: int
+) -> list[tuple[Path, dict]]:
     from macro.data import make
 
     folder = root / f"{family}-{split}-{seed}"
@@ -140,9 +186,19 @@ def build_lesion_class(root: Path, split: str, seed: int, n: int) -> list[Task]:
     rng = _rng(split, seed, "lesion-class")
     # OOD: a different camera resolution (the classifier was trained at 96 px)
     images = _labelled_images("derm-phantom", root, split, seed, n, "lesion-class", 160 if split == "ood" else 96)
-    return [Task(f"lesion-class/{split}/{seed}/{k}", "lesion-class", split, [str(p)], _pick(LESION_TEMPLATES, split, rng),
-                 {"label": next(c for c, v in labels.items() if v)}, [{"name": "classify_lesion", "args": {}}], modality="dermoscopy")
-            for k, (p, labels) in enumerate(images)]
+    return [
+        Task(
+            f"lesion-class/{split}/{seed}/{k}",
+            "lesion-class",
+            split,
+            [str(p)],
+            _pick(LESION_TEMPLATES, split, rng),
+            {"label": next(c for c, v in labels.items() if v)},
+            [{"name": "classify_lesion", "args": {}}],
+            modality="dermoscopy",
+        )
+        for k, (p, labels) in enumerate(images)
+    ]
 
 
 def first_class(answer: str, classes) -> str | None:
@@ -161,11 +217,24 @@ def build_cxr_finding(root: Path, split: str, seed: int, n: int) -> list[Task]:
     images = _labelled_images("cxr-phantom", root, split, seed, n, "cxr-finding", 160 if split == "ood" else 96)
     tasks = []
     for k, (p, labels) in enumerate(images):
-        finding = rng.choice([c for c, v in labels.items() if v] if rng.random() < 0.5 and any(labels.values()) else list(labels))
+        finding = rng.choice(
+            [c for c, v in labels.items() if v] if rng.random() < 0.5 and any(labels.values()) else list(labels)
+        )
         question = _pick(FINDING_TEMPLATES, split, rng).format(
-            finding=finding.lower(), article="an" if finding[0] in "AEIOU" else "a")
-        tasks.append(Task(f"cxr-finding/{split}/{seed}/{k}", "cxr-finding", split, [str(p)], question,
-                          {"finding": finding, "present": bool(labels[finding])}, [{"name": "classify_findings", "args": {}}], modality="xray"))
+            finding=finding.lower(), article="an" if finding[0] in "AEIOU" else "a"
+        )
+        tasks.append(
+            Task(
+                f"cxr-finding/{split}/{seed}/{k}",
+                "cxr-finding",
+                split,
+                [str(p)],
+                question,
+                {"finding": finding, "present": bool(labels[finding])},
+                [{"name": "classify_findings", "args": {}}],
+                modality="xray",
+            )
+        )
     return tasks
 
 
@@ -189,8 +258,15 @@ def check_finding(task: Task, answer: str) -> bool:
 # ---- anomaly screening --------------------------------------------------------------------------------------
 
 ANOMALY_TEMPLATES = {
-    "seen": ["Is there anything anomalous in this image?", "Screen this image for anomalies.", "Does this slice look abnormal?"],
-    "ood": ["Could you check whether anything unusual shows up here?", "Flag this image if it deviates from normal anatomy."],
+    "seen": [
+        "Is there anything anomalous in this image?",
+        "Screen this image for anomalies.",
+        "Does this slice look abnormal?",
+    ],
+    "ood": [
+        "Could you check whether anything unusual shows up here?",
+        "Flag this image if it deviates from normal anatomy.",
+    ],
 }
 OOD_GAMMA = 0.7  # outside the stream's own contrast range (gamma 0.85-1.15): a scanner/window shift never seen
 
@@ -206,11 +282,19 @@ def build_anomaly_screen(root: Path, split: str, seed: int, n: int) -> list[Task
     rng = _rng(split, seed, "anomaly-screen")
     folder = root / f"anomaly-screen-{split}-{seed}"
     per_task = max(1, -(-n // 12))
-    make("anomaly-stream", folder, n=2, n_test=per_task, seed=SPLIT_SEED[split] + 1000 * seed + hash_family("anomaly-screen"))
+    make(
+        "anomaly-stream",
+        folder,
+        n=2,
+        n_test=per_task,
+        seed=SPLIT_SEED[split] + 1000 * seed + hash_family("anomaly-screen"),
+    )
     images = sorted(p for p in folder.glob("*/test/*/*.png"))
     normal = [p for p in images if p.parent.name == "good"]
     abnormal = [p for p in images if p.parent.name != "good"]
-    picked = [(p, False) for p in rng.sample(normal, min(len(normal), n - n // 2))] + [(p, True) for p in rng.sample(abnormal, min(len(abnormal), n // 2))]
+    picked = [(p, False) for p in rng.sample(normal, min(len(normal), n - n // 2))] + [
+        (p, True) for p in rng.sample(abnormal, min(len(abnormal), n // 2))
+    ]
     rng.shuffle(picked)
     tasks = []
     for k, (path, anomalous) in enumerate(picked):
@@ -218,11 +302,20 @@ def build_anomaly_screen(root: Path, split: str, seed: int, n: int) -> list[Task
             shifted = folder / "ood" / f"{k:04d}.png"
             shifted.parent.mkdir(exist_ok=True)
             pixels = np.asarray(Image.open(path), dtype=np.float32) / 255.0
-            Image.fromarray(np.round(255 * pixels ** OOD_GAMMA).astype(np.uint8)).save(shifted)
+            Image.fromarray(np.round(255 * pixels**OOD_GAMMA).astype(np.uint8)).save(shifted)
             shutil.copy(path.with_suffix(".json"), shifted.with_suffix(".json"))
             path = shifted
-        tasks.append(Task(f"anomaly-screen/{split}/{seed}/{k}", "anomaly-screen", split, [str(path)], _pick(ANOMALY_TEMPLATES, split, rng),
-                          {"anomalous": anomalous}, [{"name": "score_anomaly", "args": {}}]))
+        tasks.append(
+            Task(
+                f"anomaly-screen/{split}/{seed}/{k}",
+                "anomaly-screen",
+                split,
+                [str(path)],
+                _pick(ANOMALY_TEMPLATES, split, rng),
+                {"anomalous": anomalous},
+                [{"name": "score_anomaly", "args": {}}],
+            )
+        )
     return tasks
 
 
@@ -251,29 +344,57 @@ def _pick(templates: dict, split: str, rng: random.Random) -> str:
 # ---- stepwise chest X-ray diagnosis (Step-CoT) ----------------------------------------------------------------
 
 DX_TEMPLATES = {
-    "seen": ["What is the most likely diagnosis? Reason step by step.", "Walk me through this chest X-ray step by step and give a diagnosis."],
-    "ood": ["Think it through in stages: what would you conclude about this film?", "Which diagnosis does a stepwise read of this CXR support?"],
+    "seen": [
+        "What is the most likely diagnosis? Reason step by step.",
+        "Walk me through this chest X-ray step by step and give a diagnosis.",
+    ],
+    "ood": [
+        "Think it through in stages: what would you conclude about this film?",
+        "Which diagnosis does a stepwise read of this CXR support?",
+    ],
 }
 FINDINGS_DX_TEMPLATES = {
-    "seen": ["Check this X-ray for findings, then reason step by step to a diagnosis.",
-             "List any findings on this radiograph and explain the diagnosis step by step."],
-    "ood": ["First tell me what the film shows, then take me through your diagnostic reasoning in stages.",
-            "Screen the CXR for findings and conclude with a reasoned diagnosis."],
+    "seen": [
+        "Check this X-ray for findings, then reason step by step to a diagnosis.",
+        "List any findings on this radiograph and explain the diagnosis step by step.",
+    ],
+    "ood": [
+        "First tell me what the film shows, then take me through your diagnostic reasoning in stages.",
+        "Screen the CXR for findings and conclude with a reasoned diagnosis.",
+    ],
 }
 
 
-def _stepcot_tasks(family: str, templates: dict, expected: list[dict], root: Path, split: str, seed: int, n: int) -> list[Task]:
+def _stepcot_tasks(
+    family: str, templates: dict, expected: list[dict], root: Path, split: str, seed: int, n: int
+) -> list[Task]:
     from macro.data import make
     from macro.data.stepcot import load_data_json
 
     rng = _rng(split, seed, family)
     folder = root / f"{family}-{split}-{seed}"
     # OOD: another detector resolution (the models were trained at the default size)
-    make("stepcot-phantom", folder, n=n, seed=SPLIT_SEED[split] + 1000 * seed + hash_family(family), **({"size": 320} if split == "ood" else {}))
+    make(
+        "stepcot-phantom",
+        folder,
+        n=n,
+        seed=SPLIT_SEED[split] + 1000 * seed + hash_family(family),
+        **({"size": 320} if split == "ood" else {}),
+    )
     records = load_data_json(folder / "data.json")
-    return [Task(f"{family}/{split}/{seed}/{k}", family, split, [str(r.image_file())], _pick(templates, split, rng),
-                 {"diagnosis": r.vqa_chain[-1].answer, "options": list(r.vqa_chain[-1].options)}, expected, modality="xray")
-            for k, r in enumerate(records)]
+    return [
+        Task(
+            f"{family}/{split}/{seed}/{k}",
+            family,
+            split,
+            [str(r.image_file())],
+            _pick(templates, split, rng),
+            {"diagnosis": r.vqa_chain[-1].answer, "options": list(r.vqa_chain[-1].options)},
+            expected,
+            modality="xray",
+        )
+        for k, r in enumerate(records)
+    ]
 
 
 def build_stepwise_dx(root: Path, split: str, seed: int, n: int) -> list[Task]:
@@ -281,8 +402,15 @@ def build_stepwise_dx(root: Path, split: str, seed: int, n: int) -> list[Task]:
 
 
 def build_findings_dx(root: Path, split: str, seed: int, n: int) -> list[Task]:
-    return _stepcot_tasks("findings-then-dx", FINDINGS_DX_TEMPLATES,
-                          [{"name": "classify_findings", "args": {}}, {"name": "answer_stepwise", "args": {}}], root, split, seed, n)
+    return _stepcot_tasks(
+        "findings-then-dx",
+        FINDINGS_DX_TEMPLATES,
+        [{"name": "classify_findings", "args": {}}, {"name": "answer_stepwise", "args": {}}],
+        root,
+        split,
+        seed,
+        n,
+    )
 
 
 def stated_diagnosis(answer: str, options: list[str]) -> str | None:
@@ -300,12 +428,19 @@ def check_diagnosis(task: Task, answer: str) -> bool:
     return said is not None and said.lower() == task.truth["diagnosis"].lower()
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("tumour-volume", "single", ("segment_brain_tumor", "measure_volume"), build_tumour_volume, check_volume),
-    Family("shifted-volume", "multi", ("segment_brain_tumor", "measure_volume"), build_shifted_volume, check_volume),
-    Family("lesion-class", "single", ("classify_lesion",), build_lesion_class, check_lesion),
-    Family("cxr-finding", "single", ("classify_findings",), build_cxr_finding, check_finding),
-    Family("anomaly-screen", "single", ("score_anomaly",), build_anomaly_screen, check_anomaly),
-    Family("stepwise-dx", "single", ("answer_stepwise",), build_stepwise_dx, check_diagnosis),
-    Family("findings-then-dx", "multi", ("classify_findings", "answer_stepwise"), build_findings_dx, check_diagnosis),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("tumour-volume", "single", ("segment_brain_tumor", "measure_volume"), build_tumour_volume, check_volume),
+        Family(
+            "shifted-volume", "multi", ("segment_brain_tumor", "measure_volume"), build_shifted_volume, check_volume
+        ),
+        Family("lesion-class", "single", ("classify_lesion",), build_lesion_class, check_lesion),
+        Family("cxr-finding", "single", ("classify_findings",), build_cxr_finding, check_finding),
+        Family("anomaly-screen", "single", ("score_anomaly",), build_anomaly_screen, check_anomaly),
+        Family("stepwise-dx", "single", ("answer_stepwise",), build_stepwise_dx, check_diagnosis),
+        Family(
+            "findings-then-dx", "multi", ("classify_findings", "answer_stepwise"), build_findings_dx, check_diagnosis
+        ),
+    )
+}

@@ -1,4 +1,5 @@
 """Synthetic datasets made by name, so the CLI, tests and evals get cases with known truth and no download."""
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,5 @@ def demo_case(home_data_dir: Path) -> Path:
     return final
 
 
-from macro.data import brain, domains  # noqa: E402  (imported last: their builders register themselves here)
-from macro.data import cxr, derm  # noqa: E402,F401  (classification phantoms register themselves)
-from macro.data import anomaly  # noqa: E402,F401  (the continual anomaly stream registers itself)
-from macro.data import stepcot  # noqa: E402,F401  (the Step-CoT VQA phantom registers itself)
+# Imported last: each builder module registers itself in BUILDERS.
+from macro.data import anomaly, brain, cxr, derm, domains, stepcot  # noqa: E402,F401

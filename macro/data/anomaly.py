@@ -50,6 +50,7 @@ and ``<task>/ground_truth/<kind>/NNNNN_mask.png`` (255 = anomalous), each image 
 (``modality``, task, split, kind, seed) so the agent's case loader sets the modality. ``stream.json`` at the top,
 written last, lists the tasks in order and the options; a folder without it was never finished.
 """
+
 from __future__ import annotations
 
 import functools
@@ -128,7 +129,9 @@ def _dicom_hu(name: str) -> np.ndarray:
     from pydicom.data import get_testdata_file
 
     ds = pydicom.dcmread(get_testdata_file(name))
-    return ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
+    return ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(
+        getattr(ds, "RescaleIntercept", 0)
+    )
 
 
 def _window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
@@ -180,8 +183,9 @@ def body_mask(image: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _centre(rng: np.random.Generator, inside: np.ndarray, radius: float, weight: np.ndarray | None = None,
-            candidates: int = 1) -> tuple[int, int] | None:
+def _centre(
+    rng: np.random.Generator, inside: np.ndarray, radius: float, weight: np.ndarray | None = None, candidates: int = 1
+) -> tuple[int, int] | None:
     """A point at least ``radius`` px inside the body; of ``candidates`` draws the one with the largest weight."""
     rows, cols = np.nonzero(ndi.distance_transform_edt(inside) >= radius + 2)
     if len(rows) == 0:
@@ -191,8 +195,13 @@ def _centre(rng: np.random.Generator, inside: np.ndarray, radius: float, weight:
     return int(rows[best]), int(cols[best])
 
 
-def _ellipse(rng: np.random.Generator, centre: tuple[int, int], axes: tuple[float, float], edge: float = 1.5,
-             harmonics: float = 0.0) -> np.ndarray:
+def _ellipse(
+    rng: np.random.Generator,
+    centre: tuple[int, int],
+    axes: tuple[float, float],
+    edge: float = 1.5,
+    harmonics: float = 0.0,
+) -> np.ndarray:
     """Soft elliptic (optionally irregular) blend weight in [0, 1] around ``centre``."""
     yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float32)
     angle = rng.uniform(0, np.pi)
@@ -234,7 +243,7 @@ def _inhomogeneity(rng, image, body, donor):
     if centre is None:
         return None
     yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float32)
-    bump = np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma ** 2))
+    bump = np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma**2))
     strength = rng.choice([-1, 1]) * rng.uniform(0.3, 0.5)
     return np.clip(image * (1 + strength * bump), 0, 1), (np.abs(strength * bump) >= 0.1) & body
 
@@ -248,7 +257,9 @@ def _cutpaste(rng, image, body, donor):
     shifted = ndi.shift(donor, (target[0] - source[0], target[1] - source[1]), order=0, mode="constant")
     alpha = _ellipse(rng, target, axes)
     region = alpha >= 0.5
-    patch = (shifted - shifted[region].mean()) / (shifted[region].std() + 1e-3) * image[region].std() + image[region].mean()
+    patch = (shifted - shifted[region].mean()) / (shifted[region].std() + 1e-3) * image[region].std() + image[
+        region
+    ].mean()
     return np.clip(image + alpha * (patch - image), 0, 1), region
 
 
@@ -268,7 +279,9 @@ def _missing(rng, image, body, donor):
 ANOMALIES = {"lesion": _lesion, "inhomogeneity": _inhomogeneity, "cutpaste": _cutpaste, "missing": _missing}
 
 
-def add_anomaly(rng: np.random.Generator, image: np.ndarray, kind: str, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def add_anomaly(
+    rng: np.random.Generator, image: np.ndarray, kind: str, donor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Step 4: the image with one anomaly of ``kind`` and its boolean mask; redrawn until it changes the image."""
     body = body_mask(image)
     for _ in range(TRIES):
@@ -308,8 +321,15 @@ def _save(path: Path, pixels: np.ndarray, sidecar: dict | None) -> None:
 
 
 @register(DATASET)
-def make_anomaly_stream(out: str | Path, n: int = 60, seed: int = 0, n_test: int = 40, tasks: int = len(TASKS),
-                        only: tuple[str, ...] | None = None, progress=None) -> list[Path]:
+def make_anomaly_stream(
+    out: str | Path,
+    n: int = 60,
+    seed: int = 0,
+    n_test: int = 40,
+    tasks: int = len(TASKS),
+    only: tuple[str, ...] | None = None,
+    progress=None,
+) -> list[Path]:
     """Write the stream into ``out``: per task ``n`` training normals, ``n_test`` normal and ``n_test`` anomalous
     test images with masks; return the task folders in stream order. The stream is the first ``tasks`` tasks, or
     the tasks named in ``only`` (kept in stream order). ``progress(k)`` after each task."""
@@ -320,7 +340,9 @@ def make_anomaly_stream(out: str | Path, n: int = 60, seed: int = 0, n_test: int
         raise CaseError(None, f"{DATASET} has {len(TASKS)} tasks, {tasks} asked")
     unknown = sorted(set(only or ()) - {t.name for t in TASKS})
     if unknown:
-        raise CaseError(None, f"{DATASET} has no task(s) {', '.join(unknown)}", accepted=", ".join(t.name for t in TASKS))
+        raise CaseError(
+            None, f"{DATASET} has no task(s) {', '.join(unknown)}", accepted=", ".join(t.name for t in TASKS)
+        )
     chosen = [t for t, task in enumerate(TASKS) if (task.name in only if only else t < tasks)]
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -331,17 +353,32 @@ def make_anomaly_stream(out: str | Path, n: int = 60, seed: int = 0, n_test: int
         folder = out / task.name
         base = {"modality": task.modality, "dataset": DATASET, "task": task.name, "seed": seed}
         for i in range(n):
-            _save(folder / "train" / "good" / f"{i:05d}.png", normal_image(seed, t, "train", i), {**base, "split": "train"})
+            _save(
+                folder / "train" / "good" / f"{i:05d}.png",
+                normal_image(seed, t, "train", i),
+                {**base, "split": "train"},
+            )
         for i in range(n_test):
-            _save(folder / "test" / "good" / f"{i:05d}.png", normal_image(seed, t, "test-good", i), {**base, "split": "test"})
+            _save(
+                folder / "test" / "good" / f"{i:05d}.png",
+                normal_image(seed, t, "test-good", i),
+                {**base, "split": "test"},
+            )
             image, mask, kind = anomalous_image(seed, t, i)
             _save(folder / "test" / kind / f"{i:05d}.png", image, {**base, "split": "test", "anomaly": kind})
             _save(folder / "ground_truth" / kind / f"{i:05d}_mask.png", mask.astype(np.uint8) * 255, None)
         folders.append(folder)
         if progress:
             progress(1)
-    manifest = {"dataset": DATASET, "seed": seed, "n": n, "n_test": n_test, "size": SIZE, "kinds": list(KINDS),
-                "tasks": [{"name": TASKS[t].name, "modality": TASKS[t].modality} for t in chosen]}
+    manifest = {
+        "dataset": DATASET,
+        "seed": seed,
+        "n": n,
+        "n_test": n_test,
+        "size": SIZE,
+        "kinds": list(KINDS),
+        "tasks": [{"name": TASKS[t].name, "modality": TASKS[t].modality} for t in chosen],
+    }
     staging = out / f".{STREAM_JSON}.partial"
     staging.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(staging, out / STREAM_JSON)
@@ -352,7 +389,11 @@ def stream_tasks(root: Path) -> list[Path]:
     """The task folders of a finished stream, in order; a ``CaseError`` when ``root`` holds none."""
     manifest = Path(root) / STREAM_JSON
     if not manifest.is_file():
-        raise CaseError(root, f"no {STREAM_JSON}: not a finished anomaly stream", accepted=f"a folder made by: macro data make {DATASET}")
+        raise CaseError(
+            root,
+            f"no {STREAM_JSON}: not a finished anomaly stream",
+            accepted=f"a folder made by: macro data make {DATASET}",
+        )
     try:
         names = [task["name"] for task in json.loads(manifest.read_text())["tasks"]]
     except (ValueError, KeyError, TypeError) as exc:

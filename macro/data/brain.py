@@ -59,6 +59,7 @@ Contrast model (:class:`Contrast`, :func:`synthesize_sequences`), signal on a 0.
     flair (t2f)  100   600   450   650   950   800   -0.5
     ===========  ====  ====  ====  ====  ====  ====  =====
 """
+
 from __future__ import annotations
 
 import functools
@@ -120,8 +121,9 @@ def load_anatomy() -> Anatomy:
     return anatomy_from_maps(template.get_fdata(dtype=np.float32), gm, wm, np.asarray(template.affine), spacing)
 
 
-def anatomy_from_maps(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, affine: np.ndarray,
-                      spacing: tuple[float, ...]) -> Anatomy:
+def anatomy_from_maps(
+    t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, affine: np.ndarray, spacing: tuple[float, ...]
+) -> Anatomy:
     """Brain mask, CSF and texture derived from T1 and GM/WM maps, so a warped template gives a consistent anatomy."""
     brain = t1 > 0.2
     gm = np.where(brain, np.clip(gm, 0, 1), 0)
@@ -196,8 +198,9 @@ def make_tumour(rng: np.random.Generator, anatomy: Anatomy, params: TumourParams
     return labels
 
 
-def _non_enhancing_rim(rng: np.random.Generator, rim: np.ndarray, fraction: tuple[float, float],
-                       grain: np.ndarray) -> np.ndarray:
+def _non_enhancing_rim(
+    rng: np.random.Generator, rim: np.ndarray, fraction: tuple[float, float], grain: np.ndarray
+) -> np.ndarray:
     """The rim voxels that do not enhance: all but a random share, which enhances in smooth patches."""
     enhancing = round(rng.uniform(*fraction) * rim.sum())
     return rim & ~_lowest(_smooth_noise(rng, rim.shape, grain), rim, enhancing)
@@ -206,23 +209,29 @@ def _non_enhancing_rim(rng: np.random.Generator, rim: np.ndarray, fraction: tupl
 def _world_coordinates(anatomy: Anatomy) -> np.ndarray:
     """(3, X, Y, Z) scanner coordinates in mm; MNI puts the midline at x = 0."""
     grid = np.indices(anatomy.shape, dtype=np.float32)
-    return np.tensordot(anatomy.affine[:3, :3].astype(np.float32), grid, axes=1) + anatomy.affine[:3, 3, None, None, None].astype(np.float32)
+    return np.tensordot(anatomy.affine[:3, :3].astype(np.float32), grid, axes=1) + anatomy.affine[
+        :3, 3, None, None, None
+    ].astype(np.float32)
 
 
-def _pick_centre(rng: np.random.Generator, anatomy: Anatomy, world: np.ndarray, side: float, radius: float,
-                 params: TumourParams) -> np.ndarray:
+def _pick_centre(
+    rng: np.random.Generator, anatomy: Anatomy, world: np.ndarray, side: float, radius: float, params: TumourParams
+) -> np.ndarray:
     """A white-matter point inside the params' box (side-signed x), deep enough for a tumour of ``radius``."""
     depth = ndi.distance_transform_edt(anatomy.brain, sampling=anatomy.spacing)
     ok = (anatomy.wm >= params.centre_wm) & anatomy.parenchyma & (depth >= radius / 2)
-    for coordinate, (low, high) in zip((side * world[0], world[1], world[2]),
-                                       (params.centre_x_mm, params.centre_y_mm, params.centre_z_mm)):
+    for coordinate, (low, high) in zip(
+        (side * world[0], world[1], world[2]), (params.centre_x_mm, params.centre_y_mm, params.centre_z_mm)
+    ):
         ok &= (coordinate >= low) & (coordinate <= high)
     candidates = np.flatnonzero(ok)
     index = candidates[rng.integers(len(candidates))]
     return world.reshape(3, -1)[:, index]
 
 
-def _ellipsoid_distance(rng: np.random.Generator, world: np.ndarray, centre: np.ndarray, radius: float, elongation: float) -> np.ndarray:
+def _ellipsoid_distance(
+    rng: np.random.Generator, world: np.ndarray, centre: np.ndarray, radius: float, elongation: float
+) -> np.ndarray:
     """Distance to ``centre`` in units of the ellipsoid's axes: 1 on an ellipsoid as large as a ball of ``radius``."""
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     rotation = (q * np.sign(np.diag(r))).astype(np.float32)
@@ -288,8 +297,9 @@ BRATS_CONTRAST = Contrast(
 )
 
 
-def synthesize_sequences(anatomy: Anatomy, labels: np.ndarray, rng: np.random.Generator,
-                         contrast: Contrast = BRATS_CONTRAST) -> dict[str, np.ndarray]:
+def synthesize_sequences(
+    anatomy: Anatomy, labels: np.ndarray, rng: np.random.Generator, contrast: Contrast = BRATS_CONTRAST
+) -> dict[str, np.ndarray]:
     """Float32 images keyed by ``macro.case.SEQUENCES`` (t1, t1ce, t2, flair) for one label map."""
     fractions = _class_fractions(anatomy, labels, contrast.tumour_blur_vox)
     tumour = fractions["ncr"] + fractions["ed"] + fractions["et"]
@@ -306,16 +316,20 @@ def synthesize_sequences(anatomy: Anatomy, labels: np.ndarray, rng: np.random.Ge
 
 def _class_fractions(anatomy: Anatomy, labels: np.ndarray, blur: float) -> dict[str, np.ndarray]:
     """Share of each class in every voxel; tumour classes displace healthy tissue and get soft edges."""
-    tumour = {name.lower(): ndi.gaussian_filter((labels == value).astype(np.float32), blur) * anatomy.brain
-              for value, name in LABELS.items()}
+    tumour = {
+        name.lower(): ndi.gaussian_filter((labels == value).astype(np.float32), blur) * anatomy.brain
+        for value, name in LABELS.items()
+    }
     healthy = 1 - (tumour["ncr"] + tumour["ed"] + tumour["et"])
     return {"csf": anatomy.csf * healthy, "gm": anatomy.gm * healthy, "wm": anatomy.wm * healthy, **tumour}
 
 
 def _bias_field(rng: np.random.Generator, anatomy: Anatomy, strength: float) -> np.ndarray:
     """Smooth multiplicative coil inhomogeneity: exp of a random quadratic, at most ``strength`` in the brain."""
-    u, v, w = (np.linspace(-1, 1, n, dtype=np.float32).reshape([-1 if i == axis else 1 for i in range(3)])
-               for axis, n in enumerate(anatomy.shape))
+    u, v, w = (
+        np.linspace(-1, 1, n, dtype=np.float32).reshape([-1 if i == axis else 1 for i in range(3)])
+        for axis, n in enumerate(anatomy.shape)
+    )
     terms = (u, v, w, u * u, v * v, w * w, u * v, u * w, v * w)
     coef = rng.standard_normal(len(terms)).astype(np.float32)
     poly = sum(c * t for c, t in zip(coef, terms))
@@ -336,12 +350,22 @@ def _rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.nd
 def case_files(folder: Path) -> list[Path]:
     """The five NIfTI files of a case folder in the BraTS 2023 layout (four sequences, then ``seg``)."""
     name = folder.name
-    return [folder / f"{name}-{SEQUENCE_SUFFIXES[seq][0]}.nii.gz" for seq in SEQUENCES] + [folder / f"{name}-seg.nii.gz"]
+    return [folder / f"{name}-{SEQUENCE_SUFFIXES[seq][0]}.nii.gz" for seq in SEQUENCES] + [
+        folder / f"{name}-seg.nii.gz"
+    ]
 
 
-def write_case(folder: Path, images: dict[str, np.ndarray], labels: np.ndarray, anatomy: Anatomy,
-               seed: int, dataset: str = DATASET, names: dict[int, str] = LABELS,
-               regions: dict[str, tuple[int, ...]] = REGIONS, extra: dict | None = None) -> Path:
+def write_case(
+    folder: Path,
+    images: dict[str, np.ndarray],
+    labels: np.ndarray,
+    anatomy: Anatomy,
+    seed: int,
+    dataset: str = DATASET,
+    names: dict[int, str] = LABELS,
+    regions: dict[str, tuple[int, ...]] = REGIONS,
+    extra: dict | None = None,
+) -> Path:
     """Write a BraTS-layout case and its ``truth.json``; volumes are measured on the uint8 map that is written.
 
     ``names`` and ``regions`` describe the label convention of ``labels``; ``extra`` adds keys to ``truth.json``.
@@ -356,25 +380,38 @@ def write_case(folder: Path, images: dict[str, np.ndarray], labels: np.ndarray, 
         img.header.set_xyzt_units("mm")
         nib.save(img, path)
     truth = {
-        "case": folder.name, "seed": seed, "dataset": dataset, "version": VERSION, **(extra or {}),
-        "spacing_mm": list(anatomy.spacing), "shape": list(seg.shape),
+        "case": folder.name,
+        "seed": seed,
+        "dataset": dataset,
+        "version": VERSION,
+        **(extra or {}),
+        "spacing_mm": list(anatomy.spacing),
+        "shape": list(seg.shape),
         "labels": {str(k): v for k, v in names.items()},
-        "volumes_ml": {region: int(np.isin(seg, values).sum()) * anatomy.voxel_ml for region, values in regions.items()},
+        "volumes_ml": {
+            region: int(np.isin(seg, values).sum()) * anatomy.voxel_ml for region, values in regions.items()
+        },
     }
     (folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     return folder
 
 
-def build_case(folder: Path, seed: int, tumour: TumourParams = TumourParams(), contrast: Contrast = BRATS_CONTRAST,
-               dataset: str = DATASET) -> Path:
+def build_case(
+    folder: Path,
+    seed: int,
+    tumour: TumourParams = TumourParams(),
+    contrast: Contrast = BRATS_CONTRAST,
+    dataset: str = DATASET,
+) -> Path:
     """One case from one seed, written to ``folder``."""
     anatomy = load_anatomy()
     labels, images = simulate_case(seed, anatomy, tumour, contrast)
     return write_case(folder, images, labels, anatomy, seed, dataset)
 
 
-def simulate_case(seed: int, anatomy: Anatomy, tumour: TumourParams = TumourParams(),
-                  contrast: Contrast = BRATS_CONTRAST) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def simulate_case(
+    seed: int, anatomy: Anatomy, tumour: TumourParams = TumourParams(), contrast: Contrast = BRATS_CONTRAST
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Label map and images of one seed. Tumour and images draw from separate streams, so a new contrast keeps
     the tumour."""
     tumour_rng, image_rng = np.random.default_rng(seed).spawn(2)

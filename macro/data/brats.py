@@ -6,6 +6,7 @@ challenge. Adult glioma (GLI) and its relatives (SSA, MEN, ...) use 1 = NCR, 2 =
 compartments differently, 1 = ET, 2 = NET, 3 = CC, 4 = ED, so the same value 4 is ET in one and oedema in the other.
 Reading a PED case with the GLI table would silently swap oedema into the enhancing tumour.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,8 +55,11 @@ def find_cases(root: str | Path) -> list[Path]:
     folders = [root, *(p for p in root.rglob("*") if p.is_dir())]
     cases = sorted(p for p in folders if not _hidden(p, root) and brats_files(p) is not None)
     if not cases:
-        raise CaseError(root, "no BraTS case folders found",
-                        accepted="folders of *-t1n/-t1c/-t2w/-t2f[-seg].nii.gz or *_t1/_t1ce/_t2/_flair[_seg].nii.gz")
+        raise CaseError(
+            root,
+            "no BraTS case folders found",
+            accepted="folders of *-t1n/-t1c/-t2w/-t2f[-seg].nii.gz or *_t1/_t1ce/_t2/_flair[_seg].nii.gz",
+        )
     return cases
 
 

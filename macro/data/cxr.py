@@ -58,6 +58,7 @@ Findings (``FINDINGS``: chance given the earlier finding named, else the base ch
                                                      pleural line at the lung edge
     =============  ====================  ==========  =========================================================
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -101,18 +102,18 @@ def _sigmoid(x) -> np.ndarray:
 class _Chest:
     """One patient: the thorax-frame grid, the anatomy's numbers and the maps findings edit."""
 
-    rng: np.random.Generator         # the patient's stream: anatomy, exposure, noise
+    rng: np.random.Generator  # the patient's stream: anatomy, exposure, noise
     lesion_rng: np.random.Generator  # the findings' stream, so a finding never changes the patient around it
-    x: np.ndarray                     # (1, W) thorax-frame x
-    y: np.ndarray                     # (H, 1) thorax-frame y
+    x: np.ndarray  # (1, W) thorax-frame x
+    y: np.ndarray  # (H, 1) thorax-frame y
     dome_level: dict[int, float]
     dome_height: float
     ctr: float
     shift: float = 0.0
     atelectasis_side: int = 0
-    opacity: np.ndarray | None = None   # (H, W) findings' opacity in the lungs
-    lucent: np.ndarray | None = None    # (H, W) extra air (pneumothorax rim)
-    aerated: dict[int, np.ndarray] | None = None   # per side: where vessel markings exist
+    opacity: np.ndarray | None = None  # (H, W) findings' opacity in the lungs
+    lucent: np.ndarray | None = None  # (H, W) extra air (pneumothorax rim)
+    aerated: dict[int, np.ndarray] | None = None  # per side: where vessel markings exist
 
     def dome(self, side: int, x) -> np.ndarray:
         return self.dome_level[side] + self.dome_height * ((x - LUNG_CENTRE[side]) / DOME_WIDTH) ** 2
@@ -121,14 +122,17 @@ class _Chest:
         """Lung outline function: below 1 inside the lung's superellipse (the dome cuts it separately)."""
         u = (x - LUNG_CENTRE[side]) / LUNG_HALF_WIDTH[side]
         v = (y - (APEX + LUNG_HALF_HEIGHT)) / LUNG_HALF_HEIGHT
-        return u * u + np.where(v < 0, v * v, v ** 4)
+        return u * u + np.where(v < 0, v * v, v**4)
 
     def lung(self, side: int, x=None, y=None, edge: float = 0.04) -> np.ndarray:
         x = self.x if x is None else x
         y = self.y if y is None else y
-        medial = MEDIAL + (0.06 * np.exp(-((y + 0.35) / 0.08) ** 2) if side == 1 else 0.0)
-        return (_sigmoid((1 - self.outline(side, x, y)) / edge) * _sigmoid((self.dome(side, x) - y) / 0.012)
-                * _sigmoid((side * x - medial) / 0.012))
+        medial = MEDIAL + (0.06 * np.exp(-(((y + 0.35) / 0.08) ** 2)) if side == 1 else 0.0)
+        return (
+            _sigmoid((1 - self.outline(side, x, y)) / edge)
+            * _sigmoid((self.dome(side, x) - y) / 0.012)
+            * _sigmoid((side * x - medial) / 0.012)
+        )
 
     def heart(self, x=None, y=None) -> np.ndarray:
         x = self.x if x is None else x
@@ -146,7 +150,9 @@ class _Chest:
         while len(found) < count:
             px = LUNG_CENTRE[side] + LUNG_HALF_WIDTH[side] * self.lesion_rng.uniform(-1, 1, 64)
             py = self.lesion_rng.uniform(APEX, self.dome_level[side] + self.dome_height, 64)
-            ok = (self.lung(side, px, py) * (1 - self.heart(px, py)) > 0.9) & (self.outline(side, px, py) < (1 - margin) ** 2)
+            ok = (self.lung(side, px, py) * (1 - self.heart(px, py)) > 0.9) & (
+                self.outline(side, px, py) < (1 - margin) ** 2
+            )
             found.extend((px + 1j * py)[ok][: count - len(found)].tolist())
         return np.asarray(found)
 
@@ -171,7 +177,7 @@ def _effusion(chest: _Chest, lungs: dict[int, np.ndarray], sides: tuple[int, ...
     for side in sides:
         angle_y = chest.dome(side, LUNG_CENTRE[side] + side * LUNG_HALF_WIDTH[side])
         lateral = np.clip(side * (chest.x - LUNG_CENTRE[side]) / LUNG_HALF_WIDTH[side], -1, 1) * 0.5 + 0.5
-        surface = angle_y - rng.uniform(0.05, 0.35) * (0.55 + 0.6 * lateral ** 2)
+        surface = angle_y - rng.uniform(0.05, 0.35) * (0.55 + 0.6 * lateral**2)
         fluid = rng.uniform(0.8, 1.0) * _sigmoid((chest.y - surface) / 0.03) * lungs[side]
         np.maximum(chest.opacity, fluid, out=chest.opacity)
 
@@ -181,7 +187,9 @@ def _infiltration(chest: _Chest, lungs: dict[int, np.ndarray]) -> None:
     x, y = chest.x[0], chest.y[:, 0]
     sides = (-1, 1) if rng.random() < 0.4 else (int(rng.choice((-1, 1))),)
     for side in sides:
-        patches = _sigmoid((smooth_field(rng, x, y, 2.0) + 0.8 * (y[:, None] + 0.1) - ndtri(1 - rng.uniform(0.15, 0.35))) / 0.5)
+        patches = _sigmoid(
+            (smooth_field(rng, x, y, 2.0) + 0.8 * (y[:, None] + 0.1) - ndtri(1 - rng.uniform(0.15, 0.35))) / 0.5
+        )
         reticular = 0.6 + 0.4 * np.clip(0.5 + 0.35 * smooth_field(rng, x, y, 9.0), 0, 1)
         haze = rng.uniform(0.25, 0.5) * patches * reticular * lungs[side]
         np.maximum(chest.opacity, haze, out=chest.opacity)
@@ -213,15 +221,21 @@ def _atelectasis_band(chest: _Chest, side: int, lungs: dict[int, np.ndarray]) ->
     angle = rng.uniform(-0.25, 0.25)
     along = (chest.x - cx) * np.cos(angle) + (chest.y - cy) * np.sin(angle)
     across = (chest.y - cy) * np.cos(angle) - (chest.x - cx) * np.sin(angle)
-    band = np.exp(-(across / rng.uniform(0.015, 0.035)) ** 2) * _sigmoid((rng.uniform(0.15, 0.35) / 2 - np.abs(along)) / 0.02)
+    band = np.exp(-((across / rng.uniform(0.015, 0.035)) ** 2)) * _sigmoid(
+        (rng.uniform(0.15, 0.35) / 2 - np.abs(along)) / 0.02
+    )
     np.maximum(chest.opacity, rng.uniform(0.6, 0.9) * band * lungs[side], out=chest.opacity)
 
 
-def _round_opacity(chest: _Chest, centre: complex, radius: float, strength: float, edge: float, lobulation: float) -> None:
+def _round_opacity(
+    chest: _Chest, centre: complex, radius: float, strength: float, edge: float, lobulation: float
+) -> None:
     rng = chest.lesion_rng
     dz = (chest.x - centre.real) + 1j * (chest.y - centre.imag)
     theta = np.angle(dz)
-    border = radius * (1 + lobulation * sum(rng.uniform(0, 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (3, 4, 5)) / 1.5)
+    border = radius * (
+        1 + lobulation * sum(rng.uniform(0, 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (3, 4, 5)) / 1.5
+    )
     np.maximum(chest.opacity, strength * _sigmoid((border - np.abs(dz)) / edge), out=chest.opacity)
 
 
@@ -250,7 +264,7 @@ def _pneumothorax(chest: _Chest, lungs: dict[int, np.ndarray], side: int | None 
     outline = chest.outline(side, cx, cy)
     collapsed = chest.lung(side, cx, cy) * lungs[side]
     rim = lungs[side] * (1 - collapsed)
-    pleura = np.exp(-((outline - 1) / 0.12) ** 2) * lungs[side] * (outline < 1.6)
+    pleura = np.exp(-(((outline - 1) / 0.12) ** 2)) * lungs[side] * (outline < 1.6)
     np.maximum(chest.opacity, 0.35 * pleura + 0.15 * (1 - keep) * collapsed, out=chest.opacity)
     chest.lucent = 0.05 * rim
     chest.aerated[side] = collapsed
@@ -266,8 +280,15 @@ def _patient(rng: np.random.Generator, lesion_rng: np.random.Generator, size: in
     right = rng.uniform(0.42, 0.58)
     domes = {-1: right, 1: right + rng.uniform(0.02, 0.08)}
     ctr = float(np.clip(rng.normal(0.45, 0.03), 0.38, 0.50))
-    chest = _Chest(rng, lesion_rng, ((axis - x0) / scale).astype(np.float32)[None, :],
-                   ((axis - y0) / scale).astype(np.float32)[:, None], domes, rng.uniform(0.10, 0.18), ctr)
+    chest = _Chest(
+        rng,
+        lesion_rng,
+        ((axis - x0) / scale).astype(np.float32)[None, :],
+        ((axis - y0) / scale).astype(np.float32)[:, None],
+        domes,
+        rng.uniform(0.10, 0.18),
+        ctr,
+    )
     if findings["Cardiomegaly"]:
         chest.ctr = lesion_rng.uniform(0.51, 0.66)
     if findings["Atelectasis"]:
@@ -297,16 +318,35 @@ def _bones(chest: _Chest) -> np.ndarray:
     ax = np.abs(x)
     spacing = rng.uniform(0.15, 0.18)
     in_thorax = _sigmoid((THORAX_HALF_WIDTH + 0.04 - ax) / 0.02) * _sigmoid((y + 0.85) / 0.03)
-    posterior = ((1 + np.cos(2 * np.pi * (y + 0.05 * ax - 0.45 * x * x) / spacing + rng.uniform(0, 2 * np.pi))) / 2) ** 6
-    anterior = ((1 + np.cos(2 * np.pi * (y - 0.3 * (THORAX_HALF_WIDTH - ax)) / (spacing * 1.1) + rng.uniform(0, 2 * np.pi))) / 2) ** 10
-    ribs = in_thorax * (rng.uniform(0.06, 0.10) * posterior + 0.03 * anterior) * _sigmoid((chest.dome_level[1] + 0.2 - y) / 0.05)
+    posterior = (
+        (1 + np.cos(2 * np.pi * (y + 0.05 * ax - 0.45 * x * x) / spacing + rng.uniform(0, 2 * np.pi))) / 2
+    ) ** 6
+    anterior = (
+        (1 + np.cos(2 * np.pi * (y - 0.3 * (THORAX_HALF_WIDTH - ax)) / (spacing * 1.1) + rng.uniform(0, 2 * np.pi))) / 2
+    ) ** 10
+    ribs = (
+        in_thorax
+        * (rng.uniform(0.06, 0.10) * posterior + 0.03 * anterior)
+        * _sigmoid((chest.dome_level[1] + 0.2 - y) / 0.05)
+    )
     spine = 0.10 * _sigmoid((0.075 - ax) / 0.01) * (0.8 + 0.2 * np.cos(2 * np.pi * y / 0.1))
-    clavicle = 0.10 * np.exp(-((y + 0.66 + 0.22 * (ax - 0.1)) / 0.035) ** 2) * _sigmoid((ax - 0.08) / 0.01) * _sigmoid((0.72 - ax) / 0.02)
+    clavicle = (
+        0.10
+        * np.exp(-(((y + 0.66 + 0.22 * (ax - 0.1)) / 0.035) ** 2))
+        * _sigmoid((ax - 0.08) / 0.01)
+        * _sigmoid((0.72 - ax) / 0.02)
+    )
     return (ribs + spine + clavicle).astype(np.float32)
 
 
-RENDER_FINDINGS = (("Effusion", _effusion), ("Infiltration", _infiltration), ("Consolidation", _consolidation),
-                   ("Mass", _mass), ("Nodule", _nodule), ("Pneumothorax", _pneumothorax))
+RENDER_FINDINGS = (
+    ("Effusion", _effusion),
+    ("Infiltration", _infiltration),
+    ("Consolidation", _consolidation),
+    ("Mass", _mass),
+    ("Nodule", _nodule),
+    ("Pneumothorax", _pneumothorax),
+)
 
 
 def render(rng: np.random.Generator, findings: Iterable[str] | dict[str, bool], size: int = SIZE) -> np.ndarray:
@@ -340,7 +380,9 @@ def composite(chest: _Chest, lungs: dict[int, np.ndarray], fat: float) -> np.nda
     air = rng.uniform(0.10, 0.20) + 0.08 * fat
     background = rng.uniform(0.0, 0.05)
     x, y = chest.x, chest.y
-    body = _sigmoid((0.82 + 0.17 * fat - np.abs(x)) / 0.02) * np.where(y < -0.85, _sigmoid((0.4 - np.abs(x)) / 0.03), 1.0)
+    body = _sigmoid((0.82 + 0.17 * fat - np.abs(x)) / 0.02) * np.where(
+        y < -0.85, _sigmoid((0.4 - np.abs(x)) / 0.03), 1.0
+    )
     image = background + body * (soft - background)
     for side, lung in lungs.items():
         opacity = np.clip(chest.opacity + _markings(chest, side) * chest.aerated[side], 0, 1)

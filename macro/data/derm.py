@@ -38,29 +38,30 @@ One image (all lengths in half field widths, the field being [-1, 1] x [-1, 1]; 
 Class parameters (``LESIONS``; colours: lb light brown, db dark brown, bk black, bg blue-grey, rd red, wh white,
 pk pink, tn tan, pu purple, dr dark red; a number is the chance that the colour or structure appears)
 
-    =====  ======  =========  =========  =========  ==========  ========================  ===================================
-    class  prior   diameter   asymmetry  irregular  edge        base / extra colours      structures
-    =====  ======  =========  =========  =========  ==========  ========================  ===================================
-    MEL    0.111   0.35-0.80  0.10-0.35  0.04-0.12  0.02-0.15   db, lb / db .6, lb .5,    atypical .6, network .15, dots .55,
-                                                                bk .55, bg .5, rd .35,    streaks .35, blotch .4, veil .35,
-                                                                wh .45                    regression .3, globules .1,
-                                                                                          dotted_vessels .1
-    NV     0.669   0.28-0.60  0.00-0.12  0.00-0.04  0.03-0.10   lb, db, tn / db .4,       network .65, atypical .1,
-                                                                bk .05, bg .08, rd .05,   globules .35, dots .05,
-                                                                wh .03                    streaks .04, blotch .05
-    BCC    0.051   0.25-0.60  0.05-0.25  0.03-0.09  0.02-0.06   pk, tn / bg .4, wh .45,   nests .7, arborising .7, ulcer .25,
-                                                                rd .3, db .25, bk .15     dots .15, halo .2
-    AKIEC  0.033   0.30-0.65  0.05-0.22  0.03-0.08  0.10-0.25   pk, rd / lb .35, db .15,  scale .75, dotted_vessels .6,
-                                                                rd .4, wh .3              network .05, halo .5
-    BKL    0.110   0.30-0.70  0.05-0.22  0.01-0.06  0.01-0.05   lb, tn, db / db .6,       fissures .55, milia .5, comedo .5,
-                                                                bk .25, wh .2, bg .12,    network .2, atypical .1,
-                                                                rd .1                     regression .15, blotch .1
-    DF     0.011   0.22-0.45  0.00-0.12  0.00-0.03  0.12-0.30   lb, pk / db .15, rd .3    white_patch .85, network .65,
-                                                                                          dots .1, halo .1
-    VASC   0.014   0.22-0.50  0.00-0.15  0.00-0.05  0.02-0.06   rd, pu / pu .5, bg .3,    lacunae .9, halo .1
-                                                                wh .4, dr .4
-    =====  ======  =========  =========  =========  ==========  ========================  ===================================
+=====  ======  =========  =========  =========  =========  ========================  ===================================
+class  prior   diameter   asymmetry  irregular  edge       base / extra colours      structures
+=====  ======  =========  =========  =========  =========  ========================  ===================================
+MEL    0.111   0.35-0.80  0.10-0.35  0.04-0.12  0.02-0.15  db, lb / db .6, lb .5,    atypical .6, network .15, dots .55,
+                                                           bk .55, bg .5, rd .35,    streaks .35, blotch .4, veil .35,
+                                                           wh .45                    regression .3, globules .1,
+                                                                                     dotted_vessels .1
+NV     0.669   0.28-0.60  0.00-0.12  0.00-0.04  0.03-0.10  lb, db, tn / db .4,       network .65, atypical .1,
+                                                           bk .05, bg .08, rd .05,   globules .35, dots .05,
+                                                           wh .03                    streaks .04, blotch .05
+BCC    0.051   0.25-0.60  0.05-0.25  0.03-0.09  0.02-0.06  pk, tn / bg .4, wh .45,   nests .7, arborising .7, ulcer .25,
+                                                           rd .3, db .25, bk .15     dots .15, halo .2
+AKIEC  0.033   0.30-0.65  0.05-0.22  0.03-0.08  0.10-0.25  pk, rd / lb .35, db .15,  scale .75, dotted_vessels .6,
+                                                           rd .4, wh .3              network .05, halo .5
+BKL    0.110   0.30-0.70  0.05-0.22  0.01-0.06  0.01-0.05  lb, tn, db / db .6,       fissures .55, milia .5, comedo .5,
+                                                           bk .25, wh .2, bg .12,    network .2, atypical .1,
+                                                           rd .1                     regression .15, blotch .1
+DF     0.011   0.22-0.45  0.00-0.12  0.00-0.03  0.12-0.30  lb, pk / db .15, rd .3    white_patch .85, network .65,
+                                                                                     dots .1, halo .1
+VASC   0.014   0.22-0.50  0.00-0.15  0.00-0.05  0.02-0.06  rd, pu / pu .5, bg .3,    lacunae .9, halo .1
+                                                           wh .4, dr .4
+=====  ======  =========  =========  =========  =========  ========================  ===================================
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,11 +84,21 @@ VIGNETTE_CHANCE = 0.4
 NOISE = (0.006, 0.025)
 SKIN_LIGHT = np.array((0.94, 0.80, 0.72), dtype=np.float32)
 SKIN_DARK = np.array((0.55, 0.38, 0.28), dtype=np.float32)
-COLOURS = {name: np.array(rgb, dtype=np.float32) for name, rgb in {
-    "lb": (0.72, 0.50, 0.34), "db": (0.42, 0.26, 0.17), "bk": (0.16, 0.11, 0.10), "bg": (0.45, 0.50, 0.58),
-    "rd": (0.78, 0.30, 0.32), "wh": (0.93, 0.90, 0.88), "pk": (0.88, 0.60, 0.60), "tn": (0.80, 0.62, 0.46),
-    "pu": (0.45, 0.20, 0.35), "dr": (0.50, 0.10, 0.15),
-}.items()}
+COLOURS = {
+    name: np.array(rgb, dtype=np.float32)
+    for name, rgb in {
+        "lb": (0.72, 0.50, 0.34),
+        "db": (0.42, 0.26, 0.17),
+        "bk": (0.16, 0.11, 0.10),
+        "bg": (0.45, 0.50, 0.58),
+        "rd": (0.78, 0.30, 0.32),
+        "wh": (0.93, 0.90, 0.88),
+        "pk": (0.88, 0.60, 0.60),
+        "tn": (0.80, 0.62, 0.46),
+        "pu": (0.45, 0.20, 0.35),
+        "dr": (0.50, 0.10, 0.15),
+    }.items()
+}
 
 
 @dataclass(frozen=True)
@@ -104,29 +115,87 @@ class LesionClass:
 
 
 LESIONS = {
-    "MEL": LesionClass((0.35, 0.80), (0.10, 0.35), (0.04, 0.12), (0.02, 0.15), ("db", "lb"),
-                       {"db": .6, "lb": .5, "bk": .55, "bg": .5, "rd": .35, "wh": .45},
-                       {"atypical": .6, "network": .15, "dots": .55, "streaks": .35, "blotch": .4, "veil": .35,
-                        "regression": .3, "globules": .1, "dotted_vessels": .1}),
-    "NV": LesionClass((0.28, 0.60), (0.00, 0.12), (0.00, 0.04), (0.03, 0.10), ("lb", "db", "tn"),
-                      {"db": .4, "bk": .05, "bg": .08, "rd": .05, "wh": .03},
-                      {"network": .65, "atypical": .1, "globules": .35, "dots": .05, "streaks": .04, "blotch": .05}),
-    "BCC": LesionClass((0.25, 0.60), (0.05, 0.25), (0.03, 0.09), (0.02, 0.06), ("pk", "tn"),
-                       {"bg": .4, "wh": .45, "rd": .3, "db": .25, "bk": .15},
-                       {"nests": .7, "arborising": .7, "ulcer": .25, "dots": .15, "halo": .2}),
-    "AKIEC": LesionClass((0.30, 0.65), (0.05, 0.22), (0.03, 0.08), (0.10, 0.25), ("pk", "rd"),
-                         {"lb": .35, "db": .15, "rd": .4, "wh": .3},
-                         {"scale": .75, "dotted_vessels": .6, "network": .05, "halo": .5}),
-    "BKL": LesionClass((0.30, 0.70), (0.05, 0.22), (0.01, 0.06), (0.01, 0.05), ("lb", "tn", "db"),
-                       {"db": .6, "bk": .25, "wh": .2, "bg": .12, "rd": .1},
-                       {"fissures": .55, "milia": .5, "comedo": .5, "network": .2, "atypical": .1, "regression": .15,
-                        "blotch": .1}),
-    "DF": LesionClass((0.22, 0.45), (0.00, 0.12), (0.00, 0.03), (0.12, 0.30), ("lb", "pk"),
-                      {"db": .15, "rd": .3},
-                      {"white_patch": .85, "network": .65, "dots": .1, "halo": .1}),
-    "VASC": LesionClass((0.22, 0.50), (0.00, 0.15), (0.00, 0.05), (0.02, 0.06), ("rd", "pu"),
-                        {"pu": .5, "bg": .3, "wh": .4, "dr": .4},
-                        {"lacunae": .9, "halo": .1}),
+    "MEL": LesionClass(
+        (0.35, 0.80),
+        (0.10, 0.35),
+        (0.04, 0.12),
+        (0.02, 0.15),
+        ("db", "lb"),
+        {"db": 0.6, "lb": 0.5, "bk": 0.55, "bg": 0.5, "rd": 0.35, "wh": 0.45},
+        {
+            "atypical": 0.6,
+            "network": 0.15,
+            "dots": 0.55,
+            "streaks": 0.35,
+            "blotch": 0.4,
+            "veil": 0.35,
+            "regression": 0.3,
+            "globules": 0.1,
+            "dotted_vessels": 0.1,
+        },
+    ),
+    "NV": LesionClass(
+        (0.28, 0.60),
+        (0.00, 0.12),
+        (0.00, 0.04),
+        (0.03, 0.10),
+        ("lb", "db", "tn"),
+        {"db": 0.4, "bk": 0.05, "bg": 0.08, "rd": 0.05, "wh": 0.03},
+        {"network": 0.65, "atypical": 0.1, "globules": 0.35, "dots": 0.05, "streaks": 0.04, "blotch": 0.05},
+    ),
+    "BCC": LesionClass(
+        (0.25, 0.60),
+        (0.05, 0.25),
+        (0.03, 0.09),
+        (0.02, 0.06),
+        ("pk", "tn"),
+        {"bg": 0.4, "wh": 0.45, "rd": 0.3, "db": 0.25, "bk": 0.15},
+        {"nests": 0.7, "arborising": 0.7, "ulcer": 0.25, "dots": 0.15, "halo": 0.2},
+    ),
+    "AKIEC": LesionClass(
+        (0.30, 0.65),
+        (0.05, 0.22),
+        (0.03, 0.08),
+        (0.10, 0.25),
+        ("pk", "rd"),
+        {"lb": 0.35, "db": 0.15, "rd": 0.4, "wh": 0.3},
+        {"scale": 0.75, "dotted_vessels": 0.6, "network": 0.05, "halo": 0.5},
+    ),
+    "BKL": LesionClass(
+        (0.30, 0.70),
+        (0.05, 0.22),
+        (0.01, 0.06),
+        (0.01, 0.05),
+        ("lb", "tn", "db"),
+        {"db": 0.6, "bk": 0.25, "wh": 0.2, "bg": 0.12, "rd": 0.1},
+        {
+            "fissures": 0.55,
+            "milia": 0.5,
+            "comedo": 0.5,
+            "network": 0.2,
+            "atypical": 0.1,
+            "regression": 0.15,
+            "blotch": 0.1,
+        },
+    ),
+    "DF": LesionClass(
+        (0.22, 0.45),
+        (0.00, 0.12),
+        (0.00, 0.03),
+        (0.12, 0.30),
+        ("lb", "pk"),
+        {"db": 0.15, "rd": 0.3},
+        {"white_patch": 0.85, "network": 0.65, "dots": 0.1, "halo": 0.1},
+    ),
+    "VASC": LesionClass(
+        (0.22, 0.50),
+        (0.00, 0.15),
+        (0.00, 0.05),
+        (0.02, 0.06),
+        ("rd", "pu"),
+        {"pu": 0.5, "bg": 0.3, "wh": 0.4, "dr": 0.4},
+        {"lacunae": 0.9, "halo": 0.1},
+    ),
 }
 
 
@@ -138,13 +207,13 @@ class _Lesion:
     size: int
     radius: float
     centre: tuple[float, float]
-    u: np.ndarray          # (W,) x in lesion radii from the centre
-    v: np.ndarray          # (H,) y in lesion radii
-    z: np.ndarray          # (H, W) complex position u + i v
-    r: np.ndarray          # (H, W) |z| / border: 1 on the border
-    mask: np.ndarray       # (H, W) lesion opacity
-    colour: np.ndarray     # (H, W, 3)
-    alpha: np.ndarray      # (H, W) final opacity (streaks can reach past the border)
+    u: np.ndarray  # (W,) x in lesion radii from the centre
+    v: np.ndarray  # (H,) y in lesion radii
+    z: np.ndarray  # (H, W) complex position u + i v
+    r: np.ndarray  # (H, W) |z| / border: 1 on the border
+    mask: np.ndarray  # (H, W) lesion opacity
+    colour: np.ndarray  # (H, W, 3)
+    alpha: np.ndarray  # (H, W) final opacity (streaks can reach past the border)
     halo: np.ndarray | None = None  # (H, W) erythema on the surrounding skin
 
     def px(self, pixels: float) -> float:
@@ -206,11 +275,11 @@ def _network(lesion: _Lesion, atypical: bool) -> None:
     pv = lesion.v[:, None] * c - lesion.u[None, :] * s + warp * lesion.field(1.0)
     line = np.minimum(np.abs(np.sin(np.pi * pu)), np.abs(np.sin(np.pi * pv)))
     width = rng.uniform(0.3, 0.55) if atypical else rng.uniform(0.25, 0.35)
-    lines = np.exp(-(line / width) ** 2)
+    lines = np.exp(-((line / width) ** 2))
     if atypical:
         strength = rng.uniform(0.4, 0.75) * np.clip(0.5 + 0.6 * lesion.field(0.7), 0, 1)
     else:
-        strength = rng.uniform(0.35, 0.6) * np.clip(1 - lesion.r ** 3, 0, 1)
+        strength = rng.uniform(0.35, 0.6) * np.clip(1 - lesion.r**3, 0, 1)
     lesion.colour *= (1 - 0.55 * lines * strength * lesion.mask)[..., None]
 
 
@@ -224,7 +293,9 @@ def _dots(lesion: _Lesion) -> None:
     rng = lesion.rng
     clusters = _in_disc(rng, int(rng.integers(1, 4)), 0.7)
     count = int(rng.integers(6, 31))
-    positions = clusters[rng.integers(len(clusters), size=count)] + 0.25 * (rng.standard_normal(count) + 1j * rng.standard_normal(count))
+    positions = clusters[rng.integers(len(clusters), size=count)] + 0.25 * (
+        rng.standard_normal(count) + 1j * rng.standard_normal(count)
+    )
     spots = _spots(lesion, positions, rng.uniform(0.5, 0.9))
     lesion.paint(COLOURS["bk"], spots * rng.uniform(0.6, 0.95) * lesion.mask)
 
@@ -233,7 +304,7 @@ def _streaks(lesion: _Lesion) -> None:
     rng = lesion.rng
     theta = np.angle(lesion.z)
     rays = _sigmoid((np.cos(int(rng.integers(10, 25)) * theta + rng.uniform(0, 2 * np.pi)) - 0.6) / 0.08)
-    ring = np.exp(-((lesion.r - 1.0) / 0.12) ** 2)
+    ring = np.exp(-(((lesion.r - 1.0) / 0.12) ** 2))
     weight = rays * ring * lesion.blotch(rng.uniform(0.3, 0.7), cycles=0.6) * rng.uniform(0.6, 0.9)
     lesion.paint(COLOURS["db"] * 0.8, weight)
     np.maximum(lesion.alpha, weight, out=lesion.alpha)
@@ -242,7 +313,7 @@ def _streaks(lesion: _Lesion) -> None:
 def _blotch(lesion: _Lesion) -> None:
     rng = lesion.rng
     where = rng.uniform(0.3, 0.6) * _turn(2 * np.pi * rng.random())
-    weight = np.exp(-(np.abs(lesion.z - where) / rng.uniform(0.25, 0.45)) ** 2) * rng.uniform(0.6, 0.95)
+    weight = np.exp(-((np.abs(lesion.z - where) / rng.uniform(0.25, 0.45)) ** 2)) * rng.uniform(0.6, 0.95)
     lesion.paint(COLOURS["bk"], weight * lesion.mask)
 
 
@@ -268,16 +339,18 @@ def _nests(lesion: _Lesion) -> None:
     for centre in centres.tolist():
         local = (lesion.z - centre) * (_turn(-rng.uniform(0, np.pi)) / rng.uniform(0.12, 0.3))
         aspect = rng.uniform(1.2, 2.0)
-        distance = np.sqrt((local.real / aspect) ** 2 + local.imag ** 2)
+        distance = np.sqrt((local.real / aspect) ** 2 + local.imag**2)
         np.maximum(weight, _sigmoid((1 - distance) / 0.12), out=weight)
     lesion.paint(np.array((0.30, 0.36, 0.48), dtype=np.float32), weight * rng.uniform(0.7, 0.9) * lesion.mask)
 
 
-def _curve_weight(lesion: _Lesion, z: np.ndarray, width: float, bend: float, wiggle: float, length: float) -> np.ndarray:
+def _curve_weight(
+    lesion: _Lesion, z: np.ndarray, width: float, bend: float, wiggle: float, length: float
+) -> np.ndarray:
     """A thin curved line through ``z``'s origin along its real axis: Gaussian profile of half-width ``width``."""
     rng = lesion.rng
-    path = bend * z.real ** 2 + wiggle * np.sin(rng.uniform(2, 6) * z.real + rng.uniform(0, 2 * np.pi))
-    return np.exp(-((z.imag - path) / width) ** 2) * (np.abs(z.real) < length)
+    path = bend * z.real**2 + wiggle * np.sin(rng.uniform(2, 6) * z.real + rng.uniform(0, 2 * np.pi))
+    return np.exp(-(((z.imag - path) / width) ** 2)) * (np.abs(z.real) < length)
 
 
 def _arborising(lesion: _Lesion) -> None:
@@ -285,8 +358,14 @@ def _arborising(lesion: _Lesion) -> None:
     weight = np.zeros(lesion.mask.shape, dtype=np.float32)
     for _ in range(int(rng.integers(2, 6))):
         local = (lesion.z - _point(rng, 0.5)) * _turn(-rng.uniform(0, np.pi))
-        vessel = _curve_weight(lesion, local, lesion.px(rng.uniform(0.5, 1.0)), rng.uniform(-0.8, 0.8), rng.uniform(0, 0.08),
-                               rng.uniform(0.4, 0.9))
+        vessel = _curve_weight(
+            lesion,
+            local,
+            lesion.px(rng.uniform(0.5, 1.0)),
+            rng.uniform(-0.8, 0.8),
+            rng.uniform(0, 0.08),
+            rng.uniform(0.4, 0.9),
+        )
         np.maximum(weight, vessel, out=weight)
     lesion.paint(np.array((0.72, 0.10, 0.16), dtype=np.float32), weight * rng.uniform(0.7, 0.95) * lesion.mask)
 
@@ -302,8 +381,12 @@ def _lacunae(lesion: _Lesion) -> None:
     count = int(rng.integers(3, 10))
     centres = _in_disc(rng, count, 0.7)
     radii = rng.uniform(0.15, 0.35, count).astype(np.float32)
-    palette = np.stack([COLOURS[rng.choice(("rd", "dr", "pu"))] * rng.uniform(0.85, 1.1) for _ in range(count)]).astype(np.float32)
-    member = _sigmoid((radii[:, None, None] - np.abs(lesion.z[None] - centres[:, None, None].astype(np.complex64))) / 0.05)
+    palette = np.stack([COLOURS[rng.choice(("rd", "dr", "pu"))] * rng.uniform(0.85, 1.1) for _ in range(count)]).astype(
+        np.float32
+    )
+    member = _sigmoid(
+        (radii[:, None, None] - np.abs(lesion.z[None] - centres[:, None, None].astype(np.complex64))) / 0.05
+    )
     nearest = member.argmax(axis=0)
     weight = np.take_along_axis(member, nearest[None], axis=0)[0]
     lesion.colour += (weight * lesion.mask * rng.uniform(0.8, 1.0))[..., None] * (palette[nearest] - lesion.colour)
@@ -312,7 +395,7 @@ def _lacunae(lesion: _Lesion) -> None:
 def _white_patch(lesion: _Lesion) -> None:
     rng = lesion.rng
     where = _point(rng, 0.2)
-    weight = np.exp(-(np.abs(lesion.z - where) / rng.uniform(0.3, 0.55)) ** 2) * rng.uniform(0.6, 0.95)
+    weight = np.exp(-((np.abs(lesion.z - where) / rng.uniform(0.3, 0.55)) ** 2)) * rng.uniform(0.6, 0.95)
     lesion.paint(np.array((0.94, 0.92, 0.90), dtype=np.float32), weight * lesion.mask)
 
 
@@ -351,14 +434,30 @@ def _fissures(lesion: _Lesion) -> None:
 
 
 def _halo(lesion: _Lesion) -> None:
-    lesion.halo = (np.exp(-((lesion.r - 1.1) / 0.35) ** 2) * (1 - lesion.mask) * lesion.rng.uniform(0.15, 0.35)).astype(np.float32)
+    lesion.halo = (
+        np.exp(-(((lesion.r - 1.1) / 0.35) ** 2)) * (1 - lesion.mask) * lesion.rng.uniform(0.15, 0.35)
+    ).astype(np.float32)
 
 
 STRUCTURES = {
-    "network": lambda lesion: _network(lesion, atypical=False), "atypical": lambda lesion: _network(lesion, atypical=True),
-    "globules": _globules, "dots": _dots, "streaks": _streaks, "blotch": _blotch, "veil": _veil, "regression": _regression,
-    "nests": _nests, "arborising": _arborising, "ulcer": _ulcer, "lacunae": _lacunae, "white_patch": _white_patch,
-    "scale": _scale, "dotted_vessels": _dotted_vessels, "milia": _milia, "comedo": _comedo, "fissures": _fissures,
+    "network": lambda lesion: _network(lesion, atypical=False),
+    "atypical": lambda lesion: _network(lesion, atypical=True),
+    "globules": _globules,
+    "dots": _dots,
+    "streaks": _streaks,
+    "blotch": _blotch,
+    "veil": _veil,
+    "regression": _regression,
+    "nests": _nests,
+    "arborising": _arborising,
+    "ulcer": _ulcer,
+    "lacunae": _lacunae,
+    "white_patch": _white_patch,
+    "scale": _scale,
+    "dotted_vessels": _dotted_vessels,
+    "milia": _milia,
+    "comedo": _comedo,
+    "fissures": _fissures,
     "halo": _halo,
 }
 
@@ -388,19 +487,32 @@ def _outline(rng: np.random.Generator, params: LesionClass, size: int) -> _Lesio
     border = 1.0 + np.polyval(coeffs[::-1], unit).real
     mask = _sigmoid((border - modulus) / rng.uniform(*params.edge))
     shape = mask.shape
-    return _Lesion(rng, size, radius, centre, u, v, z, (modulus / border).astype(np.float32), mask,
-                   np.zeros(shape + (3,), dtype=np.float32), mask.copy())
+    return _Lesion(
+        rng,
+        size,
+        radius,
+        centre,
+        u,
+        v,
+        z,
+        (modulus / border).astype(np.float32),
+        mask,
+        np.zeros(shape + (3,), dtype=np.float32),
+        mask.copy(),
+    )
 
 
 def _paint(lesion: _Lesion, params: LesionClass) -> None:
     rng = lesion.rng
     base = COLOURS[params.base[int(rng.integers(len(params.base)))]] * rng.uniform(0.9, 1.1, 3).astype(np.float32)
     lesion.colour[:] = base
-    lesion.colour *= (1 - rng.uniform(0, 0.2) * np.clip(1 - lesion.r ** 2, 0, 1))[..., None]
+    lesion.colour *= (1 - rng.uniform(0, 0.2) * np.clip(1 - lesion.r**2, 0, 1))[..., None]
     for name, chance in params.colours.items():
         if rng.random() < chance:
-            lesion.paint(COLOURS[name] * rng.uniform(0.9, 1.1, 3).astype(np.float32),
-                         lesion.blotch(rng.uniform(0.1, 0.4)) * (lesion.mask * np.float32(rng.uniform(0.45, 0.85))))
+            lesion.paint(
+                COLOURS[name] * rng.uniform(0.9, 1.1, 3).astype(np.float32),
+                lesion.blotch(rng.uniform(0.1, 0.4)) * (lesion.mask * np.float32(rng.uniform(0.45, 0.85))),
+            )
     for name, chance in params.structures.items():
         if rng.random() < chance:
             STRUCTURES[name](lesion)
@@ -423,9 +535,11 @@ def _hair(rng: np.random.Generator, image: np.ndarray, axis: np.ndarray) -> None
         c, s = np.cos(angle), np.sin(angle)
         along = (axis[None, :] - x0) * np.float32(c) + (axis[:, None] - y0) * np.float32(s)
         across = (axis[:, None] - y0) * np.float32(c) - (axis[None, :] - x0) * np.float32(s)
-        path = rng.uniform(-0.3, 0.3) * along ** 2 + rng.uniform(0, 0.05) * np.sin(rng.uniform(2, 6) * along + rng.uniform(0, 6.3))
+        path = rng.uniform(-0.3, 0.3) * along**2 + rng.uniform(0, 0.05) * np.sin(
+            rng.uniform(2, 6) * along + rng.uniform(0, 6.3)
+        )
         width = rng.uniform(0.4, 1.0) * 2.0 / size
-        np.maximum(hair, np.exp(-((across - path) / np.float32(width)) ** 2), out=hair)
+        np.maximum(hair, np.exp(-(((across - path) / np.float32(width)) ** 2)), out=hair)
     colour = np.float32(rng.uniform(0.12, 0.3)) * np.array((1.0, 0.85, 0.75), dtype=np.float32)
     image += (hair * np.float32(rng.uniform(0.75, 0.95)))[..., None] * (colour - image)
 

@@ -116,6 +116,7 @@ pediatric: ``BraTS-PED-<5 digits>-000``, PED labels 1 ET, 2 NET, 3 CC, 4 ED
 Each case folder holds ``truth.json`` as ``brain-mri-demo`` writes it, plus ``domain`` and ``label_convention``.
 Its ``labels`` names follow the convention, and its ``volumes_ml`` use :data:`macro.data.brats.CONVENTIONS`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -128,8 +129,17 @@ from scipy import ndimage as ndi
 
 from macro.case import SEQUENCES
 from macro.data import register
-from macro.data.brain import (BRATS_CONTRAST, LABELS, Anatomy, Contrast, TumourParams, anatomy_from_maps,
-                              load_anatomy, simulate_case, write_case)
+from macro.data.brain import (
+    BRATS_CONTRAST,
+    LABELS,
+    Anatomy,
+    Contrast,
+    TumourParams,
+    anatomy_from_maps,
+    load_anatomy,
+    simulate_case,
+    write_case,
+)
 from macro.data.brats import CONVENTIONS, PED_LABELS
 from macro.errors import CaseError
 
@@ -162,24 +172,45 @@ def _edit(contrast: Contrast, changes: dict[str, dict[str, float]], **fields) ->
 DOMAINS: dict[str, Domain] = {
     "source": Domain("source", "BraTS-GLI", "gli"),
     "lowfield": Domain(
-        "lowfield", "BraTS-SSA", "gli",
-        contrast=_edit(BRATS_CONTRAST, {"t1ce": {"et": 700.0}, "flair": {"ed": 700.0}, "t2": {"ed": 950.0}},
-                       noise=40.0, bias=0.25),
+        "lowfield",
+        "BraTS-SSA",
+        "gli",
+        contrast=_edit(
+            BRATS_CONTRAST, {"t1ce": {"et": 700.0}, "flair": {"ed": 700.0}, "t2": {"ed": 950.0}}, noise=40.0, bias=0.25
+        ),
         slice_factor=2,
         gamma={"t1": 0.8, "t1ce": 0.85, "t2": 1.15, "flair": 0.9},
     ),
     "pediatric": Domain(
-        "pediatric", "BraTS-PED", "ped",
-        tumour=TumourParams(wt_ml=(6.0, 24.0), core_fraction=(0.6, 0.9), necrosis_fraction=(0.6, 0.9),
-                            enhancing_fraction=(0.3, 0.7), roughness=0.6, grain_mm=8.0, elongation=0.35,
-                            centre_x_mm=(-10.0, 15.0), centre_y_mm=(-55.0, -10.0), centre_z_mm=(-30.0, 12.0),
-                            centre_wm=0.3, cross_midline=True),
-        contrast=_edit(BRATS_CONTRAST, {
-            "t1": {"ncr": 300.0},
-            "t1ce": {"ncr": 300.0, "et": 800.0},
-            "t2": {"ncr": 1000.0},
-            "flair": {"ncr": 780.0},
-        }, tumour_blur_vox=0.8, noise=15.0, bias=0.15),
+        "pediatric",
+        "BraTS-PED",
+        "ped",
+        tumour=TumourParams(
+            wt_ml=(6.0, 24.0),
+            core_fraction=(0.6, 0.9),
+            necrosis_fraction=(0.6, 0.9),
+            enhancing_fraction=(0.3, 0.7),
+            roughness=0.6,
+            grain_mm=8.0,
+            elongation=0.35,
+            centre_x_mm=(-10.0, 15.0),
+            centre_y_mm=(-55.0, -10.0),
+            centre_z_mm=(-30.0, 12.0),
+            centre_wm=0.3,
+            cross_midline=True,
+        ),
+        contrast=_edit(
+            BRATS_CONTRAST,
+            {
+                "t1": {"ncr": 300.0},
+                "t1ce": {"ncr": 300.0, "et": 800.0},
+                "t2": {"ncr": 1000.0},
+                "flair": {"ncr": 780.0},
+            },
+            tumour_blur_vox=0.8,
+            noise=15.0,
+            bias=0.15,
+        ),
         head_zoom=0.85,
         gamma={"t1": 1.15, "t1ce": 1.1, "t2": 0.85, "flair": 1.2},
     ),
@@ -231,9 +262,17 @@ def build_domain_case(folder: Path, seed: int, domain: Domain) -> Path:
     labels, images = simulate_case(seed, anatomy, domain.tumour, domain.contrast)
     if domain.convention == "ped":
         labels = GLI_TO_PED[labels]
-    return write_case(folder, acquire(images, domain), labels, anatomy, seed, DATASET,
-                      names=LABEL_NAMES[domain.convention], regions=CONVENTIONS[domain.convention],
-                      extra={"domain": domain.name, "label_convention": domain.convention})
+    return write_case(
+        folder,
+        acquire(images, domain),
+        labels,
+        anatomy,
+        seed,
+        DATASET,
+        names=LABEL_NAMES[domain.convention],
+        regions=CONVENTIONS[domain.convention],
+        extra={"domain": domain.name, "label_convention": domain.convention},
+    )
 
 
 @register(DATASET)

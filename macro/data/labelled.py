@@ -25,6 +25,7 @@ Client splits, all deterministic by ``seed`` and returning sorted index arrays
       rule), and the draw repeats until every client has ``min_size`` images.
     - :func:`train_val_test`: 70/10/20 by default; with ``groups`` (patient ids) no patient spans two parts.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,10 +40,35 @@ import numpy as np
 from macro.errors import CaseError
 
 ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
-CXR14_CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-                 "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
-CXR14_COLUMNS = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position",
-                 "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]")
+CXR14_CLASSES = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+CXR14_COLUMNS = (
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+    "OriginalImage[Width",
+    "Height]",
+    "OriginalImagePixelSpacing[x",
+    "y]",
+)
 NO_FINDING = "No Finding"
 LABELS_CSV = "labels.csv"
 MAX_IMAGES = 100_000
@@ -78,7 +104,9 @@ class LabelledSet:
         self.labels = np.asarray(self.labels, dtype=np.float32)
         self.classes = tuple(self.classes)
         if self.labels.shape != (len(self.paths), len(self.classes)):
-            raise CaseError(None, f"labels have shape {self.labels.shape}, expected ({len(self.paths)}, {len(self.classes)})")
+            raise CaseError(
+                None, f"labels have shape {self.labels.shape}, expected ({len(self.paths)}, {len(self.classes)})"
+            )
         if self.patient_ids is None:
             self.patient_ids = [p.stem for p in self.paths]
         elif len(self.patient_ids) != len(self.paths):
@@ -92,8 +120,14 @@ class LabelledSet:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise CaseError(None, f"subset index out of range for {len(self)} images")
-        return LabelledSet([self.paths[i] for i in idx], self.labels[idx], self.classes, self.multi_label, self.modality,
-                           [self.patient_ids[i] for i in idx])
+        return LabelledSet(
+            [self.paths[i] for i in idx],
+            self.labels[idx],
+            self.classes,
+            self.multi_label,
+            self.modality,
+            [self.patient_ids[i] for i in idx],
+        )
 
     def load_images(self, size: int = 224, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Float32 (N, 3, size, size) in [0, 1]: each image resized (not cropped) to a square, greyscale copied to
@@ -144,8 +178,13 @@ def image_size(spec: PhantomSpec, options: dict, default: int = 96) -> int:
     return int(size)
 
 
-def write_phantom(out: str | Path, spec: PhantomSpec, n: int, seed: int,
-                  simulate: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]) -> list[Path]:
+def write_phantom(
+    out: str | Path,
+    spec: PhantomSpec,
+    n: int,
+    seed: int,
+    simulate: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]],
+) -> list[Path]:
     """Write ``n`` images made by ``simulate(rng) -> (uint8 image, 0/1 labels)``, their sidecars and ``labels.csv``;
     return the image paths."""
     from PIL import Image
@@ -163,8 +202,14 @@ def write_phantom(out: str | Path, spec: PhantomSpec, n: int, seed: int,
         path = out / f"{stem}.png"
         Image.fromarray(image).save(path, format="PNG", compress_level=1)  # fast; files ~10 % larger than level 6
         values = [int(v) for v in labels]
-        sidecar = {"modality": spec.modality, "dataset": spec.dataset, "seed": seed, "index": index,
-                   "multi_label": spec.multi_label, "labels": dict(zip(spec.classes, values))}
+        sidecar = {
+            "modality": spec.modality,
+            "dataset": spec.dataset,
+            "seed": seed,
+            "index": index,
+            "multi_label": spec.multi_label,
+            "labels": dict(zip(spec.classes, values)),
+        }
         (out / f"{stem}.json").write_text(json.dumps(sidecar) + "\n")
         paths.append(path)
         rows.append([path.name, *values])
@@ -185,7 +230,7 @@ def smooth_field(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, cycles:
     freq = 2 * np.pi * cycles * (0.7 + stretch)
     quarter = np.repeat(np.array([0.0, np.pi / 2]), waves)
     left = np.cos(np.outer(v, np.tile(freq * np.sin(angle), 2)) + np.tile(phase, 2) + quarter)  # cos b | -sin b
-    right = np.cos(np.outer(np.tile(freq * np.cos(angle), 2), u) - quarter[:, None])          # cos a | sin a
+    right = np.cos(np.outer(np.tile(freq * np.cos(angle), 2), u) - quarter[:, None])  # cos a | sin a
     return (left.astype(np.float32) @ right.astype(np.float32)) * np.float32(np.sqrt(2.0 / waves))
 
 
@@ -206,7 +251,9 @@ def read_phantom(folder: str | Path) -> LabelledSet:
         raise CaseError(folder, "folder not found", accepted=accepted)
     header, rows = _read_csv(csv_path, accepted)
     if not header or header[0] != "image" or len(header) < 2:
-        raise CaseError(csv_path, f"header must start with 'image' and name the classes, got {header}", accepted="image,<class>,...")
+        raise CaseError(
+            csv_path, f"header must start with 'image' and name the classes, got {header}", accepted="image,<class>,..."
+        )
     classes = tuple(header[1:])
     _require_width(csv_path, header, rows)
     names = [row[0] for row in rows]
@@ -221,7 +268,9 @@ def read_phantom(folder: str | Path) -> LabelledSet:
     except FileNotFoundError:
         raise CaseError(side_path, "sidecar JSON not found", accepted=accepted) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CaseError(side_path, f"sidecar JSON is unreadable or lacks modality/multi_label/labels ({type(exc).__name__}: {exc})") from None
+        raise CaseError(
+            side_path, f"sidecar JSON is unreadable or lacks modality/multi_label/labels ({type(exc).__name__}: {exc})"
+        ) from None
     if sidecar_classes != classes:
         raise CaseError(csv_path, f"columns {list(classes)} differ from the sidecar's classes {list(sidecar_classes)}")
     if not multi_label:
@@ -243,8 +292,13 @@ def read_isic2018(csv_path: str | Path, image_dir: str | Path) -> LabelledSet:
     _require_unique(csv_path, names, "image")
     labels = _numeric(csv_path, ordered, ISIC_CLASSES, offset=1)
     _require_one_hot(csv_path, names, labels)
-    return LabelledSet(_existing(image_dir, [f"{name}.jpg" for name in names], csv_path), labels, ISIC_CLASSES,
-                       multi_label=False, modality="dermoscopy")
+    return LabelledSet(
+        _existing(image_dir, [f"{name}.jpg" for name in names], csv_path),
+        labels,
+        ISIC_CLASSES,
+        multi_label=False,
+        modality="dermoscopy",
+    )
 
 
 def read_chestxray14(csv_path: str | Path, image_dir: str | Path, classes: Sequence[str] | None = None) -> LabelledSet:
@@ -255,7 +309,11 @@ def read_chestxray14(csv_path: str | Path, image_dir: str | Path, classes: Seque
     chosen = tuple(CXR14_CLASSES if classes is None else classes)
     unknown = [c for c in chosen if c not in CXR14_CLASSES]
     if unknown or not chosen or len(set(chosen)) != len(chosen):
-        raise CaseError(csv_path, f"classes must be distinct ChestX-ray14 findings, got {list(chosen)}", accepted=", ".join(CXR14_CLASSES))
+        raise CaseError(
+            csv_path,
+            f"classes must be distinct ChestX-ray14 findings, got {list(chosen)}",
+            accepted=", ".join(CXR14_CLASSES),
+        )
     header, rows = _read_csv(csv_path, accepted)
     while header and header[-1] == "":  # some copies of the file end every line with a comma
         header = header[:-1]
@@ -273,8 +331,11 @@ def read_chestxray14(csv_path: str | Path, image_dir: str | Path, classes: Seque
         if findings != [NO_FINDING]:
             bad = [f for f in findings if f not in CXR14_CLASSES]
             if bad:
-                raise CaseError(csv_path, f"line {line}: unknown finding(s) {bad} in {row[findings_col]!r}",
-                                accepted=f"{NO_FINDING!r} or '|'-separated " + ", ".join(CXR14_CLASSES))
+                raise CaseError(
+                    csv_path,
+                    f"line {line}: unknown finding(s) {bad} in {row[findings_col]!r}",
+                    accepted=f"{NO_FINDING!r} or '|'-separated " + ", ".join(CXR14_CLASSES),
+                )
             for finding in findings:
                 if finding in column:
                     labels[line - 2, column[finding]] = 1.0
@@ -282,13 +343,16 @@ def read_chestxray14(csv_path: str | Path, image_dir: str | Path, classes: Seque
         if not patient.isdigit():
             raise CaseError(csv_path, f"line {line}: Patient ID {patient!r} is not a number")
         patients.append(patient)
-    return LabelledSet(_existing(image_dir, names, csv_path), labels, chosen, multi_label=True, modality="xray",
-                       patient_ids=patients)
+    return LabelledSet(
+        _existing(image_dir, names, csv_path), labels, chosen, multi_label=True, modality="xray", patient_ids=patients
+    )
 
 
 def _read_csv(path: Path, accepted: str) -> tuple[list[str], list[list[str]]]:
     if not path.is_file():
-        raise CaseError(path, "file not found" if not path.exists() else "expected a file but found a folder", accepted=accepted)
+        raise CaseError(
+            path, "file not found" if not path.exists() else "expected a file but found a folder", accepted=accepted
+        )
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             table = [row for row in csv.reader(fh) if row]
@@ -303,7 +367,9 @@ def _require_columns(path: Path, header: list[str], expected: Sequence[str], acc
     missing = [c for c in expected if c not in header]
     extra = [c for c in header if c not in expected]
     if missing or extra or len(header) != len(expected):
-        parts = ([f"missing column(s) {missing}"] if missing else []) + ([f"unexpected column(s) {extra}"] if extra else [])
+        parts = ([f"missing column(s) {missing}"] if missing else []) + (
+            [f"unexpected column(s) {extra}"] if extra else []
+        )
         raise CaseError(path, "; ".join(parts) or f"duplicate column(s) in {header}", accepted=accepted)
 
 
@@ -353,8 +419,11 @@ def _existing(image_dir: Path, names: Iterable[str], listed_in: Path) -> list[Pa
     names = list(names)
     missing = [name for name in names if name not in present]
     if missing:
-        raise CaseError(image_dir, f"{len(missing)} image file(s) listed in {listed_in.name} are missing: "
-                                   f"{', '.join(missing[:SHOWN])}{', ...' if len(missing) > SHOWN else ''}")
+        raise CaseError(
+            image_dir,
+            f"{len(missing)} image file(s) listed in {listed_in.name} are missing: "
+            f"{', '.join(missing[:SHOWN])}{', ...' if len(missing) > SHOWN else ''}",
+        )
     return [image_dir / name for name in names]
 
 
@@ -399,8 +468,14 @@ def shard(n: int, n_clients: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(order, n_clients)]
 
 
-def dirichlet_split(class_index: Sequence[int] | np.ndarray, n_clients: int, alpha: float = 1.0, seed: int = 0,
-                    min_size: int = 10, max_tries: int = 1000) -> list[np.ndarray]:
+def dirichlet_split(
+    class_index: Sequence[int] | np.ndarray,
+    n_clients: int,
+    alpha: float = 1.0,
+    seed: int = 0,
+    min_size: int = 10,
+    max_tries: int = 1000,
+) -> list[np.ndarray]:
     """FCU's label-skewed client split of images with class ``class_index`` (N,); see the module docstring."""
     y = np.asarray(class_index)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
@@ -423,12 +498,16 @@ def dirichlet_split(class_index: Sequence[int] | np.ndarray, n_clients: int, alp
                 part.extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise CaseError(None, f"no Dirichlet(alpha={alpha}) split gave every client {min_size} images in {max_tries} draws; "
-                          "raise alpha or lower min_size")
+    raise CaseError(
+        None,
+        f"no Dirichlet(alpha={alpha}) split gave every client {min_size} images in {max_tries} draws; "
+        "raise alpha or lower min_size",
+    )
 
 
-def train_val_test(n: int, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
-                   groups: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def train_val_test(
+    n: int, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0, groups: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random train/val/test index arrays; with ``groups`` the fractions count groups, and a group stays whole."""
     _check_int("n", n, 0, 10**9)
     fractions = tuple(float(f) for f in fractions)
@@ -445,5 +524,5 @@ def train_val_test(n: int, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: i
     order = rng.permutation(count)
     n_train, n_val = round(fractions[0] * count), round(fractions[1] * count)
     part = np.empty(count, dtype=np.int64)
-    part[order[:n_train]], part[order[n_train:n_train + n_val]], part[order[n_train + n_val:]] = 0, 1, 2
+    part[order[:n_train]], part[order[n_train : n_train + n_val]], part[order[n_train + n_val :]] = 0, 1, 2
     return tuple(np.flatnonzero(part[owner] == k) for k in range(3))

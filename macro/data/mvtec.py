@@ -13,6 +13,7 @@ them is modality ``other`` (MVTec's products). Images are read as RGB and resize
 antialiased); masks with nearest neighbour. Every problem names the file: a missing ``train/good``, an
 unreadable image, a defect image without its mask, or a mask whose size differs from its image.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ import numpy as np
 from macro.errors import CaseError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-LAYOUT = "MVTec AD layout: <task>/train/good/*.png, <task>/test/<defect>/*.png, <task>/ground_truth/<defect>/<stem>_mask.png"
+LAYOUT = (
+    "MVTec AD layout: <task>/train/good/*.png, <task>/test/<defect>/*.png, <task>/ground_truth/<defect>/<stem>_mask.png"
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class AnomalyTask:
     modality: str
     train: tuple[Path, ...]
     test: tuple[Path, ...]
-    kinds: tuple[str, ...]          # per test image: "good" or the defect folder name
+    kinds: tuple[str, ...]  # per test image: "good" or the defect folder name
     masks: tuple[Path | None, ...]  # per test image: its mask file, None for good images
 
     @property
@@ -47,11 +50,13 @@ class AnomalyTask:
         """(bank images, held-out normals): the last ``fraction`` of train/good by name (at least ``minimum``, at
         most half) is held out to calibrate the decision threshold; the same folder always splits the same way."""
         count = min(max(minimum, int(round(fraction * len(self.train)))), len(self.train) // 2)
-        return self.train[: len(self.train) - count], self.train[len(self.train) - count:]
+        return self.train[: len(self.train) - count], self.train[len(self.train) - count :]
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def read_task(folder: str | Path) -> AnomalyTask:
@@ -64,7 +69,9 @@ def read_task(folder: str | Path) -> AnomalyTask:
         raise CaseError(folder, "no train/good folder", accepted=LAYOUT)
     train = _images(good)
     if len(train) < 2:
-        raise CaseError(good, f"needs at least 2 normal training images, found {len(train)}", accepted=", ".join(IMAGE_SUFFIXES))
+        raise CaseError(
+            good, f"needs at least 2 normal training images, found {len(train)}", accepted=", ".join(IMAGE_SUFFIXES)
+        )
     test, kinds, masks = [], [], []
     test_root = folder / "test"
     if test_root.is_dir():
@@ -81,7 +88,9 @@ def _mask_path(folder: Path, kind: str, image: Path) -> Path:
         candidate = folder / "ground_truth" / kind / name
         if candidate.is_file():
             return candidate
-    raise CaseError(image, f"anomalous test image has no mask ground_truth/{kind}/{image.stem}_mask.png", accepted=LAYOUT)
+    raise CaseError(
+        image, f"anomalous test image has no mask ground_truth/{kind}/{image.stem}_mask.png", accepted=LAYOUT
+    )
 
 
 def _modality(image: Path) -> str:

@@ -35,6 +35,7 @@ Reasoning sentences are templated from the drawn answers and the lesion's side. 
 (``cxr.render`` draws its findings at random places, so it cannot place one in a named zone); the final image
 comes from ``cxr.composite``, the same compositing as ``cxr-phantom``.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,15 @@ GENERATOR = 2  # raised whenever the phantom's images or records change (2: pleu
 SIZE = 128
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
-STEP_NAMES = ("Abnormal radiodensity", "Lesion distribution", "Radiographic pattern", "Anatomical location",
-              "Morphologic features", "Secondary signs", "Diagnosis")
+STEP_NAMES = (
+    "Abnormal radiodensity",
+    "Lesion distribution",
+    "Radiographic pattern",
+    "Anatomical location",
+    "Morphologic features",
+    "Secondary signs",
+    "Diagnosis",
+)
 N_STEPS = len(STEP_NAMES)
 IMAGE_DIRS = ("images", "images_2")
 
@@ -72,11 +80,28 @@ OPTIONS = (
     ("No abnormality", "Increased opacity", "Decreased opacity", "Mixed opacity"),
     ("None", "Focal", "Multifocal", "Diffuse"),
     ("None", "Consolidation", "Nodule/Mass", "Interstitial", "Cavity", "Pleural"),
-    ("None", "Right upper zone", "Right lower zone", "Left upper zone", "Left lower zone", "Bilateral", "Pleura/Chest wall"),
+    (
+        "None",
+        "Right upper zone",
+        "Right lower zone",
+        "Left upper zone",
+        "Left lower zone",
+        "Bilateral",
+        "Pleura/Chest wall",
+    ),
     ("None", "Well-circumscribed", "Ill-defined", "Lobulated", "Thick-walled"),
     ("None", "Pleural effusion", "Cardiomegaly", "Volume loss", "Pneumothorax", "Air bronchogram", "Mediastinal shift"),
-    ("Normal", "Pneumonia", "Tuberculosis", "Lung abscess", "Lung cancer", "Metastases", "Heart failure", "Pleural effusion",
-     "Pneumothorax"),
+    (
+        "Normal",
+        "Pneumonia",
+        "Tuberculosis",
+        "Lung abscess",
+        "Lung cancer",
+        "Metastases",
+        "Heart failure",
+        "Pleural effusion",
+        "Pneumothorax",
+    ),
 )
 
 
@@ -112,12 +137,29 @@ class StepCoTRecord:
             candidate = self.root / folder / Path(self.image_path).name
             if candidate.is_file():
                 return candidate
-        raise CaseError(direct, f"image of patient {self.patient_id} not found", accepted=f"a path under {self.root} or in {'/'.join(IMAGE_DIRS)}")
+        raise CaseError(
+            direct,
+            f"image of patient {self.patient_id} not found",
+            accepted=f"a path under {self.root} or in {'/'.join(IMAGE_DIRS)}",
+        )
 
     def to_json(self) -> dict:
-        return {"patient_id": self.patient_id, "image_path": self.image_path, "origin": self.origin, "report": self.report,
-                "vqa_chain": [{"step": s.step, "question": s.question, "options": list(s.options), "answer": s.answer,
-                               "reasoning": s.reasoning} for s in self.vqa_chain]}
+        return {
+            "patient_id": self.patient_id,
+            "image_path": self.image_path,
+            "origin": self.origin,
+            "report": self.report,
+            "vqa_chain": [
+                {
+                    "step": s.step,
+                    "question": s.question,
+                    "options": list(s.options),
+                    "answer": s.answer,
+                    "reasoning": s.reasoning,
+                }
+                for s in self.vqa_chain
+            ],
+        }
 
 
 def parse_record(obj, root: Path, where: Path, item: str) -> StepCoTRecord:
@@ -126,7 +168,9 @@ def parse_record(obj, root: Path, where: Path, item: str) -> StepCoTRecord:
         raise CaseError(where, f"{item}: expected an object, got {type(obj).__name__}")
     for key in ("patient_id", "image_path", "vqa_chain"):
         if key not in obj:
-            raise CaseError(where, f"{item}: missing field {key!r}", accepted="patient_id, image_path, origin, report, vqa_chain")
+            raise CaseError(
+                where, f"{item}: missing field {key!r}", accepted="patient_id, image_path, origin, report, vqa_chain"
+            )
     chain = obj["vqa_chain"]
     if isinstance(chain, str):
         try:
@@ -134,8 +178,11 @@ def parse_record(obj, root: Path, where: Path, item: str) -> StepCoTRecord:
         except json.JSONDecodeError as exc:
             raise CaseError(where, f"{item}: vqa_chain is not valid JSON ({exc})") from None
     if not isinstance(chain, list) or len(chain) != N_STEPS:
-        raise CaseError(where, f"{item}: vqa_chain must be a list of {N_STEPS} steps, got "
-                        f"{len(chain) if isinstance(chain, list) else type(chain).__name__}")
+        raise CaseError(
+            where,
+            f"{item}: vqa_chain must be a list of {N_STEPS} steps, got "
+            f"{len(chain) if isinstance(chain, list) else type(chain).__name__}",
+        )
     steps = []
     for k, entry in enumerate(chain):
         here = f"{item}, step {k + 1}"
@@ -143,16 +190,31 @@ def parse_record(obj, root: Path, where: Path, item: str) -> StepCoTRecord:
             raise CaseError(where, f"{here}: expected an object")
         missing = [key for key in ("question", "options", "answer") if key not in entry]
         if missing:
-            raise CaseError(where, f"{here}: missing {', '.join(missing)}", accepted="step, question, options, answer, reasoning")
+            raise CaseError(
+                where, f"{here}: missing {', '.join(missing)}", accepted="step, question, options, answer, reasoning"
+            )
         options = entry["options"]
         if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
             raise CaseError(where, f"{here}: options must be a non-empty list of strings")
         if not isinstance(entry["answer"], str) or not isinstance(entry["question"], str):
             raise CaseError(where, f"{here}: question and answer must be strings")
-        steps.append(ChainStep(str(entry.get("step", f"Step {k + 1}")), entry["question"], tuple(options), entry["answer"],
-                               str(entry.get("reasoning") or "")))
-    return StepCoTRecord(str(obj["patient_id"]), str(obj["image_path"]), str(obj.get("origin") or ""), str(obj.get("report") or ""),
-                         tuple(steps), root)
+        steps.append(
+            ChainStep(
+                str(entry.get("step", f"Step {k + 1}")),
+                entry["question"],
+                tuple(options),
+                entry["answer"],
+                str(entry.get("reasoning") or ""),
+            )
+        )
+    return StepCoTRecord(
+        str(obj["patient_id"]),
+        str(obj["image_path"]),
+        str(obj.get("origin") or ""),
+        str(obj.get("report") or ""),
+        tuple(steps),
+        root,
+    )
 
 
 def load_data_json(path: str | Path) -> list[StepCoTRecord]:
@@ -220,7 +282,9 @@ def label_maps(records: list[StepCoTRecord]) -> tuple[tuple[str, ...], ...]:
 def encode_labels(records: list[StepCoTRecord], maps: tuple[tuple[str, ...], ...]) -> tuple[np.ndarray, np.ndarray]:
     """(N, 7) int64 option indices (-1 where the answer is not an option) and the (N, 7) bool valid mask."""
     lookup = [{option: i for i, option in enumerate(m)} for m in maps]
-    labels = np.array([[lookup[k].get(step.answer, -1) for k, step in enumerate(r.vqa_chain)] for r in records], dtype=np.int64)
+    labels = np.array(
+        [[lookup[k].get(step.answer, -1) for k, step in enumerate(r.vqa_chain)] for r in records], dtype=np.int64
+    )
     labels = labels.reshape(len(records), N_STEPS)
     return labels, labels >= 0
 
@@ -228,8 +292,12 @@ def encode_labels(records: list[StepCoTRecord], maps: tuple[tuple[str, ...], ...
 # ---------------------------------------------------------------- the chain of the phantom
 
 UPPER_ZONE, LOWER_ZONE = -0.17, -0.07  # thorax-frame y: upper-zone lesions sit above the first, lower below the second
-ZONES = {"Right upper zone": (-1, "upper"), "Right lower zone": (-1, "lower"), "Left upper zone": (1, "upper"),
-         "Left lower zone": (1, "lower")}
+ZONES = {
+    "Right upper zone": (-1, "upper"),
+    "Right lower zone": (-1, "lower"),
+    "Left upper zone": (1, "upper"),
+    "Left lower zone": (1, "lower"),
+}
 
 
 def _pick(rng: np.random.Generator, table: dict[str, float]) -> str:
@@ -245,7 +313,11 @@ def _zone(rng: np.random.Generator, upper: float) -> str:
 
 def draw_chain(rng: np.random.Generator) -> dict[str, str]:
     """Steps 1-6 drawn in order, each from a table conditioned on the answers before it; then the diagnosis."""
-    a = {"density": _pick(rng, {"No abnormality": 0.25, "Increased opacity": 0.47, "Decreased opacity": 0.10, "Mixed opacity": 0.18})}
+    a = {
+        "density": _pick(
+            rng, {"No abnormality": 0.25, "Increased opacity": 0.47, "Decreased opacity": 0.10, "Mixed opacity": 0.18}
+        )
+    }
     if a["density"] == "No abnormality":
         a.update(distribution="None", pattern="None", location="None", morphology="None", secondary="None")
     else:
@@ -259,9 +331,14 @@ def draw_chain(rng: np.random.Generator) -> dict[str, str]:
         elif a["density"] == "Decreased opacity":
             a["pattern"] = "Pleural"
         else:
-            a["pattern"] = _pick(rng, {"Focal": {"Consolidation": 0.45, "Nodule/Mass": 0.33, "Pleural": 0.22},
-                                       "Multifocal": {"Nodule/Mass": 0.6, "Consolidation": 0.4},
-                                       "Diffuse": {"Interstitial": 0.7, "Consolidation": 0.3}}[a["distribution"]])
+            a["pattern"] = _pick(
+                rng,
+                {
+                    "Focal": {"Consolidation": 0.45, "Nodule/Mass": 0.33, "Pleural": 0.22},
+                    "Multifocal": {"Nodule/Mass": 0.6, "Consolidation": 0.4},
+                    "Diffuse": {"Interstitial": 0.7, "Consolidation": 0.3},
+                }[a["distribution"]],
+            )
         p, d = a["pattern"], a["distribution"]
         if p == "Pleural":
             a["location"] = "Pleura/Chest wall"
@@ -271,20 +348,30 @@ def draw_chain(rng: np.random.Generator) -> dict[str, str]:
             a["location"] = _zone(rng, {"Cavity": 0.65, "Consolidation": 0.3, "Nodule/Mass": 0.5}[p])
         a["morphology"] = {
             "Consolidation": lambda: _pick(rng, {"Ill-defined": 0.8, "Well-circumscribed": 0.2}),
-            "Nodule/Mass": lambda: _pick(rng, {"Lobulated": 0.55, "Well-circumscribed": 0.45} if d == "Focal"
-                                         else {"Well-circumscribed": 0.8, "Lobulated": 0.2}),
+            "Nodule/Mass": lambda: _pick(
+                rng,
+                {"Lobulated": 0.55, "Well-circumscribed": 0.45}
+                if d == "Focal"
+                else {"Well-circumscribed": 0.8, "Lobulated": 0.2},
+            ),
             "Interstitial": lambda: "Ill-defined",
             "Cavity": lambda: _pick(rng, {"Thick-walled": 0.7, "Ill-defined": 0.3}),
             "Pleural": lambda: "None",
         }[p]()
-        a["secondary"] = _pick(rng, {
-            "Consolidation": {"Air bronchogram": 0.5, "Pleural effusion": 0.2, "None": 0.3},
-            "Nodule/Mass": {"None": 0.5, "Volume loss": 0.25, "Pleural effusion": 0.25} if d == "Focal" else {"None": 0.6, "Pleural effusion": 0.4},
-            "Interstitial": {"Cardiomegaly": 0.6, "Pleural effusion": 0.3, "None": 0.1},
-            "Cavity": {"None": 0.45, "Volume loss": 0.4, "Pneumothorax": 0.15},
-            "Pleural": {"None": 0.6, "Mediastinal shift": 0.4} if a["density"] == "Decreased opacity"
-            else {"None": 0.4, "Mediastinal shift": 0.3, "Volume loss": 0.3},
-        }[p])
+        a["secondary"] = _pick(
+            rng,
+            {
+                "Consolidation": {"Air bronchogram": 0.5, "Pleural effusion": 0.2, "None": 0.3},
+                "Nodule/Mass": {"None": 0.5, "Volume loss": 0.25, "Pleural effusion": 0.25}
+                if d == "Focal"
+                else {"None": 0.6, "Pleural effusion": 0.4},
+                "Interstitial": {"Cardiomegaly": 0.6, "Pleural effusion": 0.3, "None": 0.1},
+                "Cavity": {"None": 0.45, "Volume loss": 0.4, "Pneumothorax": 0.15},
+                "Pleural": {"None": 0.6, "Mediastinal shift": 0.4}
+                if a["density"] == "Decreased opacity"
+                else {"None": 0.4, "Mediastinal shift": 0.3, "Volume loss": 0.3},
+            }[p],
+        )
     a["diagnosis"] = diagnose(a)
     return a
 
@@ -330,7 +417,9 @@ def _sites(chest: _Chest, a: dict[str, str], count: int, margin: float) -> list[
     return [(side, chest.inside_lung(side, 1, margin)[0]) for side in rng.permutation(sides)]
 
 
-def _patch(chest: _Chest, centre: complex, radius: float, strength: float, edge: float, lung: np.ndarray, bronchi: bool) -> None:
+def _patch(
+    chest: _Chest, centre: complex, radius: float, strength: float, edge: float, lung: np.ndarray, bronchi: bool
+) -> None:
     """A consolidation: an irregular dense patch, optionally with lucent branching air bronchograms."""
     rng = chest.lesion_rng
     x, y = chest.x[0], chest.y[:, 0]
@@ -375,15 +464,24 @@ def _lesions(chest: _Chest, a: dict[str, str], lungs: dict[int, np.ndarray], sid
         count = {"Focal": 1, "Multifocal": int(rng.integers(2, 4)), "Diffuse": 4}[a["distribution"]]
         radius = (0.10, 0.20) if a["distribution"] == "Focal" else (0.08, 0.14)
         for side, centre in _sites(chest, a, count, 0.2):
-            _patch(chest, centre, rng.uniform(*radius), rng.uniform(0.45, 0.85), 0.012 if morphology == "Well-circumscribed" else 0.04,
-                   lungs[side], a["secondary"] == "Air bronchogram")
+            _patch(
+                chest,
+                centre,
+                rng.uniform(*radius),
+                rng.uniform(0.45, 0.85),
+                0.012 if morphology == "Well-circumscribed" else 0.04,
+                lungs[side],
+                a["secondary"] == "Air bronchogram",
+            )
     elif pattern == "Nodule/Mass":
         focal = a["distribution"] == "Focal"
         count = 1 if focal else int(rng.integers(3, 7))
         for _, centre in _sites(chest, a, count, 0.2 if focal else 0.15):
             radius = rng.uniform(0.05, 0.14) if focal else rng.uniform(0.03, 0.06)
             lobulated = morphology == "Lobulated"
-            _round_opacity(chest, centre, radius, rng.uniform(0.55, 0.9), 0.008, rng.uniform(0.2, 0.35) if lobulated else 0.0)
+            _round_opacity(
+                chest, centre, radius, rng.uniform(0.55, 0.9), 0.008, rng.uniform(0.2, 0.35) if lobulated else 0.0
+            )
     elif pattern == "Cavity":
         count = 1 if a["distribution"] == "Focal" else 2
         for _, centre in _sites(chest, a, count, 0.25):
@@ -417,7 +515,9 @@ def _volume_and_shift(chest: _Chest, a: dict[str, str]) -> int:
 def render(rng: np.random.Generator, a: dict[str, str], size: int = SIZE) -> np.ndarray:
     """A uint8 (size, size) radiograph showing the chain ``a`` (keys ``ATTRIBUTES``)."""
     patient_rng, lesion_rng = rng.spawn(2)
-    chest = _patient(patient_rng, lesion_rng, size, {"Cardiomegaly": a["secondary"] == "Cardiomegaly", "Atelectasis": False})
+    chest = _patient(
+        patient_rng, lesion_rng, size, {"Cardiomegaly": a["secondary"] == "Cardiomegaly", "Atelectasis": False}
+    )
     side = _volume_and_shift(chest, a)
     lungs = {s: chest.lung(s) * (1 - chest.heart()) for s in (-1, 1)}
     chest.opacity = np.zeros((size, size), dtype=np.float32)
@@ -429,36 +529,48 @@ def render(rng: np.random.Generator, a: dict[str, str], size: int = SIZE) -> np.
 # ---------------------------------------------------------------- templated text
 
 _REASONS = {
-    "density": {"No abnormality": "Both lung fields are clear, with normal radiodensity throughout.",
-                "Increased opacity": "There is abnormal increased opacity in the {side_word} lung field.",
-                "Decreased opacity": "There is an area of abnormal lucency without lung markings.",
-                "Mixed opacity": "The lesion contains both soft-tissue opacity and air, a mixed density."},
-    "distribution": {"None": "No lesion is present, so no distribution applies.",
-                     "Focal": "The abnormality is confined to one region.",
-                     "Multifocal": "Several separate lesions are scattered through the lungs.",
-                     "Diffuse": "The change involves both lungs widely rather than one region."},
-    "pattern": {"None": "No abnormal pattern is seen.",
-                "Consolidation": "Dense airspace opacity obscures the vessels, a consolidation pattern.",
-                "Nodule/Mass": "Round soft-tissue opacities indicate a nodular pattern.",
-                "Interstitial": "A fine reticular network thickens the interstitium.",
-                "Cavity": "A round opacity with a lucent centre indicates a cavity.",
-                "Pleural": "The abnormality lies in the pleural space rather than the lung."},
-    "location": {"None": "No abnormality to localise.",
-                 "Bilateral": "Both lungs are involved.",
-                 "Pleura/Chest wall": "The process follows the pleura along the chest wall.",
-                 **{zone: f"The lesion lies in the {zone.lower()}." for zone in ZONES}},
-    "morphology": {"None": "No discrete lesion margin to describe.",
-                   "Well-circumscribed": "The margins are sharp and well circumscribed.",
-                   "Ill-defined": "The margins are ill-defined and fade into the surrounding lung.",
-                   "Lobulated": "The contour is lobulated.",
-                   "Thick-walled": "The cavity wall is thick and sharply marginated."},
-    "secondary": {"None": "No associated signs.",
-                  "Pleural effusion": "A meniscus blunts the costophrenic angle: a pleural effusion.",
-                  "Cardiomegaly": "The cardiac silhouette is enlarged.",
-                  "Volume loss": "The hemidiaphragm is raised and the mediastinum pulled toward the lesion: volume loss.",
-                  "Pneumothorax": "A visceral pleural line with absent markings beyond it: a pneumothorax.",
-                  "Air bronchogram": "Branching lucent bronchi run through the opacity: air bronchograms.",
-                  "Mediastinal shift": "The trachea and heart are displaced away from the abnormal side."},
+    "density": {
+        "No abnormality": "Both lung fields are clear, with normal radiodensity throughout.",
+        "Increased opacity": "There is abnormal increased opacity in the {side_word} lung field.",
+        "Decreased opacity": "There is an area of abnormal lucency without lung markings.",
+        "Mixed opacity": "The lesion contains both soft-tissue opacity and air, a mixed density.",
+    },
+    "distribution": {
+        "None": "No lesion is present, so no distribution applies.",
+        "Focal": "The abnormality is confined to one region.",
+        "Multifocal": "Several separate lesions are scattered through the lungs.",
+        "Diffuse": "The change involves both lungs widely rather than one region.",
+    },
+    "pattern": {
+        "None": "No abnormal pattern is seen.",
+        "Consolidation": "Dense airspace opacity obscures the vessels, a consolidation pattern.",
+        "Nodule/Mass": "Round soft-tissue opacities indicate a nodular pattern.",
+        "Interstitial": "A fine reticular network thickens the interstitium.",
+        "Cavity": "A round opacity with a lucent centre indicates a cavity.",
+        "Pleural": "The abnormality lies in the pleural space rather than the lung.",
+    },
+    "location": {
+        "None": "No abnormality to localise.",
+        "Bilateral": "Both lungs are involved.",
+        "Pleura/Chest wall": "The process follows the pleura along the chest wall.",
+        **{zone: f"The lesion lies in the {zone.lower()}." for zone in ZONES},
+    },
+    "morphology": {
+        "None": "No discrete lesion margin to describe.",
+        "Well-circumscribed": "The margins are sharp and well circumscribed.",
+        "Ill-defined": "The margins are ill-defined and fade into the surrounding lung.",
+        "Lobulated": "The contour is lobulated.",
+        "Thick-walled": "The cavity wall is thick and sharply marginated.",
+    },
+    "secondary": {
+        "None": "No associated signs.",
+        "Pleural effusion": "A meniscus blunts the costophrenic angle: a pleural effusion.",
+        "Cardiomegaly": "The cardiac silhouette is enlarged.",
+        "Volume loss": "The hemidiaphragm is raised and the mediastinum pulled toward the lesion: volume loss.",
+        "Pneumothorax": "A visceral pleural line with absent markings beyond it: a pneumothorax.",
+        "Air bronchogram": "Branching lucent bronchi run through the opacity: air bronchograms.",
+        "Mediastinal shift": "The trachea and heart are displaced away from the abnormal side.",
+    },
 }
 
 
@@ -467,17 +579,35 @@ def reasoning(a: dict[str, str], key: str) -> str:
     if key == "diagnosis":
         if a["diagnosis"] == "Normal":
             return "With no abnormality at any step, the film is normal."
-        steps = [a["density"].lower(), a["distribution"].lower(), a["pattern"].lower(), a["location"].lower(), a["morphology"].lower()]
+        steps = [
+            a["density"].lower(),
+            a["distribution"].lower(),
+            a["pattern"].lower(),
+            a["location"].lower(),
+            a["morphology"].lower(),
+        ]
         tail = "" if a["secondary"] == "None" else f", with {a['secondary'].lower()}"
-        return f"A {steps[1]} {steps[2]} of {steps[0]} in the {steps[3]}, {steps[4]}{tail}, is most consistent with {a['diagnosis'].lower()}."
+        diagnosis = a["diagnosis"].lower()
+        return (
+            f"A {steps[1]} {steps[2]} of {steps[0]} in the {steps[3]}, {steps[4]}{tail}, "
+            f"is most consistent with {diagnosis}."
+        )
     side = "both" if a["location"] == "Bilateral" else ZONES[a["location"]][0] if a["location"] in ZONES else 0
     return _REASONS[key][a[key]].format(side_word={-1: "right", 1: "left", "both": "bilateral", 0: "affected"}[side])
 
 
 def chain_record(patient_id: str, image_path: str, a: dict[str, str]) -> dict:
     """A record in the Step-CoT schema for the drawn chain ``a``."""
-    chain = [{"step": f"Step {k + 1}", "question": QUESTIONS[k], "options": list(OPTIONS[k]), "answer": a[key],
-              "reasoning": reasoning(a, key)} for k, key in enumerate(ATTRIBUTES)]
+    chain = [
+        {
+            "step": f"Step {k + 1}",
+            "question": QUESTIONS[k],
+            "options": list(OPTIONS[k]),
+            "answer": a[key],
+            "reasoning": reasoning(a, key),
+        }
+        for k, key in enumerate(ATTRIBUTES)
+    ]
     findings = " ".join(step["reasoning"] for step in chain[:6] if not step["answer"].startswith(("None", "No abn")))
     report = f"FINDINGS: {findings or 'The lungs are clear.'} IMPRESSION: {a['diagnosis']}."
     return {"patient_id": patient_id, "image_path": image_path, "origin": DATASET, "report": report, "vqa_chain": chain}
@@ -518,7 +648,9 @@ def make_stepcot_phantom(out: str | Path, n: int = 1, seed: int = 0, size: int =
     cuts = np.round(np.cumsum(SPLIT_FRACTIONS)[:-1] * len(records)).astype(int)
     for split, part in zip(SPLITS, np.split(order, cuts)):
         rows = [{**records[i], "vqa_chain": json.dumps(records[i]["vqa_chain"])} for i in sorted(part)]
-        pd.DataFrame(rows, columns=["patient_id", "image_path", "origin", "report", "vqa_chain"]).to_excel(out / f"{split}.xlsx", index=False)
+        pd.DataFrame(rows, columns=["patient_id", "image_path", "origin", "report", "vqa_chain"]).to_excel(
+            out / f"{split}.xlsx", index=False
+        )
     staging = out / ".data.json.partial"
     staging.write_text(json.dumps(records, indent=1) + "\n")
     os.replace(staging, out / "data.json")

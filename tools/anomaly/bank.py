@@ -15,9 +15,11 @@ What a bank holds
 Files (a folder): ``manifest.json`` (format, capacity, tasks, threshold, held-out metrics, history of commands,
 ``file`` and its ``sha256``) and ``bank-<sha256[:12]>.npz``. :func:`save_bank` writes the new npz under a new name
 (temporary file + ``os.replace``), then replaces the manifest the same way, then deletes older npz files; a crash
-at any point leaves a manifest that names a complete npz with the right hash. A learner holds :func:`macro.artifacts.locked` from
+at any point leaves a manifest that names a complete npz with the right hash. A learner holds
+:func:`macro.artifacts.locked` from
 load to save, so concurrent learners queue instead of losing a task.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,11 +50,11 @@ class MemoryBank:
     coreset: Coreset
     capacity: int
     projection: torch.Tensor
-    refs: tuple[str, ...]           # per reference image: "<task>/<path inside the task folder>"
-    ref_task: np.ndarray            # (R,) task index of each reference image
-    thumbs: np.ndarray              # (R, THUMB, THUMB) uint8
-    calibration: Coreset            # top patches of held-out normals; owner = calibration image number
-    calibration_task: np.ndarray    # (C,) task index of each calibration image
+    refs: tuple[str, ...]  # per reference image: "<task>/<path inside the task folder>"
+    ref_task: np.ndarray  # (R,) task index of each reference image
+    thumbs: np.ndarray  # (R, THUMB, THUMB) uint8
+    calibration: Coreset  # top patches of held-out normals; owner = calibration image number
+    calibration_task: np.ndarray  # (C,) task index of each calibration image
     tasks: tuple[dict, ...]
     threshold: float = float("inf")
     quantile: float = QUANTILE
@@ -72,8 +74,13 @@ def prune_references(bank: MemoryBank) -> MemoryBank:
     used = np.unique(bank.coreset.owner)
     remap = np.full(len(bank.refs), -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
-    return replace(bank, coreset=Coreset(bank.coreset.vectors, remap[bank.coreset.owner]),
-                   refs=tuple(bank.refs[i] for i in used), ref_task=bank.ref_task[used], thumbs=bank.thumbs[used])
+    return replace(
+        bank,
+        coreset=Coreset(bank.coreset.vectors, remap[bank.coreset.owner]),
+        refs=tuple(bank.refs[i] for i in used),
+        ref_task=bank.ref_task[used],
+        thumbs=bank.thumbs[used],
+    )
 
 
 def save_bank(bank: MemoryBank, folder: Path, manifest_extra: dict | None = None) -> dict:
@@ -81,19 +88,39 @@ def save_bank(bank: MemoryBank, folder: Path, manifest_extra: dict | None = None
     folder = Path(folder)
     buf = io.BytesIO()
     np.savez_compressed(
-        buf, vectors=bank.coreset.vectors.to(torch.float16).numpy(), owner=bank.coreset.owner.astype(np.int32),
-        projection=bank.projection.numpy(), refs=np.array(bank.refs, dtype=np.str_), ref_task=bank.ref_task.astype(np.int16),
-        thumbs=bank.thumbs, calib_vectors=bank.calibration.vectors.to(torch.float16).numpy(),
-        calib_owner=bank.calibration.owner.astype(np.int32), calib_task=bank.calibration_task.astype(np.int16))
+        buf,
+        vectors=bank.coreset.vectors.to(torch.float16).numpy(),
+        owner=bank.coreset.owner.astype(np.int32),
+        projection=bank.projection.numpy(),
+        refs=np.array(bank.refs, dtype=np.str_),
+        ref_task=bank.ref_task.astype(np.int16),
+        thumbs=bank.thumbs,
+        calib_vectors=bank.calibration.vectors.to(torch.float16).numpy(),
+        calib_owner=bank.calibration.owner.astype(np.int32),
+        calib_task=bank.calibration_task.astype(np.int16),
+    )
     payload = buf.getvalue()
     digest = hashlib.sha256(payload).hexdigest()
     name = f"bank-{digest[:12]}.npz"
     atomic_write_bytes(folder / name, payload)
-    manifest = {**bank.info, **(manifest_extra or {}), "format": FORMAT, "file": name, "sha256": digest, "dtype": "float16",
-                "capacity": bank.capacity, "size": len(bank.coreset), "dim": int(bank.coreset.vectors.shape[1]),
-                "megabytes": round(bank.megabytes, 3), "tasks": list(bank.tasks),
-                "threshold": {"value": round(float(bank.threshold), 4), "quantile": bank.quantile,
-                              "held_out_normals": len(bank.calibration_task)}}
+    manifest = {
+        **bank.info,
+        **(manifest_extra or {}),
+        "format": FORMAT,
+        "file": name,
+        "sha256": digest,
+        "dtype": "float16",
+        "capacity": bank.capacity,
+        "size": len(bank.coreset),
+        "dim": int(bank.coreset.vectors.shape[1]),
+        "megabytes": round(bank.megabytes, 3),
+        "tasks": list(bank.tasks),
+        "threshold": {
+            "value": round(float(bank.threshold), 4),
+            "quantile": bank.quantile,
+            "held_out_normals": len(bank.calibration_task),
+        },
+    }
     atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     for old in folder.glob("bank-*.npz"):
         if old.name != name:
@@ -121,14 +148,27 @@ def load_bank(folder: Path) -> MemoryBank:
         raise CaseError(path, "bank file does not match the sha256 in its manifest (damaged or replaced)")
     with np.load(io.BytesIO(payload), allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    info = {k: v for k, v in manifest.items() if k in ("history", "held_out", "seed", "ratio", "feature", "method", "deviations")}
+    info = {
+        k: v
+        for k, v in manifest.items()
+        if k in ("history", "held_out", "seed", "ratio", "feature", "method", "deviations")
+    }
     return MemoryBank(
         coreset=Coreset(torch.from_numpy(arrays["vectors"].astype(np.float32)), arrays["owner"].astype(np.int64)),
-        capacity=int(manifest["capacity"]), projection=torch.from_numpy(arrays["projection"]),
-        refs=tuple(str(r) for r in arrays["refs"]), ref_task=arrays["ref_task"].astype(np.int64), thumbs=arrays["thumbs"],
-        calibration=Coreset(torch.from_numpy(arrays["calib_vectors"].astype(np.float32)), arrays["calib_owner"].astype(np.int64)),
-        calibration_task=arrays["calib_task"].astype(np.int64), tasks=tuple(manifest["tasks"]),
-        threshold=float(manifest["threshold"]["value"]), quantile=float(manifest["threshold"]["quantile"]), info=info)
+        capacity=int(manifest["capacity"]),
+        projection=torch.from_numpy(arrays["projection"]),
+        refs=tuple(str(r) for r in arrays["refs"]),
+        ref_task=arrays["ref_task"].astype(np.int64),
+        thumbs=arrays["thumbs"],
+        calibration=Coreset(
+            torch.from_numpy(arrays["calib_vectors"].astype(np.float32)), arrays["calib_owner"].astype(np.int64)
+        ),
+        calibration_task=arrays["calib_task"].astype(np.int64),
+        tasks=tuple(manifest["tasks"]),
+        threshold=float(manifest["threshold"]["value"]),
+        quantile=float(manifest["threshold"]["quantile"]),
+        info=info,
+    )
 
 
 def active_bank_dir() -> Path:

@@ -3,7 +3,8 @@
 Every rule works on a :class:`Coreset`: patch vectors (M, d) with, per vector, the id of the normal image it came
 from (so the tool can name the nearest normal reference). Task t arrives as its patch vectors F_t.
 
-- :func:`thin`: PatchCore's per-task bank, greedy k-center down to ``ratio`` (``RATIO``, 25 %) of |F_t|. It is also CADIC's
+- :func:`thin`: PatchCore's per-task bank, greedy k-center down to ``ratio`` (``RATIO``, 25 %) of |F_t|. It is also
+CADIC's
   optional pre-thinning step (``shared/research/tool_methods.md`` §4.3 step 2), so the four methods start from the
   same candidates.
 - :func:`cadic_update` (§4.3 step 3, Variant A, coverage-optimal): greedy k-center over U = M ∪ thin(F_t), seeded
@@ -24,6 +25,7 @@ with forgetting 1.4 / 1.0 at 25 %, while PatchCore itself moved by 0.1. The Patc
 Distances for the selection are taken after a fixed sparse random projection to ``PROJECTED_DIM`` dims (stored
 with a bank, so every update uses the same one); the bank keeps the full vectors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,8 +79,9 @@ def thin(candidates: Coreset, proj: torch.Tensor, ratio: float = RATIO, seed: in
     return candidates.take(greedy_kcenter(candidates.vectors @ proj, k, seed=seed, progress=progress))
 
 
-def cadic_update(bank: Coreset | None, new: Coreset, capacity: int, proj: torch.Tensor, seed: int = 0,
-                 progress=None) -> Coreset:
+def cadic_update(
+    bank: Coreset | None, new: Coreset, capacity: int, proj: torch.Tensor, seed: int = 0, progress=None
+) -> Coreset:
     """CADIC: one fixed-size bank; k-center re-selects ``capacity`` vectors from the bank and the new candidates."""
     pool = new if bank is None else Coreset.concat([bank, new])
     return pool.take(greedy_kcenter(pool.vectors @ proj, capacity, seed=seed, progress=progress))

@@ -10,14 +10,16 @@ with the new centre only (one fused matrix-vector product per step, O(N d); O(k 
 index, so a seed fixes the result. Distances are Euclidean on the vectors as given, in float32; callers pass
 randomly projected vectors (:func:`projection`) so a step reads a quarter of the memory.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 
-def greedy_kcenter(points: torch.Tensor, k: int, seed: int = 0, selected: np.ndarray | None = None,
-                   progress=None) -> np.ndarray:
+def greedy_kcenter(
+    points: torch.Tensor, k: int, seed: int = 0, selected: np.ndarray | None = None, progress=None
+) -> np.ndarray:
     """Indices of ``k`` points of ``points`` (N, d) chosen greedily, ``selected`` first; all of them when k >= N.
 
     ``progress(n)`` is called with the number of centres added since the last call (every 256 steps)."""
@@ -32,12 +34,12 @@ def greedy_kcenter(points: torch.Tensor, k: int, seed: int = 0, selected: np.nda
     min_dist = torch.full((n,), float("inf"))
     if chosen:
         for start in range(0, len(chosen), 1024):
-            centres = points[chosen[start:start + 1024]]
+            centres = points[chosen[start : start + 1024]]
             min_dist = torch.minimum(min_dist, _sq_dist(points, sq_norms, centres).min(1).values)
     else:
         first = int(np.random.default_rng(seed).integers(n))
         chosen.append(first)
-        min_dist = _sq_dist(points, sq_norms, points[first:first + 1])[:, 0]
+        min_dist = _sq_dist(points, sq_norms, points[first : first + 1])[:, 0]
     steps = 0
     while len(chosen) < k:
         nxt = int(torch.argmax(min_dist))
@@ -68,9 +70,9 @@ def covering_radius(points: torch.Tensor, centres: torch.Tensor, batch: int = 40
     sq_norms = (points * points).sum(1)
     worst = 0.0
     for start in range(0, points.shape[0], batch):
-        d = _sq_dist(points[start:start + batch], sq_norms[start:start + batch], centres).min(1).values
+        d = _sq_dist(points[start : start + batch], sq_norms[start : start + batch], centres).min(1).values
         worst = max(worst, float(d.max()))
-    return worst ** 0.5
+    return worst**0.5
 
 
 def _sq_dist(points: torch.Tensor, sq_norms: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ The vectors are 152-d, already at the ~128 dims PatchCore's random projection ta
 (a Johnson-Lindenstrauss map would not shrink them). Input: (N, 3, H, W) in [0, 1], resized to 224 x 224 without a
 centre crop (anatomy fills the field, and an anomaly at the edge must stay visible); ImageNet normalisation.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,8 @@ from macro.tools.base import load_once
 from macro.tools.classification.model import MEAN, STD, Trunk, imagenet_backbone, resize
 
 IMAGE_SIZE = 224
-MID_BLOCK = 4     # last block at stride 8 (the layer2 analogue)
-DEEP_BLOCK = 10   # last block at stride 16 (the layer3 analogue)
+MID_BLOCK = 4  # last block at stride 8 (the layer2 analogue)
+DEEP_BLOCK = 10  # last block at stride 16 (the layer3 analogue)
 GRID = IMAGE_SIZE // 8
 FEATURE_DIM = 40 + 112
 
@@ -56,7 +57,7 @@ def patch_features(images: np.ndarray | torch.Tensor, batch: int = 16, progress=
     model = extractor()
     out = []
     for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
+        chunk = images[start : start + batch]
         out.append(model(resize(chunk, IMAGE_SIZE)))
         if progress:
             progress(len(chunk))

@@ -7,6 +7,7 @@ normals. A new bank takes its capacity from ``capacity`` or, by default, from th
 notes' "same K as a single-task PatchCore bank"). When a task folder has a ``test/`` split, its image AUROC and the
 decision's true/false-positive rates at the calibrated threshold are recorded in the manifest as held-out metrics.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,8 +24,15 @@ from macro.tools.anomaly.continual import RATIO, Coreset, cadic_update, default_
 from macro.tools.anomaly.features import FEATURE_DIM, patch_features
 from macro.tools.anomaly.scoring import NearestNeighbours, score
 
-FEATURE = {"backbone": "efficientnet-lite0 (ImageNet)", "blocks": [4, 10], "pool": "3x3 avg, stride 1", "grid": 28,
-           "image_size": 224, "dim": FEATURE_DIM, "projection_dim_for_kcenter": 64}
+FEATURE = {
+    "backbone": "efficientnet-lite0 (ImageNet)",
+    "blocks": [4, 10],
+    "pool": "3x3 avg, stride 1",
+    "grid": 28,
+    "image_size": 224,
+    "dim": FEATURE_DIM,
+    "projection_dim_for_kcenter": 64,
+}
 DEVIATIONS = [
     "CADIC's update rule is our reconstruction (tool_methods.md 4.3, Variant A), not the paper's text",
     "EfficientNet-Lite0 blocks 4 + 10 (152-d) instead of a ViT / WideResNet-50 layer2 + layer3",
@@ -41,11 +49,26 @@ DEVIATIONS = [
 def empty_bank(seed: int = 0) -> MemoryBank:
     """A bank with no task yet; its capacity is fixed by the first task learnt."""
     empty = Coreset(torch.zeros(0, FEATURE_DIM), np.zeros(0, dtype=np.int64))
-    return MemoryBank(coreset=empty, capacity=0, projection=default_projection(FEATURE_DIM, seed), refs=(),
-                      ref_task=np.zeros(0, dtype=np.int64), thumbs=np.zeros((0, THUMB, THUMB), dtype=np.uint8),
-                      calibration=empty, calibration_task=np.zeros(0, dtype=np.int64), tasks=(),
-                      info={"seed": seed, "ratio": RATIO, "feature": FEATURE, "method": "cadic", "deviations": DEVIATIONS,
-                            "history": [], "held_out": {}})
+    return MemoryBank(
+        coreset=empty,
+        capacity=0,
+        projection=default_projection(FEATURE_DIM, seed),
+        refs=(),
+        ref_task=np.zeros(0, dtype=np.int64),
+        thumbs=np.zeros((0, THUMB, THUMB), dtype=np.uint8),
+        calibration=empty,
+        calibration_task=np.zeros(0, dtype=np.int64),
+        tasks=(),
+        info={
+            "seed": seed,
+            "ratio": RATIO,
+            "feature": FEATURE,
+            "method": "cadic",
+            "deviations": DEVIATIONS,
+            "history": [],
+            "held_out": {},
+        },
+    )
 
 
 def _features(paths, progress=None) -> tuple[np.ndarray, torch.Tensor]:
@@ -73,7 +96,9 @@ def calibrate(bank: MemoryBank, neighbours: NearestNeighbours) -> MemoryBank:
 def learn_task(bank: MemoryBank, task: AnomalyTask, capacity: int | None = None, progress=None) -> MemoryBank:
     """The bank after CADIC learns ``task``; ``progress(n)`` reports images and k-center steps."""
     if task.name in bank.task_names:
-        raise CaseError(task.folder, f"a task named {task.name!r} is already in the bank", accepted="a new task folder name")
+        raise CaseError(
+            task.folder, f"a task named {task.name!r} is already in the bank", accepted="a new task folder name"
+        )
     seed = int(bank.info.get("seed", 0))
     bank_paths, held_out = task.calibration_split()
     pixels, features = _features(bank_paths, progress)
@@ -86,22 +111,38 @@ def learn_task(bank: MemoryBank, task: AnomalyTask, capacity: int | None = None,
     coreset = Coreset(coreset.vectors.half().float(), coreset.owner)  # the precision it is stored in
     index = len(bank.tasks)
     names = tuple(f"{task.name}/{p.relative_to(task.folder).as_posix()}" for p in bank_paths)
-    bank = replace(bank, coreset=coreset, capacity=capacity, refs=bank.refs + names,
-                   ref_task=np.concatenate([bank.ref_task, np.full(len(names), index)]),
-                   thumbs=np.concatenate([bank.thumbs, _thumbnails(pixels)]))
+    bank = replace(
+        bank,
+        coreset=coreset,
+        capacity=capacity,
+        refs=bank.refs + names,
+        ref_task=np.concatenate([bank.ref_task, np.full(len(names), index)]),
+        thumbs=np.concatenate([bank.thumbs, _thumbnails(pixels)]),
+    )
     _, held = _features(held_out, progress)
     neighbours = NearestNeighbours(coreset.vectors)
     scores = score(neighbours, held)
     top = np.argsort(-scores.patches, axis=1)[:, :CALIBRATION_PATCHES]
     first = int(bank.calibration.owner.max()) + 1 if len(bank.calibration) else 0
-    kept = Coreset(torch.stack([held[i, top[i]] for i in range(len(held))]).reshape(-1, held.shape[-1]).half().float(),
-                   np.repeat(first + np.arange(len(held)), top.shape[1]))
-    task_info = {"name": task.name, "modality": task.modality, "folder": str(task.folder), "bank_images": len(bank_paths),
-                 "held_out_normals": len(held_out), "candidates": len(candidates),
-                 "learned": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    bank = replace(bank, calibration=Coreset.concat([bank.calibration, kept]),
-                   calibration_task=np.concatenate([bank.calibration_task, np.full(len(held), index)]),
-                   tasks=bank.tasks + (task_info,))
+    kept = Coreset(
+        torch.stack([held[i, top[i]] for i in range(len(held))]).reshape(-1, held.shape[-1]).half().float(),
+        np.repeat(first + np.arange(len(held)), top.shape[1]),
+    )
+    task_info = {
+        "name": task.name,
+        "modality": task.modality,
+        "folder": str(task.folder),
+        "bank_images": len(bank_paths),
+        "held_out_normals": len(held_out),
+        "candidates": len(candidates),
+        "learned": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    bank = replace(
+        bank,
+        calibration=Coreset.concat([bank.calibration, kept]),
+        calibration_task=np.concatenate([bank.calibration_task, np.full(len(held), index)]),
+        tasks=bank.tasks + (task_info,),
+    )
     return calibrate(prune_references(bank), neighbours)
 
 
@@ -113,12 +154,18 @@ def held_out_metrics(bank: MemoryBank, neighbours: NearestNeighbours, task: Anom
     _, features = _features(task.test, progress)
     image = score(neighbours, features).image
     flagged = image > bank.threshold
-    return {"image_auroc": round(100 * roc_auc(image, labels == 1), 2), "n_test": int(len(labels)),
-            "tpr_at_threshold": round(100 * float(flagged[labels == 1].mean()), 1),
-            "fpr_at_threshold": round(100 * float(flagged[labels == 0].mean()), 1), "bank_tasks": len(bank.tasks)}
+    return {
+        "image_auroc": round(100 * roc_auc(image, labels == 1), 2),
+        "n_test": int(len(labels)),
+        "tpr_at_threshold": round(100 * float(flagged[labels == 1].mean()), 1),
+        "fpr_at_threshold": round(100 * float(flagged[labels == 0].mean()), 1),
+        "bank_tasks": len(bank.tasks),
+    }
 
 
-def learn(bank: MemoryBank, folders, capacity: int | None = None, command: str = "", progress=None) -> tuple[MemoryBank, dict]:
+def learn(
+    bank: MemoryBank, folders, capacity: int | None = None, command: str = "", progress=None
+) -> tuple[MemoryBank, dict]:
     """Learn each folder in order; returns the bank and the manifest additions (history, held-out metrics)."""
     tasks = [read_task(f) for f in folders]
     for task in tasks:
@@ -129,7 +176,12 @@ def learn(bank: MemoryBank, folders, capacity: int | None = None, command: str =
         metrics = held_out_metrics(bank, neighbours, task, progress)
         if metrics is not None:
             held_out[task.name] = metrics
-    history = list(bank.info.get("history", [])) + [{"command": command, "tasks": [t.name for t in tasks],
-                                                     "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}]
+    history = list(bank.info.get("history", [])) + [
+        {
+            "command": command,
+            "tasks": [t.name for t in tasks],
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+    ]
     info = {**bank.info, "history": history, "held_out": held_out}
     return replace(bank, info=info), info

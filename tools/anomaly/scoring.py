@@ -14,6 +14,7 @@ so no other patch can exceed it (16 patches sufficed for every image measured). 
 reference of the worst patch are therefore PatchCore's; the other patches of the map keep their bounds, 0.0 %
 above the exact distances on average on the phantom stream.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from torch import nn
 from macro.tools.anomaly.features import GRID, IMAGE_SIZE
 
 MAP_SIGMA = 4.0
-IVF_MIN = 4096   # banks larger than this get the IVF index
-REFINE = 16      # patches searched exactly first
+IVF_MIN = 4096  # banks larger than this get the IVF index
+REFINE = 16  # patches searched exactly first
 
 
 class NearestNeighbours:
@@ -78,7 +79,7 @@ def score(index: NearestNeighbours, features: torch.Tensor, batch: int = 32) -> 
     n, p, d = features.shape
     dists, nearest = [], []
     for start in range(0, n, batch):
-        chunk = features[start:start + batch]
+        chunk = features[start : start + batch]
         dist, idx = index.upper_bounds(chunk.reshape(-1, d))
         dists.append(dist.reshape(len(chunk), p))
         nearest.append(idx.reshape(len(chunk), p))

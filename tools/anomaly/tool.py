@@ -12,6 +12,7 @@ training image that owns most nearest bank vectors, with its task) and a heatmap
 anomaly map over it, and the reference thumbnail side by side. PNG/JPEG pixels are read on the 0..255 scale;
 other 2D inputs (DICOM) are windowed to their 0.5-99.5 % range, since a bank learns from 8-bit images.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -55,23 +56,45 @@ def score_image(pixels: np.ndarray, bank: MemoryBank, index: NearestNeighbours) 
     ref, ref_votes = Counter(owners.tolist()).most_common(1)[0]
     task, task_votes = Counter(bank.ref_task[owners].tolist()).most_common(1)[0]
     value = float(scores.image[0])
-    return {"score": value, "anomalous": value > bank.threshold, "map": anomaly_maps(scores.patches)[0],
-            "reference": int(ref), "reference_share": ref_votes / len(owners),
-            "nearest_task": bank.task_names[task], "task_share": task_votes / len(owners)}
+    return {
+        "score": value,
+        "anomalous": value > bank.threshold,
+        "map": anomaly_maps(scores.patches)[0],
+        "reference": int(ref),
+        "reference_share": ref_votes / len(owners),
+        "nearest_task": bank.task_names[task],
+        "task_share": task_votes / len(owners),
+    }
 
 
 def heatmap_panel(pixels: np.ndarray, amap: np.ndarray, threshold: float, reference: np.ndarray) -> np.ndarray:
     """(224, 672, 3) uint8: input | map over input (jet, transparent below half the threshold) | reference."""
     from matplotlib import colormaps
 
-    base = torch.nn.functional.interpolate(torch.as_tensor(pixels, dtype=torch.float32), size=(IMAGE_SIZE, IMAGE_SIZE),
-                                           mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0).numpy()
+    base = (
+        torch.nn.functional.interpolate(
+            torch.as_tensor(pixels, dtype=torch.float32),
+            size=(IMAGE_SIZE, IMAGE_SIZE),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     level = np.clip((amap - 0.5 * threshold) / threshold, 0, 1)
     colour = colormaps["jet"](level)[..., :3]
     alpha = 0.6 * level[..., None]
     overlay = (1 - alpha) * base + alpha * colour
-    ref = torch.nn.functional.interpolate(torch.as_tensor(reference, dtype=torch.float32)[None, None], size=(IMAGE_SIZE, IMAGE_SIZE),
-                                          mode="bilinear", align_corners=False)[0, 0].numpy() / 255.0
+    ref = (
+        torch.nn.functional.interpolate(
+            torch.as_tensor(reference, dtype=torch.float32)[None, None],
+            size=(IMAGE_SIZE, IMAGE_SIZE),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0].numpy()
+        / 255.0
+    )
     panel = np.concatenate([base, overlay, np.repeat(ref[..., None], 3, axis=2)], axis=1)
     return np.clip(panel * 255, 0, 255).astype(np.uint8)
 
@@ -82,10 +105,15 @@ class AnomalyArgs(BaseModel):
 
 class ScoreAnomaly(MacroTool):
     name: str = "score_anomaly"
-    description: str = "Screen a 2D image for anomalies against the learnt normal anatomy: score, calibrated decision, heatmap."
+    description: str = (
+        "Screen a 2D image for anomalies against the learnt normal anatomy: score, calibrated decision, heatmap."
+    )
     args_schema: type[BaseModel] = AnomalyArgs
     spec = ToolSpec(
-        modalities=(ANY_MODALITY,), dims=(2,), outputs={"heatmap": "heatmap"}, version="1.0.0",
+        modalities=(ANY_MODALITY,),
+        dims=(2,),
+        outputs={"heatmap": "heatmap"},
+        version="1.0.0",
         weights=str(Path(__file__).parent / "weights" / MANIFEST),
         examples=(
             ToolExample(request="Is anything anomalous in this image?", args={}),
@@ -107,15 +135,32 @@ class ScoreAnomaly(MacroTool):
         scale = (ctx.case.shape[0] / IMAGE_SIZE, ctx.case.shape[1] / IMAGE_SIZE)
         peak_px = [int(peak[0] * scale[0]), int(peak[1] * scale[1])]
         verdict = "anomalous" if result["anomalous"] else "within normal limits"
-        art = ctx.store.save_png(heatmap_panel(pixels, amap, bank.threshold, bank.thumbs[result["reference"]]), "heatmap", "anomaly",
-                                 {"score": round(result["score"], 3), "threshold": round(bank.threshold, 3), "reference": reference,
-                                  "panels": "input | anomaly map | nearest normal reference"})
-        text = (f"Anomaly score {result['score']:.2f} vs threshold {bank.threshold:.2f} "
-                f"({int(round(100 * bank.quantile))}th percentile of held-out normals): {verdict}; "
-                f"strongest at row {peak_px[0]}, column {peak_px[1]}. Closest learnt task: {result['nearest_task']} "
-                f"({100 * result['task_share']:.0f} % of patches); nearest normal reference {reference}. Heatmap {art.id}.")
-        data = {"score": round(result["score"], 4), "threshold": round(bank.threshold, 4), "quantile": bank.quantile,
-                "anomalous": bool(result["anomalous"]), "peak": peak_px, "nearest_task": result["nearest_task"],
-                "task_share": round(result["task_share"], 3), "reference": reference,
-                "bank": {"tasks": bank.task_names, "size": len(bank.coreset), "capacity": bank.capacity}}
+        art = ctx.store.save_png(
+            heatmap_panel(pixels, amap, bank.threshold, bank.thumbs[result["reference"]]),
+            "heatmap",
+            "anomaly",
+            {
+                "score": round(result["score"], 3),
+                "threshold": round(bank.threshold, 3),
+                "reference": reference,
+                "panels": "input | anomaly map | nearest normal reference",
+            },
+        )
+        text = (
+            f"Anomaly score {result['score']:.2f} vs threshold {bank.threshold:.2f} "
+            f"({int(round(100 * bank.quantile))}th percentile of held-out normals): {verdict}; "
+            f"strongest at row {peak_px[0]}, column {peak_px[1]}. Closest learnt task: {result['nearest_task']} "
+            f"({100 * result['task_share']:.0f} % of patches); nearest normal reference {reference}. Heatmap {art.id}."
+        )
+        data = {
+            "score": round(result["score"], 4),
+            "threshold": round(bank.threshold, 4),
+            "quantile": bank.quantile,
+            "anomalous": bool(result["anomalous"]),
+            "peak": peak_px,
+            "nearest_task": result["nearest_task"],
+            "task_share": round(result["task_share"], 3),
+            "reference": reference,
+            "bank": {"tasks": bank.task_names, "size": len(bank.coreset), "capacity": bank.capacity},
+        }
         return ToolResult(text=text, data=data, artifacts=[art.ref()])

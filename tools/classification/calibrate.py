@@ -4,6 +4,7 @@ Why: the tools report probabilities to a policy and to clinicians; federated tra
 models over-confident. A single temperature keeps the ranking (AUC) and fixes the scale. Fitted by minimising the
 held-out negative log-likelihood over log T (a bounded 1-D search), as in Guo et al. 2017.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,11 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool, temperatu
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> float:
     """argmin_T NLL(logits / T) for T in [0.05, 20]."""
-    result = minimize_scalar(lambda log_t: nll(logits, labels, multi_label, float(np.exp(log_t))),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    result = minimize_scalar(
+        lambda log_t: nll(logits, labels, multi_label, float(np.exp(log_t))),
+        bounds=(np.log(0.05), np.log(20.0)),
+        method="bounded",
+    )
     return float(np.exp(result.x))
 
 

@@ -17,6 +17,7 @@ pooled DenseNet feature after ReLU; its bias starts at zero.
 ImageNet normalisation (mean 0.485/0.456/0.406, std 0.229/0.224/0.225) is applied to [0, 1] RGB input; greyscale
 X-rays are replicated to three channels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ import torch
 from torch import nn
 
 IMAGE_SIZE = 96
-SPLIT_BLOCK = 16  # every MBConv block frozen (output: 320 channels at stride 32); the 1x1 head conv and classifier train
+SPLIT_BLOCK = (
+    16  # every MBConv block frozen (output: 320 channels at stride 32); the 1x1 head conv and classifier train
+)
 FEATURE_DIM = 1280
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -42,8 +45,9 @@ def imagenet_backbone(image_size: int = IMAGE_SIZE):
     from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line per call
-        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                                            image_size=image_size).eval()
+        return EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), image_size=image_size
+        ).eval()
 
 
 class Trunk(nn.Module):
@@ -127,7 +131,9 @@ def strong_view(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig 
     patches = nn.functional.unfold(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(n, 3, 9, *x.shape[-2:])
     median = patches.median(dim=2).values
     noisy = x + cfg.noise_std * torch.randn(x.shape, generator=generator)
-    x = torch.where((choice == 0).view(-1, 1, 1, 1), median, torch.where((choice == 1).view(-1, 1, 1, 1), blurred, noisy))
+    x = torch.where(
+        (choice == 0).view(-1, 1, 1, 1), median, torch.where((choice == 1).view(-1, 1, 1, 1), blurred, noisy)
+    )
     angle = torch.deg2rad(uniform(-cfg.rotate_deg, cfg.rotate_deg))
     scale = uniform(1 - cfg.scale, 1 + cfg.scale)
     theta = torch.zeros(n, 2, 3)
@@ -144,17 +150,19 @@ class FeatureBank:
     Stored in float16 (half the memory; the maps are post-activation values of moderate range). ``weak(idx)``
     picks view 0 or 1 at random, ``strong(idx)`` one of the strong views, as the federated methods expect."""
 
-    def __init__(self, trunk: Trunk, images: np.ndarray, n_strong: int = 2, seed: int = 0, batch: int = 128, progress=None):
+    def __init__(
+        self, trunk: Trunk, images: np.ndarray, n_strong: int = 2, seed: int = 0, batch: int = 128, progress=None
+    ):
         self.generator = torch.Generator().manual_seed(seed)
         views = []
         for v in range(2 + n_strong):
             maps = []
             for start in range(0, len(images), batch):
-                x = resize(images[start:start + batch])
+                x = resize(images[start : start + batch])
                 x = x if v == 0 else x.flip(-1) if v == 1 else strong_view(x, self.generator)
                 maps.append(trunk(x).to(torch.float16))
                 if progress:
-                    progress(len(images[start:start + batch]))
+                    progress(len(images[start : start + batch]))
             views.append(torch.cat(maps))
         self.views = torch.stack(views)  # (V, N, C, h, w)
 
@@ -195,11 +203,19 @@ def save_classifier(model: Classifier, folder: Path, manifest: dict) -> dict:
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "top.safetensors"
-    state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.detach().contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.detach().contiguous()
+        for k, v in model.state_dict().items()
+    }
     save_file(state, str(path), metadata={"format": "pt"})
-    manifest = {**manifest, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "dtype": "float16",
-                "backbone": "efficientnet-lite0 (ImageNet), blocks[:%d] frozen" % SPLIT_BLOCK, "image_size": IMAGE_SIZE}
+    manifest = {
+        **manifest,
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "dtype": "float16",
+        "backbone": "efficientnet-lite0 (ImageNet), blocks[:%d] frozen" % SPLIT_BLOCK,
+        "image_size": IMAGE_SIZE,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -217,5 +233,7 @@ def load_classifier(folder: Path) -> tuple[Classifier, dict]:
         raise ModelUnavailable(f"{folder}: no classifier weights; train them with: macro fl train --task {folder.name}")
     manifest = json.loads(manifest_path.read_text())
     model = Classifier(len(manifest["classes"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / manifest["file"])).items()})
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / manifest["file"])).items()}
+    )
     return model.eval(), manifest

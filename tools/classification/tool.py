@@ -5,6 +5,7 @@ temperature-calibrated probabilities with the model version (weights sha256 and 
 can be traced to the exact model that produced it. After ``macro fl unlearn`` the shipped weights change, and the
 version tells which model answered.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,12 @@ def classify(ctx: ToolContext, task: str) -> tuple[dict[str, float], dict]:
     with torch.no_grad():
         _, logits = model(trunk(resize(case_pixels(ctx.case.image))))
     probs = probabilities(logits, manifest["multi_label"], manifest["temperature"])[0]
-    version = {"sha256": manifest["sha256"][:12], "trained": manifest.get("created"), "method": manifest.get("method"),
-               "unlearned_clients": manifest.get("unlearned_clients", [])}
+    version = {
+        "sha256": manifest["sha256"][:12],
+        "trained": manifest.get("created"),
+        "method": manifest.get("method"),
+        "unlearned_clients": manifest.get("unlearned_clients", []),
+    }
     return {c: round(float(p), 4) for c, p in zip(manifest["classes"], probs)}, version
 
 
@@ -40,10 +45,15 @@ class ClassifyArgs(BaseModel):
 
 class ClassifyLesion(MacroTool):
     name: str = "classify_lesion"
-    description: str = "Classify a dermoscopy skin lesion (MEL, NV, BCC, AKIEC, BKL, DF, VASC) with calibrated probabilities."
+    description: str = (
+        "Classify a dermoscopy skin lesion (MEL, NV, BCC, AKIEC, BKL, DF, VASC) with calibrated probabilities."
+    )
     args_schema: type[BaseModel] = ClassifyArgs
     spec = ToolSpec(
-        modalities=("dermoscopy",), dims=(2,), version="1.0.0", weights=str(WEIGHTS_DIR / "derm" / "manifest.json"),
+        modalities=("dermoscopy",),
+        dims=(2,),
+        version="1.0.0",
+        weights=str(WEIGHTS_DIR / "derm" / "manifest.json"),
         examples=(
             ToolExample(request="What kind of lesion is this?", args={}),
             ToolExample(request="Is this mole a melanoma?", args={}),
@@ -61,7 +71,11 @@ class ClassifyLesion(MacroTool):
     def execute(self, ctx: ToolContext, args: ClassifyArgs) -> ToolResult:
         probs, version = classify(ctx, "derm")
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
-        text = "Lesion class probabilities (calibrated): " + ", ".join(f"{c} {p:.2f}" for c, p in ranked) + f" (model {version['sha256']})."
+        text = (
+            "Lesion class probabilities (calibrated): "
+            + ", ".join(f"{c} {p:.2f}" for c, p in ranked)
+            + f" (model {version['sha256']})."
+        )
         return ToolResult(text=text, data={"probabilities": probs, "top": ranked[0][0], "model_version": version})
 
 
@@ -70,7 +84,10 @@ class ClassifyFindings(MacroTool):
     description: str = "Detect chest X-ray findings (multi-label) with calibrated probabilities per finding."
     args_schema: type[BaseModel] = ClassifyArgs
     spec = ToolSpec(
-        modalities=("xray",), dims=(2,), version="1.0.0", weights=str(WEIGHTS_DIR / "cxr" / "manifest.json"),
+        modalities=("xray",),
+        dims=(2,),
+        version="1.0.0",
+        weights=str(WEIGHTS_DIR / "cxr" / "manifest.json"),
         examples=(
             ToolExample(request="What findings are on this chest X-ray?", args={}),
             ToolExample(request="Is there a pleural effusion?", args={}),
@@ -89,6 +106,9 @@ class ClassifyFindings(MacroTool):
         probs, version = classify(ctx, "cxr")
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
         present = [c for c, p in probs.items() if p >= 0.5]
-        text = ("Findings (calibrated probability): " + ", ".join(f"{c} {p:.2f}" for c, p in ranked)
-                + f"; above 0.5: {', '.join(present) or 'none'} (model {version['sha256']}).")
+        text = (
+            "Findings (calibrated probability): "
+            + ", ".join(f"{c} {p:.2f}" for c, p in ranked)
+            + f"; above 0.5: {', '.join(present) or 'none'} (model {version['sha256']})."
+        )
         return ToolResult(text=text, data={"probabilities": probs, "present": present, "model_version": version})

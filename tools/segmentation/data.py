@@ -1,4 +1,5 @@
 """Cases as network tensors: normalised 4-sequence input on the fixed grid plus [ET, TC, WT] targets."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ Protocol (VISTA §1.6): each domain's test cases form one online stream; each vo
 Dice (0–100) per region, averaged over the cases where that region is present in the ground truth; masks from
 sigmoid ≥ 0.5 after the ET ⊂ TC ⊂ WT hierarchy fix. Every method starts the stream from the same source weights.
 """
+
 from __future__ import annotations
 
 import time
@@ -76,8 +77,15 @@ def run_stream(method: str, samples, steps: int, weights: Path | None = None) ->
     return stream_dice(Adapter(model, TTAConfig(method=method, steps=steps)), samples)
 
 
-def evaluate(data_root: Path, n: int, steps: int = 10, domains: Sequence[str] = DOMAINS, methods: Sequence[str] = ("none", "tent", "vista"),
-             weights: Path | None = None, progress=None) -> dict:
+def evaluate(
+    data_root: Path,
+    n: int,
+    steps: int = 10,
+    domains: Sequence[str] = DOMAINS,
+    methods: Sequence[str] = ("none", "tent", "vista"),
+    weights: Path | None = None,
+    progress=None,
+) -> dict:
     """``{"domains": {D: {method: {"dice": {ET, TC, WT, mean}, "sec_per_volume"}}}}`` plus per-case figures."""
     from macro.data import make
     from macro.tools.segmentation.data import load_sample

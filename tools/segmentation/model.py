@@ -6,6 +6,7 @@ pre-normalised volumes), and the volume is centre-cropped/padded around the head
 80x96x80 voxels (160x192x160 mm, the BraTS crop). Deviation for CPU: channels (16, 32, 64, 128) with three
 stride-2 levels and one residual unit instead of (32..512) with four, and 2 mm instead of 1 mm voxels.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,16 @@ def build_unet(cfg: SegNetConfig = SegNetConfig()):
     from monai.networks.layers import Norm
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=3, in_channels=4, out_channels=len(REGIONS), channels=cfg.channels, strides=cfg.strides,
-                num_res_units=cfg.num_res_units, norm=Norm.BATCH, dropout=0.0)
+    return UNet(
+        spatial_dims=3,
+        in_channels=4,
+        out_channels=len(REGIONS),
+        channels=cfg.channels,
+        strides=cfg.strides,
+        num_res_units=cfg.num_res_units,
+        norm=Norm.BATCH,
+        dropout=0.0,
+    )
 
 
 def head_mask(image: np.ndarray) -> np.ndarray:
@@ -110,9 +119,18 @@ def save_weights(model, folder: Path, cfg: SegNetConfig, manifest: dict) -> dict
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "unet.safetensors"
-    state = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
+        for k, v in model.state_dict().items()
+    }
     save_file(state, str(path), metadata={"format": "pt"})
-    manifest = {**manifest, "config": asdict(cfg), "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "dtype": "float16"}
+    manifest = {
+        **manifest,
+        "config": asdict(cfg),
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "dtype": "float16",
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

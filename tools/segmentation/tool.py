@@ -5,6 +5,7 @@ scans from one scanner keeps improving; ``reset=true`` starts again from the sou
 ``adapt="vista"``: on in-distribution scans it costs at most a fraction of a Dice point (see the model card in
 the README), and on shifted scanners it is the method that helps.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec, load_once
 from macro.tools.imaging import gli_labels
 from macro.tools.segmentation.model import REGIONS, WEIGHTS_DIR, load_weights, prepare
+
 
 def source_model():
     """Source weights, loaded once per process; adapters deep-copy what they change."""
@@ -31,14 +33,20 @@ class SegmentBrainTumor(MacroTool):
     description: str = "Segment the brain tumour (ET/TC/WT masks, volumes in mL); adapt: vista|tent|none."
     args_schema: type[BaseModel] = SegmentArgs
     spec = ToolSpec(
-        modalities=("mri-multiseq",), dims=(3,), outputs={"mask": "mask", "uncertainty": "heatmap"}, version="1.0.0",
+        modalities=("mri-multiseq",),
+        dims=(3,),
+        outputs={"mask": "mask", "uncertainty": "heatmap"},
+        version="1.0.0",
         weights=str(WEIGHTS_DIR / "manifest.json"),
         examples=(
             ToolExample(request="Segment the tumour.", args={}),
             ToolExample(request="Run the tumour segmentation.", args={}),
             ToolExample(request="Delineate the glioma.", args={}),
             ToolExample(request="Segment it with VISTA adaptation.", args={"adapt": "vista"}),
-            ToolExample(request="This comes from a low-field scanner, segment with test-time adaptation.", args={"adapt": "vista"}),
+            ToolExample(
+                request="This comes from a low-field scanner, segment with test-time adaptation.",
+                args={"adapt": "vista"},
+            ),
             ToolExample(request="Segment using TENT.", args={"adapt": "tent"}),
             ToolExample(request="Quick segmentation without adaptation, please.", args={"adapt": "none"}),
             ToolExample(request="Outline the enhancing tumour, core and oedema.", args={}),
@@ -50,7 +58,9 @@ class SegmentBrainTumor(MacroTool):
             ToolExample(request="Produce ET, TC and WT masks.", args={}),
             ToolExample(request="Find the tumour boundaries.", args={}),
             ToolExample(request="Segment without any test-time adaptation.", args={"adapt": "none"}),
-            ToolExample(request="Paediatric scan from another site: segment it, adapting on the fly.", args={"adapt": "vista"}),
+            ToolExample(
+                request="Paediatric scan from another site: segment it, adapting on the fly.", args={"adapt": "vista"}
+            ),
             ToolExample(request="Segment, resetting the adapted model first.", args={"reset": True}),
             ToolExample(request="Label the tumour sub-regions.", args={}),
             ToolExample(request="Where exactly is the tumour? Segment it.", args={}),
@@ -81,9 +91,21 @@ class SegmentBrainTumor(MacroTool):
         volumes = {r: round(float(regions[i].sum()) * ctx.case.voxel_ml, 2) for i, r in enumerate(REGIONS)}
         meta = {"adapt": args.adapt, "labels": {"1": "NCR", "2": "ED", "3": "ET"}, "weights_sha256": manifest["sha256"]}
         mask = ctx.store.save_nifti(labels, ctx.case.affine, "mask", f"tumour-{args.adapt}", meta)
-        unc = ctx.store.save_nifti(entropy.astype(np.float32), ctx.case.affine, "heatmap", "uncertainty", {"measure": "binary entropy"})
-        text = (f"Segmented (adapt={args.adapt}, {stats['steps']} steps, {stats['seconds']:.1f} s, volume {adapter.volumes} of this thread's stream): "
-                f"ET {volumes['ET']:.2f} mL, TC {volumes['TC']:.2f} mL, WT {volumes['WT']:.2f} mL; mean uncertainty {mean_unc:.3f}.")
-        data = {"volumes_ml": volumes, "mean_uncertainty": round(mean_unc, 4), "adapt": args.adapt, "steps": stats["steps"],
-                "seconds": round(stats["seconds"], 2), "stream_position": adapter.volumes}
+        unc = ctx.store.save_nifti(
+            entropy.astype(np.float32), ctx.case.affine, "heatmap", "uncertainty", {"measure": "binary entropy"}
+        )
+        text = (
+            f"Segmented (adapt={args.adapt}, {stats['steps']} steps, {stats['seconds']:.1f} s, volume "
+            f"{adapter.volumes} of this thread's stream): "
+            f"ET {volumes['ET']:.2f} mL, TC {volumes['TC']:.2f} mL, WT {volumes['WT']:.2f} mL; mean uncertainty "
+            f"{mean_unc:.3f}."
+        )
+        data = {
+            "volumes_ml": volumes,
+            "mean_uncertainty": round(mean_unc, 4),
+            "adapt": args.adapt,
+            "steps": stats["steps"],
+            "seconds": round(stats["seconds"], 2),
+            "stream_position": adapter.volumes,
+        }
         return ToolResult(text=text, data=data, artifacts=[mask.ref(), unc.ref()])

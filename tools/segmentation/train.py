@@ -11,6 +11,7 @@ the zoom: every source phantom shares the one MNI152 head, while real training s
 Without it the network knew one head size only, and BatchNorm statistics of a smaller head (the paediatric
 domain) were out of distribution, so any BN-based adaptation lost Dice there for that reason alone.
 """
+
 from __future__ import annotations
 
 import time
@@ -54,7 +55,9 @@ def _augment(sample, rng: np.random.Generator, zoom: tuple[float, float]) -> tup
     return img[0].numpy(), tgt[0].numpy()
 
 
-def train_segmentation(out: Path, cfg: SegTrainConfig, data_root: Path, command: str = "macro train segmentation", progress: bool = True) -> dict:
+def train_segmentation(
+    out: Path, cfg: SegTrainConfig, data_root: Path, command: str = "macro train segmentation", progress: bool = True
+) -> dict:
     import torch
     from monai.losses import DiceCELoss
     from tqdm import tqdm
@@ -91,10 +94,21 @@ def train_segmentation(out: Path, cfg: SegTrainConfig, data_root: Path, command:
     seconds = time.perf_counter() - start
     model.eval()
     held_out = predict_dice(model, val)
-    manifest = {"name": "segmentation-unet-source", "kind": "monai-unet-3d", "inputs": ["t1", "t1ce", "t2", "flair"],
-                "outputs": ["ET", "TC", "WT"], "command": command, "seed": cfg.seed, "train_config": asdict(cfg),
-                "data": {"dataset": "brats-phantom", "domain": "source", "train_seeds": [cfg.train_seed, cfg.train_seed + cfg.n_train - 1],
-                         "val_seeds": [cfg.val_seed, cfg.val_seed + cfg.n_val - 1]},
-                "train": {"seconds": round(seconds, 1), "final_loss": round(float(np.mean(losses[-50:])), 4)},
-                "held_out_source_dice": held_out}
+    manifest = {
+        "name": "segmentation-unet-source",
+        "kind": "monai-unet-3d",
+        "inputs": ["t1", "t1ce", "t2", "flair"],
+        "outputs": ["ET", "TC", "WT"],
+        "command": command,
+        "seed": cfg.seed,
+        "train_config": asdict(cfg),
+        "data": {
+            "dataset": "brats-phantom",
+            "domain": "source",
+            "train_seeds": [cfg.train_seed, cfg.train_seed + cfg.n_train - 1],
+            "val_seeds": [cfg.val_seed, cfg.val_seed + cfg.n_val - 1],
+        },
+        "train": {"seconds": round(seconds, 1), "final_loss": round(float(np.mean(losses[-50:])), 4)},
+        "held_out_source_dice": held_out,
+    }
     return save_weights(model, out, cfg.net, manifest)

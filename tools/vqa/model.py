@@ -21,6 +21,7 @@ the graph runs 2 layers x 7 steps over 8 nodes per image, so its cost grows with
 512 in the student as in the repo; image features 1600-d (see :mod:`macro.tools.vqa.encoders`) and text 384-d, so the
 prompts pass through a learned Linear(384 -> hidden) before the graph (the repo feeds BERT's 768-d [CLS] directly).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -84,8 +85,15 @@ class Teacher(nn.Module):
     """The graph-attention teacher. ``prompts`` (7, text_dim) are the frozen step-prompt embeddings, kept as a
     buffer so the saved weights answer without the text encoder."""
 
-    def __init__(self, feat_dim: int, n_classes: Sequence[int], prompts: torch.Tensor, hidden: int = 128, heads: int = 4,
-                 layers: int = 2):
+    def __init__(
+        self,
+        feat_dim: int,
+        n_classes: Sequence[int],
+        prompts: torch.Tensor,
+        hidden: int = 128,
+        heads: int = 4,
+        layers: int = 2,
+    ):
         super().__init__()
         self.n_classes = tuple(int(c) for c in n_classes)
         steps = len(self.n_classes)
@@ -98,7 +106,9 @@ class Teacher(nn.Module):
         self.gat = nn.ModuleList(GATLayer(hidden, heads) for _ in range(layers))
         self.context = _block(2 * hidden, hidden, 0.2)
         self.img_proj = nn.ModuleList(_block(feat_dim, hidden, 0.3) for _ in range(steps))
-        self.fusion = nn.ModuleList(nn.Sequential(_block(2 * hidden, hidden, 0.3), _block(hidden, hidden, 0.3)) for _ in range(steps))
+        self.fusion = nn.ModuleList(
+            nn.Sequential(_block(2 * hidden, hidden, 0.3), _block(hidden, hidden, 0.3)) for _ in range(steps)
+        )
         self.cls = nn.ModuleList(nn.Linear(hidden, c) for c in self.n_classes)
         self.answer_in = nn.Linear(hidden, hidden)
         self.gru = nn.GRUCell(hidden, hidden)
@@ -167,7 +177,11 @@ class StepClassifier(nn.Module):
     def __init__(self, feat_dim: int, n_classes: int, hidden: int, dropout: float):
         super().__init__()
         self.norm = Standardise(feat_dim)
-        self.net = nn.Sequential(_block(feat_dim, hidden, dropout), nn.Linear(hidden, n_classes)) if hidden else nn.Linear(feat_dim, n_classes)
+        self.net = (
+            nn.Sequential(_block(feat_dim, hidden, dropout), nn.Linear(hidden, n_classes))
+            if hidden
+            else nn.Linear(feat_dim, n_classes)
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(self.norm(image))

@@ -7,6 +7,7 @@ default (fast, no text encoder); the graph-attention teacher on request. Both ar
 A question is optional: when it names one step (e.g. "where is the lesion?") that step's answer is repeated
 at the end, otherwise the diagnosis is.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,9 +22,15 @@ from macro.tools.classification.model import case_pixels
 from macro.tools.vqa.checkpoint import WEIGHTS_DIR, load_model
 from macro.tools.vqa.encoders import ImageEncoder
 
-STEP_WORDS = (r"densit|opaci|lucen", r"distribut|spread|focal|diffuse", r"pattern", r"where|locat|zone|side",
-              r"morpholog|margin|shape|border|contour", r"secondary|associated|effusion|cardiomegal|shift",
-              r"diagnos|what is it|disease")
+STEP_WORDS = (
+    r"densit|opaci|lucen",
+    r"distribut|spread|focal|diffuse",
+    r"pattern",
+    r"where|locat|zone|side",
+    r"morpholog|margin|shape|border|contour",
+    r"secondary|associated|effusion|cardiomegal|shift",
+    r"diagnos|what is it|disease",
+)
 
 
 def models(kind: str):
@@ -51,31 +58,54 @@ def answer_chain(pixels, kind: str = "student") -> tuple[list[dict], dict]:
         p = torch.softmax(z[0], dim=-1)
         best = int(p.argmax())
         answers[stepcot.ATTRIBUTES[k]] = options[best]
-        steps.append({"step": k + 1, "name": stepcot.STEP_NAMES[k], "question": manifest["questions"][k], "answer": options[best],
-                      "probability": round(float(p[best]), 4)})
+        steps.append(
+            {
+                "step": k + 1,
+                "name": stepcot.STEP_NAMES[k],
+                "question": manifest["questions"][k],
+                "answer": options[best],
+                "probability": round(float(p[best]), 4),
+            }
+        )
     for k, step in enumerate(steps):
         step["reasoning"] = stepcot.reasoning(answers, stepcot.ATTRIBUTES[k])
     return steps, manifest
 
 
 class StepwiseArgs(BaseModel):
-    question: str | None = Field(None, description="the user's question, if it asks about one step (location, pattern, ...)")
-    model: Literal["student", "teacher"] = Field("student", description="student: image-only, fast; teacher: graph-attention")
+    question: str | None = Field(
+        None, description="the user's question, if it asks about one step (location, pattern, ...)"
+    )
+    model: Literal["student", "teacher"] = Field(
+        "student", description="student: image-only, fast; teacher: graph-attention"
+    )
 
 
 class AnswerStepwise(MacroTool):
     name: str = "answer_stepwise"
-    description: str = "Reason step by step on a chest X-ray (density, distribution, pattern, location, morphology, signs) to a diagnosis."
+    description: str = (
+        "Reason step by step on a chest X-ray (density, distribution, pattern, location, morphology, signs) "
+        "to a diagnosis."
+    )
     args_schema: type[BaseModel] = StepwiseArgs
     spec = ToolSpec(
-        modalities=("xray",), dims=(2,), version="1.0.0", weights=str(WEIGHTS_DIR / "manifest.json"), outputs={"chain": "text"},
+        modalities=("xray",),
+        dims=(2,),
+        version="1.0.0",
+        weights=str(WEIGHTS_DIR / "manifest.json"),
+        outputs={"chain": "text"},
         examples=(
             ToolExample(request="Walk me through the diagnosis step by step.", args={}),
             ToolExample(request="What is the most likely diagnosis, with your reasoning?", args={}),
-            ToolExample(request="Where is the lesion located? Reason stepwise.", args={"question": "Where is the lesion located?"}),
+            ToolExample(
+                request="Where is the lesion located? Reason stepwise.",
+                args={"question": "Where is the lesion located?"},
+            ),
             ToolExample(request="Explain your diagnosis using the graph-attention teacher.", args={"model": "teacher"}),
             ToolExample(request="Give me a chain of thought for this chest film.", args={}),
-            ToolExample(request="What pattern is the opacity, step by step?", args={"question": "What pattern is the opacity?"}),
+            ToolExample(
+                request="What pattern is the opacity, step by step?", args={"question": "What pattern is the opacity?"}
+            ),
             ToolExample(request="Reason through the seven diagnostic steps.", args={}),
             ToolExample(request="Diagnose this radiograph and show each step.", args={}),
         ),
@@ -85,10 +115,20 @@ class AnswerStepwise(MacroTool):
         steps, manifest = answer_chain(case_pixels(ctx.case.image), args.model)
         version = manifest["files"][args.model]["sha256"][:12]
         focus = steps[focus_step(args.question)]
-        lines = [f"Step {s['step']} {s['name']}: {s['answer']} ({s['probability']:.2f}). {s['reasoning']}" for s in steps]
-        text = (" ".join(lines) + f" Diagnosis: {steps[-1]['answer']}."
-                + (f" Answer ({focus['name'].lower()}): {focus['answer']}." if focus is not steps[-1] else "")
-                + f" ({args.model} model {version})")
-        data = {"steps": steps, "diagnosis": steps[-1]["answer"], "focus_step": focus["step"], "model": args.model,
-                "model_version": {"sha256": version, "command": manifest.get("command")}}
+        lines = [
+            f"Step {s['step']} {s['name']}: {s['answer']} ({s['probability']:.2f}). {s['reasoning']}" for s in steps
+        ]
+        text = (
+            " ".join(lines)
+            + f" Diagnosis: {steps[-1]['answer']}."
+            + (f" Answer ({focus['name'].lower()}): {focus['answer']}." if focus is not steps[-1] else "")
+            + f" ({args.model} model {version})"
+        )
+        data = {
+            "steps": steps,
+            "diagnosis": steps[-1]["answer"],
+            "focus_step": focus["step"],
+            "model": args.model,
+            "model_version": {"sha256": version, "command": manifest.get("command")},
+        }
         return ToolResult(text=text, data=data)

@@ -18,6 +18,7 @@ Baseline: for each step on its own, a small grid (linear or MLP hidden 256; drop
 trained with AdamW and early stopping on that step's validation accuracy; the best setting per step is kept, so
 the baseline is tuned at least as hard as the chained models.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,12 @@ from macro.tools.vqa.losses import ALPHA_CH, ALPHA_KD, ChannelAlignment, kd_loss
 from macro.tools.vqa.metrics import predict, step_accuracy
 from macro.tools.vqa.model import Baseline, StepClassifier, Student, Teacher
 
-BASELINE_GRID = ({"hidden": 0, "dropout": 0.0, "lr": 1e-3}, {"hidden": 256, "dropout": 0.3, "lr": 1e-3},
-                 {"hidden": 256, "dropout": 0.5, "lr": 1e-3}, {"hidden": 256, "dropout": 0.3, "lr": 3e-3})
+BASELINE_GRID = (
+    {"hidden": 0, "dropout": 0.0, "lr": 1e-3},
+    {"hidden": 256, "dropout": 0.3, "lr": 1e-3},
+    {"hidden": 256, "dropout": 0.5, "lr": 1e-3},
+    {"hidden": 256, "dropout": 0.3, "lr": 3e-3},
+)
 
 
 @dataclass
@@ -63,7 +68,7 @@ def _step_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor
 
 def _batches(n: int, batch: int, generator: torch.Generator):
     order = torch.randperm(n, generator=generator)
-    return [order[i:i + batch] for i in range(0, n, batch)]
+    return [order[i : i + batch] for i in range(0, n, batch)]
 
 
 def _update(optimiser: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float) -> None:
@@ -73,7 +78,9 @@ def _update(optimiser: torch.optim.Optimizer, loss: torch.Tensor, params, clip: 
     optimiser.step()
 
 
-def fit_teacher_student(data: StepData, cfg: TrainConfig = TrainConfig(), progress: bool = True, log=None) -> tuple[Teacher, Student, dict]:
+def fit_teacher_student(
+    data: StepData, cfg: TrainConfig = TrainConfig(), progress: bool = True, log=None
+) -> tuple[Teacher, Student, dict]:
     """Stage A then stage B; returns the selected teacher and student (eval mode) and a history."""
     from tqdm import tqdm
 
@@ -93,7 +100,7 @@ def fit_teacher_student(data: StepData, cfg: TrainConfig = TrainConfig(), progre
 
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(t_opt, mode="max", factor=0.5, patience=2)
     best, best_state, waited = -1.0, None, 0
-    for epoch in tqdm(range(cfg.stage_a_epochs), desc="stage A (teacher)", file=sys.stderr, disable=not progress):
+    for _ in tqdm(range(cfg.stage_a_epochs), desc="stage A (teacher)", file=sys.stderr, disable=not progress):
         teacher.train()
         for idx in _batches(len(x), cfg.batch, generator):
             _update(t_opt, _step_loss(teacher(x[idx])[0], y[idx]), teacher.parameters(), cfg.clip)
@@ -109,7 +116,9 @@ def fit_teacher_student(data: StepData, cfg: TrainConfig = TrainConfig(), progre
     teacher.load_state_dict(best_state)
 
     best, chosen = -1.0, None
-    for epoch in tqdm(range(cfg.stage_b_epochs), desc="stage B (teacher + student)", file=sys.stderr, disable=not progress):
+    for epoch in tqdm(
+        range(cfg.stage_b_epochs), desc="stage B (teacher + student)", file=sys.stderr, disable=not progress
+    ):
         for idx in _batches(len(x), cfg.batch, generator):
             teacher.train()
             _update(t_opt, _step_loss(teacher(x[idx])[0], y[idx]), teacher.parameters(), cfg.clip)
@@ -121,12 +130,20 @@ def fit_teacher_student(data: StepData, cfg: TrainConfig = TrainConfig(), progre
             loss = 0
             for k, z in enumerate(s_logits):
                 valid = y[idx, k] >= 0
-                loss = loss + masked_ce(z, y[idx, k]) + ALPHA_KD * kd_loss(z, t_logits[k], valid) + ALPHA_CH * align(t_features[k], f_student, valid)
+                loss = (
+                    loss
+                    + masked_ce(z, y[idx, k])
+                    + ALPHA_KD * kd_loss(z, t_logits[k], valid)
+                    + ALPHA_CH * align(t_features[k], f_student, valid)
+                )
             _update(s_opt, loss, s_params, cfg.clip)
         t_val, s_val = _mean_val(teacher, data), _mean_val(student, data)
         history["stage_b"].append([round(t_val, 2), round(s_val, 2)])
         if (t_val + s_val) / 2 > best:
-            best, chosen = (t_val + s_val) / 2, (copy.deepcopy(teacher.state_dict()), copy.deepcopy(student.state_dict()), epoch)
+            best, chosen = (
+                (t_val + s_val) / 2,
+                (copy.deepcopy(teacher.state_dict()), copy.deepcopy(student.state_dict()), epoch),
+            )
         if log:
             log(f"stage B epoch {epoch}: val mean step acc teacher {t_val:.1f} student {s_val:.1f}")
     teacher.load_state_dict(chosen[0])
@@ -135,7 +152,9 @@ def fit_teacher_student(data: StepData, cfg: TrainConfig = TrainConfig(), progre
     return teacher.eval(), student.eval(), history
 
 
-def _fit_step(data: StepData, k: int, setting: dict, cfg: TrainConfig, generator: torch.Generator) -> tuple[StepClassifier, float]:
+def _fit_step(
+    data: StepData, k: int, setting: dict, cfg: TrainConfig, generator: torch.Generator
+) -> tuple[StepClassifier, float]:
     x, y = data.features["train"], data.labels_t("train")[:, k]
     xv, yv = data.features["val"], data.labels["val"][:, k]
     model = StepClassifier(x.shape[1], data.n_classes[k], setting["hidden"], setting["dropout"])
@@ -169,8 +188,12 @@ def fit_baseline(data: StepData, cfg: TrainConfig = TrainConfig(), progress: boo
     generator = torch.Generator().manual_seed(cfg.seed)
     chosen, info = [], []
     start = time.perf_counter()
-    with tqdm(total=len(data.n_classes) * len(BASELINE_GRID), desc="baseline (7 independent classifiers)", file=sys.stderr,
-              disable=not progress) as bar:
+    with tqdm(
+        total=len(data.n_classes) * len(BASELINE_GRID),
+        desc="baseline (7 independent classifiers)",
+        file=sys.stderr,
+        disable=not progress,
+    ) as bar:
         for k in range(len(data.n_classes)):
             best = None
             for setting in BASELINE_GRID:
