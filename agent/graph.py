@@ -23,11 +23,12 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
-from macro.agent.executor import Step, ToolExecutor
 from macro.agent.prompts import CALL_RULE, system_message
 from macro.artifacts import ArtifactStore
 from macro.case import Case, load_case_ref
 from macro.config import Home
+from macro.skills.library import load_composites
+from macro.tools.executor import Step, ToolExecutor
 from macro.tools.registry import Registry
 from macro.trajectory import Trajectory, TrajectoryStore
 
@@ -198,7 +199,7 @@ class Agent:
         """``memory``: give the policy hints from similar verified cases in the home's image memory, when it has any."""
         self.home = (home or Home.current()).ensure()
         self.policy_id = policy_id
-        self.registry = registry or Registry.default(home=self.home)
+        self.registry = registry or load_composites(Registry.default(), self.home)
         self.use_memory = memory
         self._memory = None
         self.trajectories = TrajectoryStore(self.home.trajectories_db)

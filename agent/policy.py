@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from langchain_core.language_models import BaseChatModel
 
-from macro.agent.local_llm import ADAPTER_DIR, LocalChatModel, ModelUnavailable, embedded_base
+from macro import weights
+from macro.agent.local_llm import ADAPTER, LocalChatModel, embedded_base
 from macro.agent.scripted import ScriptedPolicy
 from macro.config import Home
+from macro.errors import ModelUnavailable
 
 BACKENDS = "embedded, hf:PATH, openai:URL, scripted, scripted:PLAN.json"
-
-
-def adapter_digest(adapter: Path = ADAPTER_DIR) -> str | None:
-    weights = adapter / "adapter_model.safetensors"
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:8] if weights.is_file() else None
 
 
 def make_policy(spec: str, home: Home | None = None, model: str | None = None) -> tuple[BaseChatModel, str]:
@@ -33,11 +29,14 @@ def make_policy(spec: str, home: Home | None = None, model: str | None = None) -
             raise ModelUnavailable(f"{path}: cannot read the scripted plan ({exc})") from None
         return ScriptedPolicy(plan=plan), f"scripted:{path.name}"
     if spec == "embedded":
-        digest = adapter_digest()
         base = embedded_base(home)
-        adapter = str(ADAPTER_DIR) if digest else None
-        pid = f"embedded:smollm2-135m+lora-{digest}" if digest else "embedded:smollm2-135m(no adapter)"
-        return LocalChatModel(model_path=str(base), adapter=adapter, policy_id=pid), pid
+        folder = ADAPTER.active(home)
+        if not (folder / weights.MANIFEST).is_file():
+            pid = "embedded:smollm2-135m(no adapter)"
+            return LocalChatModel(model_path=str(base), policy_id=pid), pid
+        digest = weights.verify(folder, ADAPTER.regenerate)["sha256"][:8]  # a damaged adapter fails here, not mid-turn
+        pid = f"embedded:smollm2-135m+lora-{digest}"
+        return LocalChatModel(model_path=str(base), adapter=str(folder), policy_id=pid), pid
     if spec.startswith("hf:"):
         path = Path(spec[3:]).expanduser()
         if not (path / "config.json").is_file():

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from macro.data.mvtec import AnomalyTask
-from macro.federated.fedlsm import roc_auc
+from macro.metrics import roc_auc
 from macro.tools.anomaly.continual import Coreset
 
 METHODS = ("cadic", "patchcore_per_task", "fifo", "joint")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
@@ -37,22 +36,40 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def models(home: Home) -> list[dict]:
+    """Every learnt model: its slot, which copy is in use (home or shipped), where, its version and whether its files
+    match their manifest (``problem`` says what is wrong, naming the file)."""
+    from macro import weights
+    from macro.agent import local_llm  # noqa: F401  (declares the policy adapter's slot)
+    from macro.errors import MacroError
+    from macro.tools.registry import Registry
+
+    Registry.default()  # importing the built-in tools declares their slots
+    rows = []
+    for slot in weights.SLOTS.values():
+        folder = slot.active(home)
+        row = {"slot": slot.name, "copy": slot.origin(home), "folder": str(folder), "regenerate": slot.regenerate}
+        try:
+            manifest = weights.verify(folder, slot.regenerate)
+            row |= {"sha256": manifest["sha256"][:12], "created": manifest.get("created"), "problem": None}
+        except MacroError as exc:
+            row |= {"sha256": None, "created": None, "problem": str(exc)}
+        rows.append(row)
+    return rows
+
+
 def report(home: Home) -> dict:
-    from macro.agent.local_llm import ADAPTER_DIR, BASE_NAME, ModelUnavailable, gguf_path
+    from macro.agent.local_llm import BASE_NAME, gguf_path
+    from macro.errors import ModelUnavailable
+    from macro.skills.library import load_composites
     from macro.tools.registry import Registry
 
     try:
         gguf = str(gguf_path())
     except ModelUnavailable as exc:
         gguf = f"missing: {exc}"
-    manifest = ADAPTER_DIR / "manifest.json"
-    adapter = "missing (run: macro train sft)"
-    if manifest.is_file():
-        info = json.loads(manifest.read_text())
-        right = info["held_out"].get("valid_right_tool")
-        adapter = f"{ADAPTER_DIR} (sha256 {info['sha256'][:12]}, held-out right tool {right} %)"
     converted = home.models / BASE_NAME
-    registry = Registry.default()
+    registry = load_composites(Registry.default(), home)
     return {
         "home": {
             "MACRO_HOME": str(home.root),
@@ -66,11 +83,15 @@ def report(home: Home) -> dict:
             if converted.is_dir() and not gguf.startswith("missing")
             else ("converts on first use" if not gguf.startswith("missing") else gguf),
             "embedded gguf": gguf,
-            "embedded adapter": adapter,
             "scripted": "ready",
             "hf:PATH": "ready (any local transformers chat model)",
             "openai:URL": "ready" if importlib.util.find_spec("langchain_openai") else "needs langchain-openai",
             "vllm (gpu extra)": _version("vllm"),
+        },
+        "models": {
+            m["slot"]: f"{m['copy']} copy, {m['folder']}, "
+            + (f"sha256 {m['sha256']}" if m["problem"] is None else f"PROBLEM: {m['problem']}")
+            for m in models(home)
         },
         "tools": {t.name: f"v{t.spec.version} ({', '.join(t.spec.modalities)})" for t in registry.all()}
         | ({"plug-in problems": "; ".join(registry.problems)} if registry.problems else {}),

@@ -14,9 +14,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from pydantic import ValidationError
 
-from macro.agent.executor import INJECTED_NAMES
 from macro.agent.prompts import system_message
 from macro.case import load_case_ref
+from macro.tools.executor import INJECTED_NAMES
 from macro.tools.registry import Registry
 
 

@@ -1,5 +1,6 @@
-"""``macro fl train`` and ``macro fl unlearn``: a federated run that ends in shipped, calibrated weights, and a
-right-to-be-forgotten request that ends in new weights plus an audit record.
+"""``macro fl train`` and ``macro fl unlearn``: a federated run that ends in calibrated weights, and a
+right-to-be-forgotten request that ends in new weights plus an audit record. Both write the task's home copy
+(``MACRO_HOME/models/classification/<task>``, which the tools then use) unless given an explicit ``--out``.
 
 Training: FedLSM (or a baseline) over the task's label-set-mismatched sites; the round with the best validation
 mean AUC is kept (FedLSM's model selection); a temperature is fitted on validation; test AUC and calibration error
@@ -11,29 +12,32 @@ who asked, when, which model versions, and the metrics before and after.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import getpass
 import json
 import os
 import time
 from pathlib import Path
 
+from macro import weights as weights_io
 from macro.errors import CaseError
 from macro.federated import fcu as fcu_lib
 from macro.federated import fedlsm
 from macro.federated.tasks import Federation, federation
 from macro.tools.classification.calibrate import ece, fit_temperature, probabilities
-from macro.tools.classification.model import WEIGHTS_DIR, Classifier, save_classifier
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+from macro.tools.classification.model import SLOTS, Classifier, load_classifier, save_classifier
 
 
 def _model(fed: Federation, state) -> Classifier:
     model = fed.model_fn()
     model.load_state_dict(state)
     return model.eval()
+
+
+def task_slot(task: str):
+    """The weights slot of a task's classifier; an unknown task is a clear error."""
+    if task not in SLOTS:
+        raise CaseError(None, f"unknown task {task!r}; choose one of {', '.join(SLOTS)}")
+    return SLOTS[task]
 
 
 def metrics(fed: Federation, state, data) -> dict:
@@ -103,7 +107,7 @@ def train_task(
         "classes": list(fed.classes),
         "multi_label": fed.multi_label,
         "method": method,
-        "created": _now(),
+        "created": weights_io.now(),
         "command": command,
         "seed": seed,
         "federation": fed.recipe,
@@ -113,7 +117,7 @@ def train_task(
         **calibrate(fed, state),
         "unlearned_clients": [],
     }
-    return save_classifier(_model(fed, state), out or WEIGHTS_DIR / task, manifest)
+    return save_classifier(_model(fed, state), task_slot(task).target(out), manifest)
 
 
 def audit_path() -> Path:
@@ -145,11 +149,10 @@ def unlearn_task(
     cfg: fcu_lib.FCUConfig | None = None,
     progress: bool = True,
 ) -> dict:
-    """Forget ``client`` from the task's shipped model with FCU; write new weights and an audit record."""
-    from macro.tools.classification.model import load_classifier
-
-    folder = weights or WEIGHTS_DIR / task
-    model, manifest = load_classifier(folder)
+    """Forget ``client`` from the task's active model (or ``weights``) with FCU; write the new weights (under
+    MACRO_HOME unless ``out`` says otherwise) and an audit record."""
+    folder = weights or task_slot(task).active()
+    model, manifest = load_classifier(task, folder)
     recipe = manifest["federation"]
     if not 0 <= client < recipe["n_clients"]:
         raise CaseError(None, f"client must be in 0..{recipe['n_clients'] - 1} for task {task}, got {client}")
@@ -174,13 +177,14 @@ def unlearn_task(
     after = snapshot(final)
     new = {
         **manifest,
-        "created": _now(),
+        "created": weights_io.now(),
         "unlearned_clients": sorted([*manifest.get("unlearned_clients", []), client]),
         "previous_sha256": manifest["sha256"],
         "held_out": {"test": after["test"]},
         **calibrate(fed, final),
     }
-    new = save_classifier(_model(fed, final), out or folder, new)
+    target = task_slot(task).target(out)
+    new = save_classifier(_model(fed, final), target, new)
     record = {
         "event": "client-unlearning",
         "task": task,
@@ -194,7 +198,7 @@ def unlearn_task(
         "seconds": round(stats["seconds"], 1),
         "metrics_before": before,
         "metrics_after": after,
-        "weights": str(out or folder),
+        "weights": weights_io.portable(target),
     }
     record["audit_log"] = str(append_audit(record))
     return record

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from macro import imagenet
 from macro.data.labelled import (
     LabelledSet,
     dirichlet_split,
@@ -41,7 +42,7 @@ from macro.data.labelled import (
 )
 from macro.errors import CaseError
 from macro.federated.fedlsm import ClientData
-from macro.tools.classification.model import IMAGE_SIZE, Classifier, FeatureBank, Trunk, imagenet_backbone
+from macro.tools.classification.model import IMAGE_SIZE, Classifier, FeatureBank
 
 
 @dataclass(frozen=True)
@@ -152,10 +153,9 @@ def federation(
     if split == "dirichlet" and data.multi_label:
         raise CaseError(None, "the Dirichlet label split needs a single-label task (derm)")
     train, val, test = train_val_test(len(data), seed=seed, groups=data.patient_ids)
-    backbone = imagenet_backbone()
+    trunk, backbone = imagenet.trunk(), imagenet.backbone()  # both built before seeding: the head's init is the seed's
     torch.manual_seed(seed)
     template = Classifier(len(data.classes), backbone)
-    trunk = Trunk(backbone)
     bar = tqdm(
         total=len(data) * (2 + n_strong), desc=f"{task.name}: backbone views", disable=not progress, mininterval=5
     )

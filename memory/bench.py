@@ -33,6 +33,7 @@ FAMILIES = ("segment", "classify", "vqa", "describe")
 IVF_NPROBES = (16, 32, 64, 128)
 HNSW_EF_SEARCH = (64, 128, 256, 512)
 FILTER = {"family": "segment", "verification": "verified"}
+SYNTHETIC = "synthetic-power-law"  # the encoder id the benchmark's vectors are stored under
 
 
 def run(
@@ -78,9 +79,9 @@ def _flat(folder: Path, vectors: np.ndarray, queries: np.ndarray) -> dict:
         for i in range(len(vectors))
     ]
     start = time.perf_counter()
-    ImageMemory(folder, kind="flat").add_many(vectors, metas)
+    ImageMemory(folder, kind="flat", encoder=SYNTHETIC).add_many(vectors, metas)
     write_s = time.perf_counter() - start
-    memory = ImageMemory(folder)
+    memory = ImageMemory(folder, encoder=SYNTHETIC)
     start = time.perf_counter()
     entries = len(memory)
     load_s = time.perf_counter() - start

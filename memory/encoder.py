@@ -1,7 +1,7 @@
 """Frozen image encoder of the memory: one L2-normalised EMBED_DIM vector per case, 2D picture or 3D volume.
 
 Encoder: the ImageNet EfficientNet-Lite0 trunk that ships with the classification tools (all 16 MBConv blocks,
-:class:`~macro.tools.classification.model.Trunk`), global-average-pooled to its 320 channels. Why 320 and not the
+:func:`macro.imagenet.trunk`), global-average-pooled to its 320 channels. Why 320 and not the
 1280-d head feature: the head is a 1x1 conv (a linear map 320 -> 1280) plus BN and ReLU6, so the pooled 320-d
 output already holds every linear direction of the pooled pre-activation head feature; it needs no projection
 fitted on data we do not have offline, and at 320 floats (1.25 KiB) an exact flat search over 100k entries stays
@@ -35,14 +35,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from macro import imagenet
 from macro.case import Case
 from macro.errors import CaseError
-from macro.tools.base import load_once
-from macro.tools.classification.model import Trunk, case_pixels, imagenet_backbone, resize
+from macro.imagenet import case_pixels, resize
 
 EMBED_SIZE = 128
 EMBED_DIM = 320
-ENCODER_ID = f"efficientnet-lite0-imagenet/trunk-gap-{EMBED_DIM}/{EMBED_SIZE}px/2.5d-3x3"
+ENCODER_ID = f"{imagenet.ENCODER_ID}/trunk-gap-{EMBED_DIM}/{EMBED_SIZE}px/2.5d-3x3"
 SLICE_FRACTIONS = (0.3, 0.5, 0.7)
 FOREGROUND_FRACTION = 0.05
 BATCH = 64
@@ -84,7 +84,7 @@ def _embedded(cases: Sequence[Case]) -> list[np.ndarray]:
 
 
 def _features(views: torch.Tensor) -> np.ndarray:
-    trunk = load_once("memory/trunk", lambda: Trunk(imagenet_backbone(EMBED_SIZE)))
+    trunk = imagenet.trunk()
     return torch.cat([trunk(views[i : i + BATCH]).mean(dim=(2, 3)) for i in range(0, len(views), BATCH)]).numpy()
 
 

@@ -12,6 +12,10 @@ file is removed by the next writer, which alone may hold the lock). Readers take
 file's inode/mtime/size and reloads when another process has replaced it. Each write rewrites the whole file
 (about 130 MB at 100k entries), so callers that add many entries should use :meth:`ImageMemory.add_many`.
 
+Encoder: the header names the encoder that made the vectors (``encoder``); a handle opened for another encoder
+refuses to add to or query the memory with a message naming both, since vectors from two encoders are not
+comparable. Files written before the header carried it were all made by the case encoder and are read as such.
+
 Filtering: ``where`` is an equality match on metadata keys, turned into a row bitmap (cached per version and
 key/value) and searched inside FAISS, so a filtered query returns k hits whenever k entries match (see
 :mod:`macro.memory.index`).
@@ -36,6 +40,7 @@ from macro.artifacts import atomic_write_bytes
 from macro.config import Home
 from macro.errors import CaseError
 from macro.memory import index as faiss_index
+from macro.memory.encoder import ENCODER_ID
 
 FILE = "memory.bin"
 LOCK = ".lock"
@@ -65,6 +70,7 @@ class _Snapshot:
     vectors: np.ndarray | None = None
     index: object | None = None
     trained_n: int = 0
+    encoder: str | None = None
     masks: dict = field(default_factory=dict)
     counts: dict | None = None
 
@@ -97,13 +103,15 @@ class ImageMemory:
 
     ``kind`` is the index written by this handle's writes: ``flat`` (exact; the default for a new memory),
     ``ivf`` or ``hnsw``. ``None`` keeps the kind already on disk. Opening an existing memory with another kind
-    converts it at the next write; until then queries use the stored index."""
+    converts it at the next write; until then queries use the stored index. ``encoder`` names what makes the
+    vectors this handle adds and queries with (default: the case encoder of :mod:`macro.memory.encoder`)."""
 
-    def __init__(self, path: str | Path | None = None, kind: str | None = None):
+    def __init__(self, path: str | Path | None = None, kind: str | None = None, encoder: str = ENCODER_ID):
         if kind is not None and kind not in faiss_index.KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {faiss_index.KINDS}")
         self.path = Path(path) if path is not None else Home.current().memory
         self.kind = kind
+        self.encoder = encoder
         self._snapshot = _Snapshot(kind=kind or "flat")
         self._stamp: tuple | None = None
         self._thread_lock = threading.RLock()
@@ -126,6 +134,7 @@ class ImageMemory:
         ids = [f"mem-{uuid.uuid4().hex[:16]}" for _ in metas]
 
         def append(snap: _Snapshot) -> tuple[list[str], _Snapshot]:
+            self._check_encoder(snap)
             if snap.dim is not None and vectors.shape[1] != snap.dim:
                 raise ValueError(
                     f"{self.file}: embeddings have {vectors.shape[1]} dimensions, the memory holds {snap.dim}"
@@ -149,6 +158,7 @@ class ImageMemory:
                 all_vectors,
                 index,
                 trained_n,
+                self.encoder,
             )
 
         return self._write(append)
@@ -171,6 +181,7 @@ class ImageMemory:
                 vectors,
                 faiss_index.build(kind, vectors),
                 len(vectors),
+                snap.encoder,
             )
 
         return self._write(prune)
@@ -202,6 +213,7 @@ class ImageMemory:
         snap = self._load_latest()
         if not snap.ids or k <= 0:
             return []
+        self._check_encoder(snap)
         query = _unit_rows(np.asarray(embedding)[None])[0]
         if len(query) != snap.dim:
             raise ValueError(f"{self.file}: query has {len(query)} dimensions, the memory holds {snap.dim}")
@@ -217,11 +229,20 @@ class ImageMemory:
             "entries": len(snap.ids),
             "dim": snap.dim,
             "kind": snap.kind,
+            "encoder": snap.encoder,
             "version": snap.version,
             "bytes": self._stamp[2] if self._stamp else 0,
             "families": tallies["family"],
             "verification": tallies["verification"],
         }
+
+    def _check_encoder(self, snap: _Snapshot) -> None:
+        if snap.ids and snap.encoder != self.encoder:
+            raise CaseError(
+                self.file,
+                f"the memory holds vectors from encoder {snap.encoder!r}, not from {self.encoder!r}; vectors of two "
+                "encoders are not comparable: use another memory folder, or move this one aside to start afresh",
+            )
 
     def __len__(self) -> int:
         return len(self._load_latest().ids)
@@ -264,6 +285,7 @@ def _encode(snap: _Snapshot) -> bytes:
             "kind": snap.kind,
             "dim": snap.dim,
             "trained_n": snap.trained_n,
+            "encoder": snap.encoder,
             "ids": snap.ids,
             "metas": snap.metas,
             "vectors_bytes": len(vectors),
@@ -317,4 +339,5 @@ def _decode(path: Path) -> _Snapshot:
             index = faiss_index.from_bytes(body[vectors_len:])
         except RuntimeError as exc:
             raise CaseError(path, f"the stored {kind} index cannot be read ({exc})") from None
-    return _Snapshot(version, kind, dim, header["ids"], metas, vectors, index, header.get("trained_n", n))
+    encoder = header.get("encoder", ENCODER_ID)
+    return _Snapshot(version, kind, dim, header["ids"], metas, vectors, index, header.get("trained_n", n), encoder)

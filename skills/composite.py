@@ -6,9 +6,10 @@ step's result (``{"from": {"step": i, "field": key}}``). ``inputs`` binds an inp
 artifact an earlier step produced (``{"mask": 0}``), the data flow recorded in the trajectories.
 
 :func:`make_tool` turns a definition into a registered :class:`~macro.tools.base.MacroTool` whose arguments schema
-is derived from the atomic tools' own fields, so a composite is validated like any tool when it is defined. The
-executor recognises it by its ``definition`` and runs the steps itself, so every intermediate call is validated,
-recorded and visible in the trajectory.
+is derived from the atomic tools' own fields, so a composite is validated like any tool when it is defined.
+:meth:`CompositeBase.execute` is the one interpreter: it runs each step through :meth:`ToolContext.call`, i.e.
+through the executor that runs the composite, so every intermediate call is validated, recorded as a child step and
+visible in the trajectory.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pydantic import BaseModel, create_model
 from pydantic.fields import FieldInfo
 
 from macro.case import MODALITIES
-from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolResult, ToolSpec
+from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolFailure, ToolResult, ToolSpec
 
 KIND = "composite"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{2,47}$")
@@ -168,9 +169,24 @@ class CompositeBase(MacroTool):
     definition: ClassVar[Composite | None] = None
 
     def execute(self, ctx: ToolContext, args: BaseModel) -> ToolResult:
-        raise RuntimeError(
-            f"{self.name} is a composite tool: run it through the agent's ToolExecutor, which runs its steps"
-        )
+        """Run the steps in order; the first failure stops the composite and names the step it happened in."""
+        if ctx.call is None:
+            raise ToolFailure(f"{self.name} is a composite tool: run it through a ToolExecutor, which runs its steps")
+        comp = type(self).definition
+        params = args.model_dump()
+        children, produced, results = [], [], []
+        for j, spec in enumerate(comp.steps):
+            call = {"name": spec["tool"], "args": resolve_args(spec, params, results), "id": f"{self.name}.{j}"}
+            child, refs = ctx.call(call, bound_history(spec, ctx.history, produced))
+            children.append(child.to_dict())
+            if not child.ok:
+                error = f"{self.name} stopped at step {j + 1}/{len(comp.steps)} ({spec['tool']}): {child.error}"
+                raise ToolFailure(error, children, [r for p in produced for r in p])
+            produced.append(refs)
+            results.append(child.data)
+        refs = [r for p in produced for r in p]
+        text = " ".join(c["summary"] for c in children)
+        return ToolResult(text=text, data=results[-1], artifacts=refs, children=children)
 
 
 def _intersect(groups: list[tuple[str, ...]]) -> tuple[str, ...]:

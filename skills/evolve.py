@@ -76,10 +76,10 @@ def executor_replay(registry_factory: Callable[[], object], artifacts_root) -> R
     """Replay through the agent's real executor on the trajectory's case."""
 
     def replay(comp: Composite, traj: dict) -> bool:
-        from macro.agent.executor import ToolExecutor
         from macro.artifacts import ArtifactStore
         from macro.case import load_case_ref
         from macro.skills.composite import make_tool
+        from macro.tools.executor import ToolExecutor
 
         steps = occurrence(comp, traj)
         if steps is None or not traj.get("case_ref"):

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from macro.artifacts import atomic_write_bytes, locked
+from macro.config import Home
 from macro.errors import CaseError
-from macro.skills.composite import Composite, DefinitionError
+from macro.skills.composite import Composite, DefinitionError, make_tool
+from macro.tools.registry import Registry
 
 POINTER = "CURRENT"
 
@@ -95,3 +97,18 @@ class Library:
     @staticmethod
     def _number(path: Path) -> int:
         return int(path.stem.split("-")[1])
+
+
+def load_composites(registry: Registry, home: Home | None = None) -> Registry:
+    """Add the current library round's composites to ``registry`` (returned for chaining); a composite that no
+    longer fits the registered tools is reported in ``registry.problems`` and skipped."""
+    library = Library((home or Home.current()).skills / "library")
+    current = library.current()
+    registry.problems += library.problems
+    atomic = registry.atomic()
+    for comp in current.composites:
+        try:
+            registry.add(make_tool(comp, atomic))
+        except (DefinitionError, ValueError) as exc:
+            registry.problems.append(f"composite {comp.name} (library round {current.number}): {exc}")
+    return registry

@@ -11,11 +11,11 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from typer.testing import CliRunner
 
-from macro.agent.executor import Step
 from macro.agent.graph import Agent, compose_answer
 from macro.agent.scripted import ScriptedPolicy, plan_for
 from macro.cli import app
 from macro.config import Home
+from macro.tools.executor import Step
 from macro.trajectory import TrajectoryStore
 
 

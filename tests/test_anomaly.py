@@ -183,9 +183,11 @@ def test_learnt_bank_is_fixed_size_calibrated_and_reloads(learnt, stream, tmp_pa
     assert np.isfinite(learnt.threshold) and len(learnt.calibration_task) == 3 * 2
     assert set(np.unique(learnt.ref_task[learnt.coreset.owner])) == {0, 1, 2}
     manifest = save_bank(learnt, tmp_path)
-    assert hashlib.sha256((tmp_path / manifest["file"]).read_bytes()).hexdigest() == manifest["sha256"]
+    written = manifest["files"]["bank.npz"]
+    assert hashlib.sha256((tmp_path / written["file"]).read_bytes()).hexdigest() == manifest["sha256"]
     again = load_bank(tmp_path)
-    assert torch.equal(again.coreset.vectors, learnt.coreset.vectors) and again.refs == learnt.refs
+    assert torch.equal(again.coreset.vectors, learnt.coreset.vectors)
+    assert again.refs == learnt.refs
     assert again.threshold == pytest.approx(learnt.threshold, abs=1e-3)
     assert set(manifest["held_out"]) == set(TINY_TASKS)
 
@@ -193,11 +195,12 @@ def test_learnt_bank_is_fixed_size_calibrated_and_reloads(learnt, stream, tmp_pa
 def test_a_crash_while_saving_leaves_the_previous_bank_loadable(learnt, tmp_path, monkeypatch):
     from dataclasses import replace
 
+    from macro import weights as weights_module
     from macro.tools.anomaly import bank as bank_module
 
     before = bank_module.save_bank(learnt, tmp_path)
     changed = replace(learnt, threshold=learnt.threshold + 1.0, coreset=learnt.coreset.take(np.arange(10)))
-    real_write = bank_module.atomic_write_bytes
+    real_write = weights_module.atomic_write_bytes
 
     def crash_on(target):
         def write(path, payload):
@@ -208,18 +211,17 @@ def test_a_crash_while_saving_leaves_the_previous_bank_loadable(learnt, tmp_path
         return write
 
     for target in (".npz", "manifest.json"):  # killed while writing the vectors, then between vectors and manifest
-        monkeypatch.setattr(bank_module, "atomic_write_bytes", crash_on(target))
+        monkeypatch.setattr(weights_module, "atomic_write_bytes", crash_on(target))
         with pytest.raises(KeyboardInterrupt):
             bank_module.save_bank(changed, tmp_path)
         loaded = bank_module.load_bank(tmp_path)
-        assert (
-            len(loaded.coreset) == len(learnt.coreset)
-            and json.loads((tmp_path / "manifest.json").read_text())["sha256"] == before["sha256"]
-        )
-    monkeypatch.setattr(bank_module, "atomic_write_bytes", real_write)
-    bank_module.save_bank(changed, tmp_path)
-    assert len(bank_module.load_bank(tmp_path).coreset) == 10 and len(list(tmp_path.glob("bank-*.npz"))) == 1
-    (tmp_path / json.loads((tmp_path / "manifest.json").read_text())["file"]).write_bytes(b"tampered")
+        assert len(loaded.coreset) == len(learnt.coreset), f"killed while writing {target}"
+        assert json.loads((tmp_path / "manifest.json").read_text())["sha256"] == before["sha256"]
+    monkeypatch.setattr(weights_module, "atomic_write_bytes", real_write)
+    after = bank_module.save_bank(changed, tmp_path)
+    assert len(bank_module.load_bank(tmp_path).coreset) == 10
+    assert len(list(tmp_path.glob("bank-*.npz"))) == 1, "the previous bank file is removed once replaced"
+    (tmp_path / after["files"]["bank.npz"]["file"]).write_bytes(b"tampered")
     with pytest.raises(CaseError, match="sha256"):
         bank_module.load_bank(tmp_path)
 

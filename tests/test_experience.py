@@ -54,7 +54,7 @@ def test_agent_mines_a_verified_composite_and_reuses_it_on_a_new_case(tmp_path, 
     report = evolve(
         [t.to_dict() for t in runs],
         Library(h.skills / "library"),
-        executor_replay(lambda: Registry.default(composites=False), h.artifacts),
+        executor_replay(Registry.default, h.artifacts),
         EvolveConfig(holdout=0.4),
     )
     assert len(report["admitted"]) == 1, report
@@ -66,7 +66,7 @@ def test_agent_mines_a_verified_composite_and_reuses_it_on_a_new_case(tmp_path, 
 
     new_case = load_case(brats_files(folders[10])[0])
     reused = Agent(ScriptedPolicy(), "scripted", home=h).ask(new_case, _question("WT"), family="tumour-volume")
-    atomic = Agent(ScriptedPolicy(), "scripted", home=h, registry=Registry.default(composites=False), memory=False).ask(
+    atomic = Agent(ScriptedPolicy(), "scripted", home=h, registry=Registry.default(), memory=False).ask(
         new_case, _question("WT")
     )
     (step,) = reused.trajectory.steps

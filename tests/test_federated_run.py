@@ -46,29 +46,38 @@ def test_unknown_task_and_bad_split_are_clear_errors(tmp_path):
 def test_train_then_unlearn_writes_weights_manifest_and_audit(tmp_path, home):
     from macro.federated.fcu import FCUConfig
     from macro.federated.run import train_task, unlearn_task
-    from macro.tools.classification.model import load_classifier
+    from macro.tools.classification.model import SLOTS, load_classifier
 
     out = tmp_path / "derm"
     manifest = train_task("derm", tmp_path / "data", out, rounds=2, n_images=150, seed=3, progress=False)
-    model, loaded = load_classifier(out)
-    assert (
-        loaded["sha256"] == manifest["sha256"] and loaded["dtype"] == "float16" and 0.05 <= loaded["temperature"] <= 20
-    )
-    assert loaded["federation"]["n_clients"] == 5 and loaded["held_out"]["test"]["auc"] > 50
+    model, loaded = load_classifier("derm", out)
+    assert loaded["sha256"] == manifest["sha256"]
+    assert loaded["dtype"] == "float16"
+    assert 0.05 <= loaded["temperature"] <= 20
+    assert loaded["federation"]["n_clients"] == 5
+    assert loaded["held_out"]["test"]["auc"] > 50
     cfg = FCUConfig(iterations=10, fusion_interval=5, lr=1e-4, post_rounds=1, post_iters=2, post_lr=1e-3)
     record = unlearn_task(
         "derm", 2, tmp_path / "data", weights=out, requested_by="dpo@hospital", cfg=cfg, progress=False
     )
-    after = json.loads((out / "manifest.json").read_text())
-    assert after["unlearned_clients"] == [2] and after["previous_sha256"] == manifest["sha256"] != after["sha256"]
-    assert record["model_before"] == manifest["sha256"] and record["model_after"] == after["sha256"]
-    assert record["requested_by"] == "dpo@hospital" and set(record["metrics_before"]) == {"forgotten", "others", "test"}
+    written = SLOTS["derm"].home_dir()
+    assert SLOTS["derm"].active() == written, "the unlearnt model is the home copy, which the tools now use"
+    after = json.loads((written / "manifest.json").read_text())
+    assert json.loads((out / "manifest.json").read_text())["sha256"] == manifest["sha256"], "the source is untouched"
+    assert after["unlearned_clients"] == [2]
+    assert after["previous_sha256"] == manifest["sha256"]
+    assert after["sha256"] != manifest["sha256"]
+    assert record["model_before"] == manifest["sha256"]
+    assert record["model_after"] == after["sha256"]
+    assert record["requested_by"] == "dpo@hospital"
+    assert set(record["metrics_before"]) == {"forgotten", "others", "test"}
     lines = [json.loads(line) for line in open(record["audit_log"])]
-    assert lines[-1]["client"] == 2 and lines[-1]["model_after"] == after["sha256"]
+    assert lines[-1]["client"] == 2
+    assert lines[-1]["model_after"] == after["sha256"]
     with pytest.raises(CaseError, match="already unlearned"):
-        unlearn_task("derm", 2, tmp_path / "data", weights=out, cfg=cfg, progress=False)
+        unlearn_task("derm", 2, tmp_path / "data", cfg=cfg, progress=False)
     with pytest.raises(CaseError, match="client must be"):
-        unlearn_task("derm", 9, tmp_path / "data", weights=out, cfg=cfg, progress=False)
+        unlearn_task("derm", 9, tmp_path / "data", cfg=cfg, progress=False)
 
 
 @pytest.mark.slow

@@ -23,11 +23,11 @@ from macro.federated.fedlsm import (
     mean_auc,
     mix,
     pseudo_labels,
-    roc_auc,
     run,
     tiers,
     uncertainty,
 )
+from macro.metrics import roc_auc
 
 C, D = 6, 16
 

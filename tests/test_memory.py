@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from macro.errors import CaseError
 from macro.memory.index import KINDS
+from macro.memory.encoder import ENCODER_ID
 from macro.memory.store import FILE, ImageMemory, MemoryHit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,6 +180,18 @@ def test_a_damaged_file_raises_case_error_naming_it(tmp_path, damage, message):
     assert err.value.path == str(path)
 
 
+def test_vectors_from_another_encoder_are_refused(tmp_path):
+    vector = _unit(np.random.default_rng(0), 1, 8)[0]
+    ImageMemory(tmp_path, encoder="encoder-a").add(vector, {"case_id": "a"})
+    other = ImageMemory(tmp_path, encoder="encoder-b")
+    with pytest.raises(CaseError, match="encoder-a") as caught:
+        other.add(vector, {"case_id": "b"})
+    assert "encoder-b" in str(caught.value)
+    with pytest.raises(CaseError, match="not comparable"):
+        other.query(vector)
+    assert len(ImageMemory(tmp_path, encoder="encoder-a")) == 1, "nothing was written"
+
+
 def test_cli_stats_and_query_on_a_small_memory(home, demo, demo_folder, tmp_path, one_thread):
     from PIL import Image
 
@@ -211,6 +224,7 @@ def test_cli_stats_and_query_on_a_small_memory(home, demo, demo_folder, tmp_path
         "entries": 2,
         "dim": 320,
         "kind": "flat",
+        "encoder": ENCODER_ID,
         "version": 2,
         "bytes": (home / "memory" / FILE).stat().st_size,
         "families": {"segment": 1, "classify": 1},

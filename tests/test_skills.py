@@ -189,8 +189,8 @@ def test_composite_tool_derives_its_schema_and_modalities_from_its_steps(demo, h
 
 
 def test_executor_runs_a_composite_step_by_step_and_matches_the_atomic_chain(demo, home):
-    from macro.agent.executor import ToolExecutor
     from macro.artifacts import ArtifactStore
+    from macro.tools.executor import ToolExecutor
     from macro.tools.registry import Registry
 
     registry = Registry.default()
@@ -209,8 +209,8 @@ def test_executor_runs_a_composite_step_by_step_and_matches_the_atomic_chain(dem
 
 
 def test_a_failing_step_stops_the_composite_and_names_it(demo, home):
-    from macro.agent.executor import ToolExecutor
     from macro.artifacts import ArtifactStore
+    from macro.tools.executor import ToolExecutor
     from macro.tools.registry import Registry
 
     comp = Composite(

@@ -163,24 +163,3 @@ def test_artifact_ids_cannot_escape_the_store(tmp_path):
     with pytest.raises(KeyError):
         store.get("../../etc/passwd")
     assert not list(Path(tmp_path).iterdir())
-
-
-def test_load_once_caches_until_the_manifest_changes(tmp_path):
-    import os
-
-    from macro.tools.base import load_once
-
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text("{}")
-    calls = []
-
-    def load():
-        calls.append(1)
-        return len(calls)
-
-    assert load_once("test/model", load, manifest) == 1
-    assert load_once("test/model", load, manifest) == 1
-    stat = manifest.stat()
-    os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # retrained weights
-    assert load_once("test/model", load, manifest) == 2
-    assert load_once("test/other", load) == 3 and load_once("test/other", load) == 3

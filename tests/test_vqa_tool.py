@@ -3,17 +3,17 @@ agent turn with the scripted policy, and an evaluation slice in the real harness
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 
+from macro import weights
 from macro.case import load_case
 from macro.data import stepcot
 from macro.tools.base import ToolContext
 from macro.tools.registry import Registry
-from macro.tools.vqa.checkpoint import WEIGHTS_DIR
+from macro.tools.vqa.checkpoint import SLOT
 
 UNSEEN_SEED = 777  # the shipped models trained on a seed-0 phantom
 
@@ -25,15 +25,12 @@ def images(tmp_path_factory):
     return make("stepcot-phantom", tmp_path_factory.mktemp("sc") / "unseen", n=60, seed=UNSEEN_SEED)
 
 
-def test_weights_match_their_manifest():
-    manifest = json.loads((WEIGHTS_DIR / "manifest.json").read_text())
-    for kind in ("teacher", "student"):
-        entry = manifest["files"][kind]
-        assert (
-            hashlib.sha256((WEIGHTS_DIR / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
-            and entry["dtype"] == "float16"
-        )
-    assert manifest["command"].startswith("macro train vqa") and manifest["seed"] == 0 and manifest["train_seed"] == 42
+def test_shipped_weights_record_their_training():
+    manifest = weights.verify(SLOT.shipped, SLOT.regenerate)
+    assert set(manifest["files"]) == {"teacher.safetensors", "student.safetensors"}
+    assert manifest["command"].startswith("macro train vqa")
+    assert manifest["seed"] == 0
+    assert manifest["train_seed"] == 42
     held = manifest["held_out"]
     assert set(held) == {"split", "baseline", "teacher", "student"}
     for method in ("teacher", "student"):

@@ -9,18 +9,19 @@ tool fails at import, not in the middle of a conversation.
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict, Field
 
 from macro.artifacts import KINDS, Artifact, ArtifactStore
-from macro.case import MODALITIES, Case
+from macro.case import MODALITIES, Case, load_case
+from macro.config import Home
 from macro.errors import CaseError
+from macro.weights import SLOTS
 
 ANY_MODALITY = "*"
 
@@ -40,7 +41,7 @@ class ToolSpec(BaseModel):
     inputs: dict[str, str] = Field(default_factory=lambda: {"case": "image"})
     outputs: dict[str, str] = Field(default_factory=dict)
     version: str = "0.1.0"
-    weights: str | None = None
+    weights: str | None = None  # the name of the model's slot in macro.weights (which copy is in use, how to remake it)
     examples: tuple[ToolExample, ...] = ()
 
     def accepts(self, case: Case) -> bool:
@@ -48,23 +49,38 @@ class ToolSpec(BaseModel):
 
 
 class ToolResult(BaseModel):
-    """What a tool returns: a short text for the policy, structured data, and the artifacts it wrote."""
+    """What a tool returns: a short text for the policy, structured data, the artifacts it wrote and, for a tool made
+    of other calls, the steps of those calls."""
 
     text: str
     data: dict[str, Any] = Field(default_factory=dict)
     artifacts: list[dict] = Field(default_factory=list)
+    children: list[dict] = Field(default_factory=list)
+
+
+class ToolFailure(RuntimeError):
+    """A tool made of other calls stopped part-way: the message says where, ``children`` holds the steps that ran and
+    ``artifacts`` what they wrote, so the trajectory keeps them."""
+
+    def __init__(self, message: str, children: list[dict] = (), artifacts: list[dict] = ()):
+        super().__init__(message)
+        self.children = list(children)
+        self.artifacts = list(artifacts)
 
 
 @dataclass
 class ToolContext:
     """Everything a tool may use besides its arguments: the case, the run's artifact store, earlier artifacts,
-    and ``session``, in-memory state that lives as long as the agent thread (e.g. a test-time-adapted model)."""
+    ``session``, in-memory state that lives as long as the agent thread (e.g. a test-time-adapted model), and
+    ``call``, set by the executor running the tool, which runs a nested ``{"name", "args", "id"}`` call with a given
+    artifact history through that same executor and returns its step and the artifacts it wrote."""
 
     case: Case
     store: ArtifactStore
     history: list[dict] = field(default_factory=list)
     used: dict[str, str] = field(default_factory=dict)
     session: dict = field(default_factory=dict)
+    call: Callable[[dict, list[dict]], tuple[Any, list[dict]]] | None = None
 
     def latest(self, kind: str) -> Artifact | None:
         """Newest artifact of a kind produced earlier in the thread, recorded as this step's input."""
@@ -77,9 +93,6 @@ class ToolContext:
 
     @classmethod
     def for_case(cls, case: Case | str | Path, home_artifacts: Path | None = None) -> "ToolContext":
-        from macro.case import load_case
-        from macro.config import Home
-
         case = case if isinstance(case, Case) else load_case(case)
         return cls(case=case, store=ArtifactStore(home_artifacts or Home.current().artifacts))
 
@@ -140,23 +153,9 @@ def _validate_definition(cls: type[MacroTool]) -> None:
     for kind in (*spec.inputs.values(), *spec.outputs.values()):
         if kind not in KINDS:
             raise TypeError(f"{where}: unknown input/output kind {kind!r}; expected one of {KINDS}")
+    if spec.weights is not None and spec.weights not in SLOTS:
+        raise TypeError(
+            f"{where}: weights {spec.weights!r} is not a declared slot (macro.weights.slot): {sorted(SLOTS)}"
+        )
     for example in spec.examples:
         schema(**example.args)
-
-
-T = TypeVar("T")
-_LOAD_LOCK = threading.RLock()  # re-entrant: a load may itself call load_once
-_LOADED: dict[str, tuple[Any, Any]] = {}
-
-
-def load_once(key: str, load: Callable[[], T], manifest: Path | None = None) -> T:
-    """``load()``'s result, kept per process under ``key``; with a ``manifest``, loaded again when that file (its
-    path or modification time) changes, so retrained weights or a newly learnt bank are used without a restart."""
-    stamp = None
-    if manifest is not None:
-        stamp = (str(manifest), manifest.stat().st_mtime_ns if manifest.exists() else None)
-    with _LOAD_LOCK:
-        hit = _LOADED.get(key)
-        if hit is None or hit[0] != stamp:
-            hit = _LOADED[key] = (stamp, load())
-        return hit[1]

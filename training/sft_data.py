@@ -20,11 +20,11 @@ from typing import Iterable, Sequence
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from macro.agent.executor import ToolExecutor
 from macro.agent.prompts import system_message, to_chat
 from macro.artifacts import ArtifactStore
 from macro.case import Case
 from macro.tools.base import MacroTool, ToolExample
+from macro.tools.executor import ToolExecutor
 from macro.tools.registry import Registry
 
 HELD_OUT_EVERY = 5

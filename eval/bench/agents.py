@@ -84,9 +84,10 @@ def _chat(spec: AgentSpec):
 def build_agent(spec: AgentSpec, home, plan: list[dict] | None = None):
     """A fresh :class:`~macro.agent.graph.Agent` for one spec (static agents get their task's plan)."""
     from macro.agent.graph import Agent
+    from macro.skills.library import load_composites
     from macro.tools.registry import Registry
 
-    registry = Registry.default(composites=spec.composites, home=home)
+    registry = load_composites(Registry.default(), home) if spec.composites else Registry.default()
     if spec.static:
         return Agent(ScriptedPolicy(plan=plan), "static", registry=registry, home=home, memory=False)
     chat, policy_id = _chat(spec)

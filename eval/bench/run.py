@@ -223,7 +223,7 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     home = Home(out / "home").ensure()
     agents, skipped_agents = specs(agent_names, cfg.llm, grpo_adapter)
-    available = {t.name for t in Registry.default(composites=False, home=home).all()}
+    available = {t.name for t in Registry.default().all()}
     tasks, skipped_families = build_tasks(cfg, out / "data", available, log)
     (out / "tasks.json").write_text(json.dumps([t.to_dict() for t in tasks], indent=1))
     results = out / "results.jsonl"
@@ -248,7 +248,7 @@ def run_bench(
         evolution = evolve(
             trajectories,
             library,
-            executor_replay(lambda: Registry.default(composites=False, home=home), home.artifacts),
+            executor_replay(Registry.default, home.artifacts),
             BENCH_EVOLVE,
         )
         (out / "evolution.json").write_text(json.dumps(evolution, indent=1))

@@ -12,32 +12,30 @@ What a bank holds
       images) is a deviation: the continual setting forbids revisiting old data, but a threshold that ignores old
       tasks would be miscalibrated for them; the top patches carry almost all of an image's max-patch score.
 
-Files (a folder): ``manifest.json`` (format, capacity, tasks, threshold, held-out metrics, history of commands,
-``file`` and its ``sha256``) and ``bank-<sha256[:12]>.npz``. :func:`save_bank` writes the new npz under a new name
-(temporary file + ``os.replace``), then replaces the manifest the same way, then deletes older npz files; a crash
-at any point leaves a manifest that names a complete npz with the right hash. A learner holds
-:func:`macro.artifacts.locked` from
-load to save, so concurrent learners queue instead of losing a task.
+Files (a folder, written and verified by :mod:`macro.weights`): ``manifest.json`` (format, capacity, tasks,
+threshold, held-out metrics, history of commands, the file and its ``sha256``) and ``bank-<sha256[:12]>.npz``. The
+new npz is written under its new name before the manifest, and older npz files go after it, so a crash at any point
+leaves a manifest that names a complete npz with the right hash. A learner holds :func:`macro.artifacts.locked`
+from load to save, so concurrent learners queue instead of losing a task. The active bank is the home copy once
+something has been learnt under ``MACRO_HOME``, else the default shipped in the package (:data:`SLOT`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from macro.artifacts import atomic_write_bytes
-from macro.errors import CaseError
+from macro import weights
+from macro.errors import WeightsError
 from macro.tools.anomaly.continual import Coreset
 
 FORMAT = "macro-anomaly-bank/1"
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-MANIFEST = "manifest.json"
+FILE = "bank.npz"
+SLOT = weights.slot("anomaly", Path(__file__).parent / "weights", "macro anomaly learn --task DIR")
 THUMB = 64
 CALIBRATION_PATCHES = 32
 QUANTILE = 0.95
@@ -99,16 +97,10 @@ def save_bank(bank: MemoryBank, folder: Path, manifest_extra: dict | None = None
         calib_owner=bank.calibration.owner.astype(np.int32),
         calib_task=bank.calibration_task.astype(np.int16),
     )
-    payload = buf.getvalue()
-    digest = hashlib.sha256(payload).hexdigest()
-    name = f"bank-{digest[:12]}.npz"
-    atomic_write_bytes(folder / name, payload)
     manifest = {
         **bank.info,
         **(manifest_extra or {}),
         "format": FORMAT,
-        "file": name,
-        "sha256": digest,
         "dtype": "float16",
         "capacity": bank.capacity,
         "size": len(bank.coreset),
@@ -121,32 +113,18 @@ def save_bank(bank: MemoryBank, folder: Path, manifest_extra: dict | None = None
             "held_out_normals": len(bank.calibration_task),
         },
     }
-    atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-    for old in folder.glob("bank-*.npz"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
-    return manifest
+    return weights.write(folder, {FILE: buf.getvalue()}, manifest)
 
 
-def load_bank(folder: Path) -> MemoryBank:
-    """The bank in ``folder``; ``ModelUnavailable`` when there is none, ``CaseError`` when it is damaged."""
-    from macro.agent.local_llm import ModelUnavailable
-
-    folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise ModelUnavailable(f"{folder}: no anomaly memory bank; learn one with: macro anomaly learn --task DIR")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        path = folder / manifest["file"]
-        payload = path.read_bytes()
-    except (OSError, ValueError, KeyError) as exc:
-        raise CaseError(manifest_path, f"unreadable anomaly bank manifest ({type(exc).__name__}: {exc})") from None
+def load_bank(folder: Path | None = None) -> MemoryBank:
+    """The bank in ``folder`` (default: the active one); ``ModelUnavailable`` when there is none, ``WeightsError``
+    when it is damaged."""
+    folder = Path(folder) if folder is not None else SLOT.active()
+    manifest, payloads = weights.read(folder, SLOT.regenerate, (FILE,))
     if manifest.get("format") != FORMAT:
-        raise CaseError(manifest_path, f"unknown bank format {manifest.get('format')!r}", accepted=FORMAT)
-    if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
-        raise CaseError(path, "bank file does not match the sha256 in its manifest (damaged or replaced)")
-    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+        problem = f"unknown bank format {manifest.get('format')!r} (expected {FORMAT})"
+        raise WeightsError(folder / weights.MANIFEST, problem, SLOT.regenerate)
+    with np.load(io.BytesIO(payloads[FILE]), allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     info = {
         k: v
@@ -169,11 +147,3 @@ def load_bank(folder: Path) -> MemoryBank:
         quantile=float(manifest["threshold"]["quantile"]),
         info=info,
     )
-
-
-def active_bank_dir() -> Path:
-    """The bank the tool uses: the one learnt under ``MACRO_HOME`` if any, else the default shipped in the package."""
-    from macro.config import Home
-
-    home_bank = Home.current().models / "anomaly"
-    return home_bank if (home_bank / MANIFEST).is_file() else WEIGHTS_DIR

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from macro.tools.base import load_once
-from macro.tools.classification.model import MEAN, STD, Trunk, imagenet_backbone, resize
+from macro import imagenet
+from macro.imagenet import resize
 
 IMAGE_SIZE = 224
 MID_BLOCK = 4  # last block at stride 8 (the layer2 analogue)
@@ -28,37 +28,25 @@ GRID = IMAGE_SIZE // 8
 FEATURE_DIM = 40 + 112
 
 
-class PatchFeatures(Trunk):
-    """Frozen stem and blocks[:DEEP_BLOCK + 1]; images -> (N, GRID * GRID, FEATURE_DIM) patch vectors."""
-
-    def __init__(self, backbone):
-        super().__init__(backbone, depth=DEEP_BLOCK + 1)
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.bn0(self.stem((images - MEAN) / STD)))
-        maps = []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index in (MID_BLOCK, DEEP_BLOCK):
-                maps.append(nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        mid, deep = maps
-        deep = nn.functional.interpolate(deep, size=mid.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.cat([mid, deep], dim=1).flatten(2).transpose(1, 2).contiguous()
-
-
-def extractor() -> PatchFeatures:
-    """The process-wide extractor, built once (loading the backbone takes about a second)."""
-    return load_once("anomaly/features", lambda: PatchFeatures(imagenet_backbone(IMAGE_SIZE)))
+@torch.no_grad()
+def patch_map(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, IMAGE_SIZE, IMAGE_SIZE) in [0, 1] -> (N, GRID * GRID, FEATURE_DIM): the shared trunk's blocks 4 and 10,
+    each 3x3 average-pooled, block 10 upsampled to block 4's grid, concatenated."""
+    maps = [
+        nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        for x in imagenet.trunk().taps(images, (MID_BLOCK, DEEP_BLOCK))
+    ]
+    mid, deep = maps
+    deep = nn.functional.interpolate(deep, size=mid.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([mid, deep], dim=1).flatten(2).transpose(1, 2).contiguous()
 
 
 def patch_features(images: np.ndarray | torch.Tensor, batch: int = 16, progress=None) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] -> float32 (N, GRID * GRID, FEATURE_DIM); ``progress(n)`` after each batch."""
-    model = extractor()
     out = []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        out.append(model(resize(chunk, IMAGE_SIZE)))
+        out.append(patch_map(resize(chunk, IMAGE_SIZE)))
         if progress:
             progress(len(chunk))
     return torch.cat(out) if out else torch.empty(0, GRID * GRID, FEATURE_DIM)

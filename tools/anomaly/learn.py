@@ -18,7 +18,7 @@ import torch
 
 from macro.data.mvtec import AnomalyTask, load_images, read_task
 from macro.errors import CaseError
-from macro.federated.fedlsm import roc_auc
+from macro.metrics import roc_auc
 from macro.tools.anomaly.bank import CALIBRATION_PATCHES, THUMB, MemoryBank, prune_references
 from macro.tools.anomaly.continual import RATIO, Coreset, cadic_update, default_projection, thin
 from macro.tools.anomaly.features import FEATURE_DIM, patch_features

@@ -16,22 +16,22 @@ other 2D inputs (DICOM) are windowed to their 0.5-99.5 % range, since a bank lea
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 
-from macro.tools.anomaly.bank import MANIFEST, MemoryBank, active_bank_dir, load_bank
+from macro.imagenet import case_pixels
+from macro.tools.anomaly.bank import SLOT, MemoryBank, load_bank
 from macro.tools.anomaly.features import IMAGE_SIZE, patch_features
 from macro.tools.anomaly.scoring import NearestNeighbours, anomaly_maps, score
-from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec, load_once
-from macro.tools.classification.model import case_pixels
+from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.weights import MANIFEST, load_once
 
 
 def active_bank() -> tuple[MemoryBank, NearestNeighbours]:
     """The active bank and its index, loaded once per process and reloaded when its manifest changes."""
-    folder = active_bank_dir()
+    folder = SLOT.active()
 
     def load():
         bank = load_bank(folder)
@@ -114,7 +114,7 @@ class ScoreAnomaly(MacroTool):
         dims=(2,),
         outputs={"heatmap": "heatmap"},
         version="1.0.0",
-        weights=str(Path(__file__).parent / "weights" / MANIFEST),
+        weights=SLOT.name,
         examples=(
             ToolExample(request="Is anything anomalous in this image?", args={}),
             ToolExample(request="Screen this slice for abnormalities.", args={}),

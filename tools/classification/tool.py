@@ -2,8 +2,8 @@
 
 Both run the federatedly trained classifier of their task (``macro fl train --task derm|cxr``) and report
 temperature-calibrated probabilities with the model version (weights sha256 and the training run), so an answer
-can be traced to the exact model that produced it. After ``macro fl unlearn`` the shipped weights change, and the
-version tells which model answered.
+can be traced to the exact model that produced it. After ``macro fl unlearn`` the home copy of the weights takes
+over from the shipped one, and the version tells which model answered.
 """
 
 from __future__ import annotations
@@ -11,16 +11,18 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, Field
 
-from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec, load_once
-from macro.tools.classification.model import WEIGHTS_DIR, Trunk, case_pixels, imagenet_backbone, load_classifier, resize
+from macro import imagenet
+from macro.imagenet import case_pixels, resize
+from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.classification.model import IMAGE_SIZE, SLOTS, load_classifier
+from macro.weights import MANIFEST, load_once
 
 
 def task_model(task: str):
-    """(trunk, classifier, manifest) of a task, loaded once per process and reloaded when the weights change."""
-    folder = WEIGHTS_DIR / task
-    trunk = load_once("classification/trunk", lambda: Trunk(imagenet_backbone()))
-    model, manifest = load_once(f"classification/{task}", lambda: load_classifier(folder), folder / "manifest.json")
-    return trunk, model, manifest
+    """(trunk, classifier, manifest) of a task's active copy, loaded once per process and again when it changes."""
+    folder = SLOTS[task].active()
+    model, manifest = load_once(f"classification/{task}", lambda: load_classifier(task, folder), folder / MANIFEST)
+    return imagenet.trunk(), model, manifest
 
 
 def classify(ctx: ToolContext, task: str) -> tuple[dict[str, float], dict]:
@@ -28,7 +30,7 @@ def classify(ctx: ToolContext, task: str) -> tuple[dict[str, float], dict]:
 
     trunk, model, manifest = task_model(task)
     with torch.no_grad():
-        _, logits = model(trunk(resize(case_pixels(ctx.case.image))))
+        _, logits = model(trunk(resize(case_pixels(ctx.case.image), IMAGE_SIZE)))
     probs = probabilities(logits, manifest["multi_label"], manifest["temperature"])[0]
     version = {
         "sha256": manifest["sha256"][:12],
@@ -53,7 +55,7 @@ class ClassifyLesion(MacroTool):
         modalities=("dermoscopy",),
         dims=(2,),
         version="1.0.0",
-        weights=str(WEIGHTS_DIR / "derm" / "manifest.json"),
+        weights=SLOTS["derm"].name,
         examples=(
             ToolExample(request="What kind of lesion is this?", args={}),
             ToolExample(request="Is this mole a melanoma?", args={}),
@@ -87,7 +89,7 @@ class ClassifyFindings(MacroTool):
         modalities=("xray",),
         dims=(2,),
         version="1.0.0",
-        weights=str(WEIGHTS_DIR / "cxr" / "manifest.json"),
+        weights=SLOTS["cxr"].name,
         examples=(
             ToolExample(request="What findings are on this chest X-ray?", args={}),
             ToolExample(request="Is there a pleural effusion?", args={}),

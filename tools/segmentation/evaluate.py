@@ -70,10 +70,10 @@ def predict_dice(model, samples) -> dict:
 
 
 def run_stream(method: str, samples, steps: int, weights: Path | None = None) -> dict:
-    from macro.tools.segmentation.model import WEIGHTS_DIR, load_weights
+    from macro.tools.segmentation.model import load_weights
     from macro.tools.segmentation.tta import Adapter, TTAConfig
 
-    model, _, _ = load_weights(weights or WEIGHTS_DIR)
+    model, _, _ = load_weights(weights)
     return stream_dice(Adapter(model, TTAConfig(method=method, steps=steps)), samples)
 
 

@@ -9,14 +9,16 @@ stride-2 levels and one residual unit instead of (32..512) with four, and 2 mm i
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from macro import weights
+
 REGIONS = ("ET", "TC", "WT")
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+FILE = "unet.safetensors"
+SLOT = weights.slot("segmentation", Path(__file__).parent / "weights", "macro train segmentation")
 
 
 @dataclass(frozen=True)
@@ -111,42 +113,14 @@ def prepare(image: np.ndarray, grid: tuple[int, ...]) -> tuple[np.ndarray, Windo
 
 
 def save_weights(model, folder: Path, cfg: SegNetConfig, manifest: dict) -> dict:
-    """fp16 safetensors + manifest (sha256 filled in here)."""
-    import hashlib
-
-    import torch
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "unet.safetensors"
-    state = {
-        k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
-        for k, v in model.state_dict().items()
-    }
-    save_file(state, str(path), metadata={"format": "pt"})
-    manifest = {
-        **manifest,
-        "config": asdict(cfg),
-        "file": path.name,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "dtype": "float16",
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    """fp16 safetensors + manifest (through :mod:`macro.weights`)."""
+    return weights.save_tensors(folder, {FILE: model.state_dict()}, {**manifest, "config": asdict(cfg)})
 
 
-def load_weights(folder: Path = WEIGHTS_DIR):
-    """Source model in eval mode (fp32) and its manifest."""
-    from safetensors.torch import load_file
-
-    from macro.agent.local_llm import ModelUnavailable
-
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise ModelUnavailable(f"{folder}: no segmentation weights; train them with: macro train segmentation")
-    manifest = json.loads(manifest_path.read_text())
+def load_weights(folder: Path | None = None):
+    """Source model in eval mode (fp32), its config and manifest; the active copy unless ``folder`` is given."""
+    manifest, states = weights.load_tensors(folder or SLOT.active(), SLOT.regenerate, (FILE,))
     cfg = SegNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()})
     model = build_unet(cfg)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / manifest["file"])).items()}
-    model.load_state_dict(state)
+    model.load_state_dict(states[FILE])
     return model.eval(), cfg, manifest

@@ -13,14 +13,17 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec, load_once
+from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
 from macro.tools.imaging import gli_labels
-from macro.tools.segmentation.model import REGIONS, WEIGHTS_DIR, load_weights, prepare
+from macro.tools.segmentation.model import REGIONS, SLOT, load_weights, prepare
+from macro.weights import MANIFEST, load_once
 
 
 def source_model():
-    """Source weights, loaded once per process; adapters deep-copy what they change."""
-    return load_once("segmentation/source", lambda: load_weights(WEIGHTS_DIR))
+    """Source weights of the active copy, loaded once per process and again when they are retrained; adapters
+    deep-copy what they change, so a thread's adapted model is unaffected."""
+    folder = SLOT.active()
+    return load_once("segmentation/source", lambda: load_weights(folder), folder / MANIFEST)
 
 
 class SegmentArgs(BaseModel):
@@ -37,7 +40,7 @@ class SegmentBrainTumor(MacroTool):
         dims=(3,),
         outputs={"mask": "mask", "uncertainty": "heatmap"},
         version="1.0.0",
-        weights=str(WEIGHTS_DIR / "manifest.json"),
+        weights=SLOT.name,
         examples=(
             ToolExample(request="Segment the tumour.", args={}),
             ToolExample(request="Run the tumour segmentation.", args={}),

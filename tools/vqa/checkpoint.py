@@ -1,18 +1,16 @@
-"""Shipped Step-CoT weights: ``teacher.safetensors`` and ``student.safetensors`` (fp16) plus ``manifest.json``
-with each file's sha256, the label maps, the questions, the training command, seed and held-out metrics."""
+"""Step-CoT weights: the teacher and the student (fp16 safetensors) with a manifest holding each file's sha256, the
+label maps, the questions, the training command, seed and held-out metrics (through :mod:`macro.weights`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 from pathlib import Path
 
 import torch
 
+from macro import weights
 from macro.tools.vqa.model import Student, Teacher
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+SLOT = weights.slot("vqa", Path(__file__).parent / "weights", "macro train vqa")
 DEVIATIONS = [
     "frozen ImageNet EfficientNet-Lite0 (128 px, 1600-d global + 2x2 pooled features) instead of CLIP ViT-B/32 (512-d)",
     "frozen all-MiniLM-L6-v2 (384-d, projected) instead of BERT-base [CLS] (768-d); prompt = question + options",
@@ -25,25 +23,11 @@ DEVIATIONS = [
 FILES = {"teacher": "teacher.safetensors", "student": "student.safetensors"}
 
 
-def _save(model: torch.nn.Module, path: Path) -> str:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_models(folder: Path, teacher: Teacher, student: Student, manifest: dict) -> dict:
     """Write both models and the manifest; ``manifest`` must carry options, questions, hidden sizes and feat_dim."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {
-        kind: {"file": name, "sha256": _save(model, folder / name), "dtype": "float16"}
-        for (kind, name), model in zip(FILES.items(), (teacher, student))
-    }
-    manifest = {**manifest, "files": files}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return weights.save_tensors(
+        folder, {FILES["teacher"]: teacher.state_dict(), FILES["student"]: student.state_dict()}, manifest
+    )
 
 
 def ship(folder: Path, trained: dict, report: dict, command: str) -> dict:
@@ -53,11 +37,10 @@ def ship(folder: Path, trained: dict, report: dict, command: str) -> dict:
     data = trained["data"]
     manifest = {
         "name": "stepcot-vqa",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command,
         "seed": report["protocol"]["seed"],
         "train_seed": report["protocol"]["train_seed"],
-        "data": data.source,
+        "data": {**data.source, "folder": weights.portable(data.source["folder"])},
         "options": [list(o) for o in data.options],
         "questions": list(data.questions),
         "feat_dim": FEATURE_DIM,
@@ -76,20 +59,13 @@ def ship(folder: Path, trained: dict, report: dict, command: str) -> dict:
     return save_models(folder, trained["teacher"], trained["student"], manifest)
 
 
-def load_model(kind: str, folder: Path = WEIGHTS_DIR) -> tuple[torch.nn.Module, dict]:
-    """The ``teacher`` or ``student`` (fp32, eval mode) and the manifest; ``ModelUnavailable`` names the command."""
-    from safetensors.torch import load_file
-
-    from macro.agent.local_llm import ModelUnavailable
-
+def load_model(kind: str, folder: Path | None = None) -> tuple[torch.nn.Module, dict]:
+    """The ``teacher`` or ``student`` (fp32, eval mode) and the manifest; the active copy unless ``folder`` is given."""
     if kind not in FILES:
         raise ValueError(f"unknown Step-CoT model {kind!r}; expected one of {', '.join(FILES)}")
-    manifest_path = Path(folder) / "manifest.json"
-    if not manifest_path.is_file():
-        raise ModelUnavailable(f"{folder}: no Step-CoT weights; train them with: macro train vqa")
-    manifest = json.loads(manifest_path.read_text())
+    manifest, states = weights.load_tensors(folder or SLOT.active(), SLOT.regenerate, (FILES[kind],))
+    state = states[FILES[kind]]
     n_classes = [len(o) for o in manifest["options"]]
-    state = {k: v.float() for k, v in load_file(str(Path(folder) / manifest["files"][kind]["file"])).items()}
     if kind == "teacher":
         model = Teacher(manifest["feat_dim"], n_classes, state["prompts"], hidden=manifest["teacher_hidden"])
     else:

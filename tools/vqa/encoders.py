@@ -2,7 +2,7 @@
 
 Image: the paper's teacher and student read a frozen CLIP ViT-B/32 global embedding (512-d). Here the frozen
 encoder is the ImageNet EfficientNet-Lite0 that ships offline, run to the end of its 16 MBConv blocks (the
-:class:`~macro.tools.classification.model.Trunk` the classifiers use) at 128 x 128 px, giving a (320, 4, 4) map;
+:func:`macro.imagenet.trunk`, which the classifiers share) at 128 x 128 px, giving a (320, 4, 4) map;
 the feature is its global mean concatenated with its 2 x 2 quadrant means (1600-d). Why: the global mean alone
 erased the side and zone a lesion sits in (a linear probe on 1 100 phantom images scored 58.5 % on the location
 step with the 1280-d pooled head feature, 70.8 % with this one; mean over steps 64.8 % vs 73.0 %), and the head
@@ -27,7 +27,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from macro.tools.classification.model import Trunk, imagenet_backbone, resize
+from macro import imagenet
+from macro.imagenet import resize
 
 IMAGE_SIZE = 128
 FEATURE_DIM = 1600  # 320 channels x (1 global + 4 quadrants)
@@ -41,10 +42,10 @@ def pool_features(maps: torch.Tensor) -> torch.Tensor:
 
 
 class ImageEncoder:
-    """Frozen EfficientNet-Lite0 trunk + pooling; call with (B, 3, H, W) images in [0, 1]."""
+    """The shared frozen ImageNet trunk + pooling; call with (B, 3, H, W) images in [0, 1]."""
 
     def __init__(self):
-        self.trunk = Trunk(imagenet_backbone(IMAGE_SIZE))
+        self.trunk = imagenet.trunk()
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,11 @@ import torch
 from pydantic import BaseModel, Field
 
 from macro.data import stepcot
-from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec, load_once
-from macro.tools.classification.model import case_pixels
-from macro.tools.vqa.checkpoint import WEIGHTS_DIR, load_model
+from macro.imagenet import case_pixels
+from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.vqa.checkpoint import FILES, SLOT, load_model
 from macro.tools.vqa.encoders import ImageEncoder
+from macro.weights import MANIFEST, load_once
 
 STEP_WORDS = (
     r"densit|opaci|lucen",
@@ -34,10 +35,10 @@ STEP_WORDS = (
 
 
 def models(kind: str):
-    """(encoder, model, manifest), loaded once per process and reloaded when the shipped manifest changes."""
-    encoder = load_once("vqa/encoder", ImageEncoder)
-    model, manifest = load_once(f"vqa/{kind}", lambda: load_model(kind), WEIGHTS_DIR / "manifest.json")
-    return encoder, model, manifest
+    """(encoder, model, manifest) of the active copy, loaded once per process and again when it changes."""
+    folder = SLOT.active()
+    model, manifest = load_once(f"vqa/{kind}", lambda: load_model(kind, folder), folder / MANIFEST)
+    return ImageEncoder(), model, manifest
 
 
 def focus_step(question: str | None) -> int:
@@ -92,7 +93,7 @@ class AnswerStepwise(MacroTool):
         modalities=("xray",),
         dims=(2,),
         version="1.0.0",
-        weights=str(WEIGHTS_DIR / "manifest.json"),
+        weights=SLOT.name,
         outputs={"chain": "text"},
         examples=(
             ToolExample(request="Walk me through the diagnosis step by step.", args={}),
@@ -113,7 +114,7 @@ class AnswerStepwise(MacroTool):
 
     def execute(self, ctx: ToolContext, args: StepwiseArgs) -> ToolResult:
         steps, manifest = answer_chain(case_pixels(ctx.case.image), args.model)
-        version = manifest["files"][args.model]["sha256"][:12]
+        version = manifest["files"][FILES[args.model]]["sha256"][:12]
         focus = steps[focus_step(args.question)]
         lines = [
             f"Step {s['step']} {s['name']}: {s['answer']} ({s['probability']:.2f}). {s['reasoning']}" for s in steps

@@ -1,0 +1,122 @@
+"""Talking to the agent: ``ask``, ``chat``, ``demo``, and ``feedback`` (a person's verdict on a turn)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from macro.cli.common import ModalityOpt, ModelOpt, PolicyOpt, app, err, load_scan, make_agent, print_step
+from macro.config import Home
+from macro.errors import CaseError
+
+
+@app.command()
+def ask(
+    case: str = typer.Argument(
+        ..., help="scan: file, DICOM/BraTS folder, or four comma-separated NIfTI (T1,T1ce,T2,FLAIR)"
+    ),
+    question: str = typer.Argument(...),
+    policy: str = PolicyOpt,
+    model: Optional[str] = ModelOpt,
+    thread: Optional[str] = typer.Option(None, "--thread", help="continue this thread"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    modality: Optional[str] = ModalityOpt,
+    max_steps: int = typer.Option(6, help="tool calls per turn"),
+):
+    """Ask one question about a scan."""
+    scan = load_scan(case, modality)
+    agent = make_agent(policy, model, max_steps)
+    result = agent.ask(scan, question, thread_id=thread, on_step=print_step)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"answer": result.answer, "thread_id": result.thread_id, "trajectory": result.trajectory.to_dict()},
+                default=str,
+            )
+        )
+    else:
+        typer.echo(result.answer)
+        err(f"thread {result.thread_id}; continue with --thread {result.thread_id}")
+
+
+@app.command()
+def chat(
+    case: Optional[str] = typer.Argument(None, help="scan to talk about (optional when resuming a thread)"),
+    policy: str = PolicyOpt,
+    model: Optional[str] = ModelOpt,
+    thread: Optional[str] = typer.Option(None, "--thread"),
+    modality: Optional[str] = ModalityOpt,
+    max_steps: int = typer.Option(6),
+):
+    """Chat about a scan; the thread persists, so `--thread ID` resumes after a restart. Reads stdin (pipeable)."""
+    scan = load_scan(case, modality) if case else None
+    agent = make_agent(policy, model, max_steps)
+    if scan is None and (thread is None or agent.thread_case(thread) is None):
+        raise CaseError(None, "give a scan, or --thread ID of a thread that has one")
+    err(f"thread {thread or '(new)'}; type a question, or /quit")
+    while True:
+        try:
+            line = input("you> ") if sys.stdin.isatty() else sys.stdin.readline()
+        except EOFError:
+            break
+        if not line or line.strip() in ("/quit", "/exit"):
+            break
+        if not line.strip():
+            continue
+        result = agent.ask(scan, line.strip(), thread_id=thread, on_step=print_step)
+        thread, scan = result.thread_id, None
+        typer.echo(f"macro> {result.answer}")
+    if thread:
+        err(f"thread {thread}; resume with: macro chat --thread {thread}")
+
+
+@app.command()
+def demo(policy: str = PolicyOpt, question: str = typer.Option("What is the tumour volume?", "--question")):
+    """Build the demo brain MRI (once) and ask the agent about it."""
+    from macro.data import demo_case
+
+    home = Home.current().ensure()
+    folder = demo_case(home.data)
+    truth = json.loads((folder / "truth.json").read_text())
+    err(f"demo case: {folder}")
+    err(f"question: {question}")
+    scan = load_scan(str(folder), None)
+    agent = make_agent(policy, None, 6)
+    result = agent.ask(scan, question, on_step=print_step)
+    typer.echo(result.answer)
+    gt = truth["volumes_ml"]
+    typer.echo(
+        f"\n(phantom ground truth: WT {gt['WT']:.2f} mL, TC {gt['TC']:.2f} mL, ET {gt['ET']:.2f} mL; "
+        f"policy {agent.policy_id}; {len(result.trajectory.steps)} tool call(s))"
+    )
+
+
+@app.command()
+def feedback(
+    thread: str = typer.Argument(..., help="thread id printed by ask/chat"),
+    verdict: str = typer.Argument(..., help="good | bad"),
+    note: str = typer.Option("", "--note"),
+    all_turns: bool = typer.Option(False, "--all", help="judge every turn, not only the last"),
+):
+    """Judge a thread's answer: good runs become verified experience (memory, mining), bad ones count as failures."""
+    from macro.agent.experience import record_verdict
+    from macro.memory.store import ImageMemory
+    from macro.trajectory import TrajectoryStore
+
+    if verdict not in ("good", "bad"):
+        raise CaseError(None, f"verdict must be good or bad, got {verdict!r}")
+    home = Home.current().ensure()
+    turns = TrajectoryStore(home.trajectories_db).list(thread_id=thread)
+    if not turns:
+        raise CaseError(None, f"no recorded turns for thread {thread!r}")
+    memory = ImageMemory(home.memory)  # one handle for every turn judged (opening reads nothing until used)
+    for traj in turns if all_turns else turns[-1:]:
+        done = record_verdict(
+            traj.id, "verified" if verdict == "good" else "failed", "person", note, home, memory=memory
+        )
+        typer.echo(
+            f"{done.id}: {done.verification}" + (f" (memory entry {done.embedding_id})" if done.embedding_id else "")
+        )

@@ -1,0 +1,96 @@
+"""What every command group shares: the root app, the error guard, common options, loading a scan, printing steps.
+
+Progress and streamed steps go to stderr, results to stdout, so ``--json`` output can be piped.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+
+import typer
+
+from macro.errors import MacroError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="MACRO: a self-evolving medical imaging agent, offline-first.",
+)
+
+CASE_HELP = "scan: file, DICOM/BraTS folder, or four comma-separated NIfTI (T1,T1ce,T2,FLAIR)"
+PolicyOpt = typer.Option(
+    "embedded", "--policy", "-p", help="embedded | hf:PATH | openai:URL | scripted | scripted:PLAN.json"
+)
+ModelOpt = typer.Option(None, "--model", help="model name for openai:URL (default: $MACRO_OPENAI_MODEL)")
+ModalityOpt = typer.Option(None, "--modality", help="override the detected modality (mri-multiseq, mr, ct, xray, ...)")
+JsonOpt = typer.Option(False, "--json", help="print one JSON object")
+GUARDED = "__macro_guarded__"
+
+
+def group(name: str, help: str) -> typer.Typer:
+    """A command group (``macro NAME ...``) registered on the root app."""
+    sub = typer.Typer(no_args_is_help=True, help=help)
+    app.add_typer(sub, name=name)
+    return sub
+
+
+def err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def guarded(fn):
+    """A user-facing error becomes one line on stderr and its exit code (2 bad input or damaged weights, 3 a missing
+    model) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MacroError as exc:
+            err(f"error: {exc}")
+            raise typer.Exit(exc.exit_code) from None
+
+    setattr(wrapper, GUARDED, True)
+    return wrapper
+
+
+def guard_all(root: typer.Typer) -> None:
+    """Put every command of ``root`` and of its groups behind :func:`guarded`, so none can be missed."""
+    for info in root.registered_commands:
+        if not getattr(info.callback, GUARDED, False):
+            info.callback = guarded(info.callback)
+    for sub in root.registered_groups:
+        guard_all(sub.typer_instance)
+
+
+def invocation() -> str:
+    """The command line as typed, recorded in the manifests of what it trains."""
+    return "macro " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+
+
+def load_scan(case: str, modality: str | None):
+    from macro.case import load_case
+
+    sources = case.split(",")
+    return load_case(sources if len(sources) > 1 else sources[0], modality=modality)
+
+
+def print_step(step) -> None:
+    args = ", ".join(f"{k}={v}" for k, v in step.args.items() if v is not None)
+    outcome = step.summary if step.ok else f"FAILED: {step.error}"
+    err(f"  -> {step.tool}({args}) [{step.ms:.0f} ms] {outcome}")
+
+
+def make_agent(policy: str, model: str | None, max_steps: int):
+    from macro.agent.graph import Agent
+    from macro.agent.policy import make_policy
+
+    chat, policy_id = make_policy(policy, model=model)
+    return Agent(chat, policy_id, max_steps=max_steps)
+
+
+def wrote(files) -> None:
+    err("wrote " + ", ".join(map(str, files)))

@@ -1,0 +1,51 @@
+"""``macro tools``: the registered tools."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from macro.cli.common import err, group, load_scan
+
+tools = group("tools", "Registered tools.")
+
+
+@tools.command("list")
+def tools_list(
+    as_json: bool = typer.Option(False, "--json"),
+    case: Optional[str] = typer.Option(None, help="only tools offered for this scan"),
+):
+    """List registered tools (with modalities, inputs, outputs, version)."""
+    from macro.skills.library import load_composites
+    from macro.tools.registry import Registry, kind
+    from macro.weights import SLOTS
+
+    registry = load_composites(Registry.default())
+    tools = registry.for_case(load_scan(case, None)) if case else registry.all()
+    rows = [
+        {
+            "name": t.name,
+            "kind": kind(t),
+            "description": t.description,
+            "modalities": list(t.spec.modalities),
+            "dims": list(t.spec.dims),
+            "inputs": t.spec.inputs,
+            "outputs": t.spec.outputs,
+            "version": t.spec.version,
+            "weights": t.spec.weights,
+            "weights_in_use": str(SLOTS[t.spec.weights].active()) if t.spec.weights else None,
+            "arguments": t.tool_call_schema.model_json_schema().get("properties", {}),
+        }
+        for t in tools
+    ]
+    if as_json:
+        typer.echo(json.dumps({"tools": rows, "problems": registry.problems}, indent=2))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['name']:<20} {r['kind']:<9} {r['version']:<7} {','.join(r['modalities']):<28} {r['description']}"
+        )
+    for problem in registry.problems:
+        err(f"plug-in skipped: {problem}")
