@@ -29,14 +29,13 @@ def make_policy(spec: str, home: Home | None = None, model: str | None = None) -
             raise ModelUnavailable(f"{path}: cannot read the scripted plan ({exc})") from None
         return ScriptedPolicy(plan=plan), f"scripted:{path.name}"
     if spec == "embedded":
-        base = embedded_base(home)
         folder = ADAPTER.active(home)
         if not (folder / weights.MANIFEST).is_file():
             pid = "embedded:smollm2-135m(no adapter)"
-            return LocalChatModel(model_path=str(base), policy_id=pid), pid
+            return LocalChatModel(model_path=str(embedded_base(home)), policy_id=pid), pid
         digest = weights.verify(folder, ADAPTER.regenerate)["sha256"][:8]  # a damaged adapter fails here, not mid-turn
         pid = f"embedded:smollm2-135m+lora-{digest}"
-        return LocalChatModel(model_path=str(base), adapter=str(folder), policy_id=pid), pid
+        return LocalChatModel(model_path=str(embedded_base(home)), adapter=str(folder), policy_id=pid), pid
     if spec.startswith("hf:"):
         path = Path(spec[3:]).expanduser()
         if not (path / "config.json").is_file():

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from macro.errors import CaseError
-from macro.memory.index import KINDS
 from macro.memory.encoder import ENCODER_ID
+from macro.memory.index import KINDS
 from macro.memory.store import FILE, ImageMemory, MemoryHit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import shlex
-import sys
+from pathlib import Path
 
+import click
 import typer
 
 from macro.errors import MacroError
@@ -67,8 +68,26 @@ def guard_all(root: typer.Typer) -> None:
 
 
 def invocation() -> str:
-    """The command line as typed, recorded in the manifests of what it trains."""
-    return "macro " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    """The running command with the values that differ from their defaults, recorded in the manifests of what it
+    trains. Absolute paths are written as the weights module records folders (under ``$MACRO_HOME``, or by name), so
+    a manifest does not carry the building machine's folders."""
+    from macro.weights import portable
+
+    ctx = click.get_current_context()
+    words = ["macro", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or value == () or value is False:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        shown = [portable(v) if isinstance(v, Path) and v.is_absolute() else str(v) for v in values]
+        if isinstance(param, click.Argument):
+            words += shown
+        elif value is True:
+            words.append(param.opts[0])
+        else:
+            words += [w for v in shown for w in (param.opts[0], v)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def load_scan(case: str, modality: str | None):

@@ -129,7 +129,7 @@ def load_bank(folder: Path | None = None) -> MemoryBank:
     info = {
         k: v
         for k, v in manifest.items()
-        if k in ("history", "held_out", "seed", "ratio", "feature", "method", "deviations")
+        if k in ("history", "held_out", "seed", "ratio", "feature", "method", "deviations", "sha256")
     }
     return MemoryBank(
         coreset=Coreset(torch.from_numpy(arrays["vectors"].astype(np.float32)), arrays["owner"].astype(np.int64)),

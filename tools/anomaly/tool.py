@@ -161,6 +161,11 @@ class ScoreAnomaly(MacroTool):
             "nearest_task": result["nearest_task"],
             "task_share": round(result["task_share"], 3),
             "reference": reference,
-            "bank": {"tasks": bank.task_names, "size": len(bank.coreset), "capacity": bank.capacity},
+            "bank": {
+                "tasks": bank.task_names,
+                "size": len(bank.coreset),
+                "capacity": bank.capacity,
+                "sha256": bank.info.get("sha256", "")[:12],
+            },
         }
         return ToolResult(text=text, data=data, artifacts=[art.ref()])

@@ -7,6 +7,7 @@ sigmoid ≥ 0.5 after the ET ⊂ TC ⊂ WT hierarchy fix. Every method starts th
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Sequence
@@ -69,12 +70,11 @@ def predict_dice(model, samples) -> dict:
     return stream_dice(Adapter(model, TTAConfig(method="none")), samples)["dice"]
 
 
-def run_stream(method: str, samples, steps: int, weights: Path | None = None) -> dict:
-    from macro.tools.segmentation.model import load_weights
+def run_stream(method: str, samples, steps: int, source) -> dict:
+    """One method over one domain's stream, from a private copy of the source model (an adapter owns its model)."""
     from macro.tools.segmentation.tta import Adapter, TTAConfig
 
-    model, _, _ = load_weights(weights)
-    return stream_dice(Adapter(model, TTAConfig(method=method, steps=steps)), samples)
+    return stream_dice(Adapter(copy.deepcopy(source), TTAConfig(method=method, steps=steps)), samples)
 
 
 def evaluate(
@@ -89,8 +89,9 @@ def evaluate(
     """``{"domains": {D: {method: {"dice": {ET, TC, WT, mean}, "sec_per_volume"}}}}`` plus per-case figures."""
     from macro.data import make
     from macro.tools.segmentation.data import load_sample
-    from macro.tools.segmentation.model import SegNetConfig
+    from macro.tools.segmentation.model import SegNetConfig, load_weights
 
+    source, _, _ = load_weights(weights)  # before any data is built, so damaged weights fail at once
     grid = SegNetConfig().grid
     report: dict = {"domains": {}, "protocol": {"n_per_domain": n, "steps": steps, "test_seed": TEST_SEED}}
     for domain in domains:
@@ -100,7 +101,7 @@ def evaluate(
         for method in methods:
             if progress:
                 progress(f"{domain}: {method} over {len(samples)} volumes")
-            report["domains"][domain][method] = run_stream(method, samples, steps, weights)
+            report["domains"][domain][method] = run_stream(method, samples, steps, source)
     return report
 
 
