@@ -135,20 +135,21 @@ def _ask(case: Path, question: str, policy: str = "scripted") -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.slow
 def test_anomaly_learn_on_a_read_only_install_writes_the_home_bank_the_tool_then_uses(
     home, tmp_path, read_only_package
 ):
     from macro.data import make
 
-    stream = make("anomaly-stream", tmp_path / "stream", n=6, n_test=2, only=("ct-head",), seed=5)[0]
-    task = next(p for p in sorted(stream.iterdir()) if (p / "train" / "good").is_dir())
+    made = make("anomaly-stream", tmp_path / "stream", n=6, n_test=2, only=("ct-head",), seed=5)[0]
+    task = made.rename(made.with_name("ct-head-site2"))  # a new category for the shipped bank
     result = CliRunner().invoke(app, ["anomaly", "learn", "--task", str(task)])
     assert result.exit_code == 0, result.output
     slot = _slots()["anomaly"]
     assert slot.origin() == "home"
     learnt = weights.verify(slot.home_dir(), slot.regenerate)
-    image = next((task / "train" / "good").iterdir())
+    shipped = weights.verify(slot.shipped, slot.regenerate)
+    assert [t["name"] for t in learnt["tasks"]] == [*(t["name"] for t in shipped["tasks"]), "ct-head-site2"]
+    image = sorted((task / "test" / "good").glob("*.png"))[0]
     step = _ask(image, "Is anything anomalous in this image?")["trajectory"]["steps"][0]
     assert step["tool"] == "score_anomaly"
     assert step["data"]["bank"]["sha256"] == learnt["sha256"][:12], "the tool scores against the new home bank"
@@ -195,5 +196,5 @@ def test_train_sft_on_a_read_only_install_writes_the_home_adapter_the_policy_the
     assert slot.origin() == "home"
     trained = weights.verify(slot.home_dir(), slot.regenerate)
     assert trained["command"] == "macro train sft --epochs 0.05 --eval-prompts 4"
-    answer = _ask(demo_folder, "What is the tumour volume?", policy="embedded")
+    answer = _ask(demo_folder, "Describe this scan.", policy="embedded")
     assert answer["trajectory"]["policy_id"] == f"embedded:smollm2-135m+lora-{trained['sha256'][:8]}"
