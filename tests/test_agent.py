@@ -63,9 +63,12 @@ def test_cli_ask_scripted_json_volume_within_one_percent(demo_folder, home):
     assert set(out) >= {"answer", "thread_id", "trajectory"}
     steps = out["trajectory"]["steps"]
     assert [s["tool"] for s in steps] == ["measure_volume"]
-    assert set(steps[0]) >= {"tool", "args", "ok", "ms", "error"} and steps[0]["ok"] and steps[0]["error"] is None
+    assert set(steps[0]) >= {"tool", "args", "ok", "ms", "error"}
+    assert steps[0]["ok"]
+    assert steps[0]["error"] is None
     assert abs(steps[0]["data"]["volume_ml"] - truth) / truth < 0.01
-    assert f"{truth:.2f}" in out["answer"] and "Findings (from tools)" in out["answer"]
+    assert f"{truth:.2f}" in out["answer"]
+    assert "Findings (from tools)" in out["answer"]
     assert "-> measure_volume(region=WT)" in result.stderr  # streamed as it happened
 
 
@@ -80,10 +83,14 @@ def test_failing_tool_goes_back_to_the_policy_and_into_the_trajectory(demo, home
     )
     result = _agent(policy, home).ask(demo, "Show me an axial slice")
     steps = result.trajectory.steps
-    assert [s["ok"] for s in steps] == [False, True] and "outside" in steps[0]["error"]
+    assert [s["ok"] for s in steps] == [False, True]
+    assert "outside" in steps[0]["error"]
     tool_msgs = [m for m in policy.seen[1] if m.type == "tool"]
-    assert tool_msgs and tool_msgs[0].status == "error" and "outside" in tool_msgs[0].text
-    assert result.answer.startswith("Here is the axial slice.") and steps[1]["outputs"]
+    assert tool_msgs
+    assert tool_msgs[0].status == "error"
+    assert "outside" in tool_msgs[0].text
+    assert result.answer.startswith("Here is the axial slice.")
+    assert steps[1]["outputs"]
 
 
 def test_unknown_tool_and_bad_arguments_are_tool_errors(demo, home):
@@ -97,9 +104,13 @@ def test_unknown_tool_and_bad_arguments_are_tool_errors(demo, home):
         seen=[],
     )
     steps = _agent(policy, home).ask(demo, "volume?").trajectory.steps
-    assert not steps[0]["ok"] and "unknown tool" in steps[0]["error"] and "measure_volume" in steps[0]["error"]
-    assert not steps[1]["ok"] and "region" in steps[1]["error"]
-    assert steps[2]["ok"] and steps[2]["args"] == {"region": "ET"}
+    assert not steps[0]["ok"]
+    assert "unknown tool" in steps[0]["error"]
+    assert "measure_volume" in steps[0]["error"]
+    assert not steps[1]["ok"]
+    assert "region" in steps[1]["error"]
+    assert steps[2]["ok"]
+    assert steps[2]["args"] == {"region": "ET"}
 
 
 def test_malformed_output_gets_a_retry_message(demo, home):
@@ -112,9 +123,8 @@ def test_malformed_output_gets_a_retry_message(demo, home):
         seen=[],
     )
     result = _agent(policy, home).ask(demo, "what is this?")
-    assert len(result.trajectory.format_errors) == 1 and [s["tool"] for s in result.trajectory.steps] == [
-        "describe_scan"
-    ]
+    assert len(result.trajectory.format_errors) == 1
+    assert [s["tool"] for s in result.trajectory.steps] == ["describe_scan"]
     assert any(isinstance(m, HumanMessage) and "not a valid tool call" in m.text for m in policy.seen[1])
 
 
@@ -126,7 +136,8 @@ def test_step_limit_stops_a_looping_policy(demo, home):
         seen=[],
     )
     result = _agent(policy, home, max_steps=3).ask(demo, "loop")
-    assert len(result.trajectory.steps) == 3 and "step limit" in result.answer
+    assert len(result.trajectory.steps) == 3
+    assert "step limit" in result.answer
 
 
 def test_invented_numbers_are_withheld():
@@ -139,7 +150,9 @@ def test_invented_numbers_are_withheld():
     )
     assert compose_answer("The tumour is 37.67 mL.", [step]).startswith("The tumour is 37.67 mL.")
     answer = compose_answer("The tumour is 52 mL and grade 4.", [step])
-    assert "withheld" in answer and "52" in answer and "37.67 mL" in answer
+    assert "withheld" in answer
+    assert "52" in answer
+    assert "37.67 mL" in answer
 
 
 def test_threads_resume_after_restart_and_trajectories_are_stored(demo, home):
@@ -152,7 +165,8 @@ def test_threads_resume_after_restart_and_trajectories_are_stored(demo, home):
     assert sum(isinstance(m, HumanMessage) for m in snapshot.values["messages"]) == 2
     stored = TrajectoryStore(Home(home).trajectories_db).list(thread_id=first.thread_id)
     assert [t.question for t in stored] == ["What is the enhancing tumour volume?", "Now describe the scan."]
-    assert stored[0].tool_versions == {"measure_volume": "1.0.0"} and stored[0].case_id == demo.id
+    assert stored[0].tool_versions == {"measure_volume": "1.0.0"}
+    assert stored[0].case_id == demo.id
 
 
 def test_scripted_rules_route_by_meaning():
@@ -174,7 +188,8 @@ def test_cli_chat_reads_piped_stdin_and_resumes(demo_folder, home):
     assert first.exit_code == 0, first.output
     thread = first.stderr.strip().split("--thread ")[-1]
     again = runner.invoke(app, ["chat", "--thread", thread, "--policy", "scripted"], input="Describe the scan\n")
-    assert again.exit_code == 0 and "mri-multiseq" in again.stdout
+    assert again.exit_code == 0
+    assert "mri-multiseq" in again.stdout
     missing = runner.invoke(app, ["chat", "--thread", "thread-nope", "--policy", "scripted"], input="hi\n")
     assert missing.exit_code == 2
 
@@ -209,8 +224,10 @@ def test_a_repeated_call_ends_the_turn_instead_of_looping(demo, home):
     agent = _agent(policy, home)
     result = agent.ask(demo, "what is this?")
     assert [s["tool"] for s in result.trajectory.steps] == ["describe_scan", "render_slice"]
-    assert "repeated a call" in result.answer and "mri-multiseq" in result.answer
+    assert "repeated a call" in result.answer
+    assert "mri-multiseq" in result.answer
     messages = agent._graph(None).get_state({"configurable": {"thread_id": result.thread_id}}).values["messages"]
     answered = {m.tool_call_id for m in messages if m.type == "tool"}
     assert all(c["id"] in answered for m in messages if m.type == "ai" for c in m.tool_calls)
-    assert messages[-1].type == "ai" and messages[-1].text == result.answer
+    assert messages[-1].type == "ai"
+    assert messages[-1].text == result.answer

@@ -25,7 +25,8 @@ def _task(family: str, truth: dict) -> Task:
 
 def test_volume_checker_reads_the_asked_region_not_the_first_number():
     answer = "Segmented (adapt=vista, 10 steps, 6.1 s): ET 12.00 mL, TC 20.00 mL, WT 50.00 mL; mean uncertainty 0.1."
-    assert reported_volume(answer, "WT") == 50.0 and reported_volume(answer, "TC") == 20.0
+    assert reported_volume(answer, "WT") == 50.0
+    assert reported_volume(answer, "TC") == 20.0
     assert reported_volume("whole tumour (WT) volume: 41.50 mL (900 voxels)", "WT") == 41.5
     assert reported_volume("The whole tumour measures 39 mL.", "WT") == 39.0
     assert check_volume(_task("tumour-volume", {"region": "WT", "volume_ml": 45.0}), answer)
@@ -79,16 +80,24 @@ def test_process_metrics_flatten_composites_and_score_the_chain():
         "error": "invalid arguments for measure_volume: region",
     }
     m = process_metrics(expected, [bad, {"tool": "skill", "ok": True, "args": {}, "children": [seg, measure]}])
-    assert m["calls"] == 2 and m["atomic_calls"] == 3 and m["failed_calls"] == 1
-    assert m["tool_selection"] == 1.0 and m["fidelity"] == 1.0 and m["arg_validity"] == pytest.approx(2 / 3, abs=1e-4)
-    assert m["arg_accuracy"] == 0.5 and m["chain"] == ["measure_volume", "skill"]
+    assert m["calls"] == 2
+    assert m["atomic_calls"] == 3
+    assert m["failed_calls"] == 1
+    assert m["tool_selection"] == 1.0
+    assert m["fidelity"] == 1.0
+    assert m["arg_validity"] == pytest.approx(2 / 3, abs=0.0001)
+    assert m["arg_accuracy"] == 0.5
+    assert m["chain"] == ["measure_volume", "skill"]
     assert process_metrics(expected, [])["tool_selection"] == 0.0
 
 
 def test_agent_specs_and_static_plans():
     agents, skipped = specs(["static", "react", "react+memory+composites", "macro"], "scripted")
-    assert [a.name for a in agents] == ["static", "react", "react+memory+composites"] and "GRPO" in skipped["macro"]
-    assert agents[2].memory and agents[2].composites and not agents[1].memory
+    assert [a.name for a in agents] == ["static", "react", "react+memory+composites"]
+    assert "GRPO" in skipped["macro"]
+    assert agents[2].memory
+    assert agents[2].composites
+    assert not agents[1].memory
     with pytest.raises(ValueError, match="unknown agent"):
         specs(["react+magic"], "scripted")
     plan = static_plan(
@@ -130,13 +139,18 @@ def test_bench_slice_writes_the_report_and_resumes_without_rerunning(tmp_path, h
         for split in ("held_out", "ood"):
             cell = report["agents"][agent][split]
             assert {"success", "ci", "tool_selection", "calls_per_solved", "failed_calls"} <= set(cell)
-            assert cell["ci"][0] <= cell["success"] <= cell["ci"][1] and cell["episodes"] == 6 and cell["errors"] == 0
+            assert cell["ci"][0] <= cell["success"] <= cell["ci"][1]
+            assert cell["episodes"] == 6
+            assert cell["errors"] == 0
     assert report["agents"]["static"]["held_out"]["tool_selection"] == 100.0
-    assert "macro" in report["skipped"]["agents"] and "claim" in report["analysis"]
+    assert "macro" in report["skipped"]["agents"]
+    assert "claim" in report["analysis"]
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 12 + 3 * 12
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 0 and len((out / "results.jsonl").read_text().splitlines()) == len(lines)
+    assert again.exit_code == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(lines)
     assert json.loads(again.stdout)["agents"] == report["agents"]
-    assert (out / "bench.md").read_text().startswith("# MACRO-Bench report") and (out / "bench.png").stat().st_size > 0
+    assert (out / "bench.md").read_text().startswith("# MACRO-Bench report")
+    assert (out / "bench.png").stat().st_size > 0
     assert CliRunner().invoke(app, ["bench", "--families", "nope", "--out", str(out)]).exit_code == 2

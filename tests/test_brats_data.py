@@ -64,7 +64,8 @@ def test_find_cases_finds_both_layouts_sorted(dataset):
     ]
     for folder in found:
         case = load_case(folder)
-        assert case.channels == ("t1", "t1ce", "t2", "flair") and case.shape == (12, 12, 12)
+        assert case.channels == ("t1", "t1ce", "t2", "flair")
+        assert case.shape == (12, 12, 12)
     assert load_case(found[0]).label_path.name == "BraTS2021_00003_seg.nii.gz"
     assert load_case(found[-1]).label_path is None
     assert find_cases(found[1]) == [found[1]], "a case folder given as root is itself the dataset"
@@ -104,7 +105,8 @@ def test_label_4_is_enhancing_in_gli_and_oedema_in_ped():
     }
     assert {k: np.flatnonzero(v).tolist() for k, v in ped.items()} == {"ET": [1], "TC": [1, 2, 3], "WT": [1, 2, 3, 4]}
     stack = region_stack(labels, "ped")
-    assert stack.shape == (3, 5, 1, 1) and stack.dtype == np.float32
+    assert stack.shape == (3, 5, 1, 1)
+    assert stack.dtype == np.float32
     assert np.array_equal(stack, np.stack([ped["ET"], ped["TC"], ped["WT"]]).astype(np.float32))
     with pytest.raises(CaseError, match="unknown label convention"):
         region_masks(labels, "men")
@@ -186,7 +188,8 @@ def test_domain_is_deterministic(domains, name):
 )
 def test_cases_are_named_and_labelled_like_the_real_data(domains, name, prefix, convention):
     folder = domains[name][0]
-    assert re.fullmatch(rf"{prefix}-\d{{5}}-000", folder.name) and folder.name == f"{prefix}-00000-000"
+    assert re.fullmatch(f"{prefix}-\\d{{5}}-000", folder.name)
+    assert folder.name == f"{prefix}-00000-000"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [f"{folder.name}-{suffix}.nii.gz" for suffix in NEW_NAMES] + ["truth.json"]
     )
@@ -195,7 +198,8 @@ def test_cases_are_named_and_labelled_like_the_real_data(domains, name, prefix, 
     assert (truth["dataset"], truth["domain"], truth["label_convention"]) == ("brats-phantom", name, convention)
     assert truth["seed"] == 0
     case = load_case(folder)
-    assert case.channels == ("t1", "t1ce", "t2", "flair") and case.label_path.name == f"{folder.name}-seg.nii.gz"
+    assert case.channels == ("t1", "t1ce", "t2", "flair")
+    assert case.label_path.name == f"{folder.name}-seg.nii.gz"
     masks = region_masks(case.labels, convention)
     assert truth["volumes_ml"] == {region: int(mask.sum()) * case.voxel_ml for region, mask in masks.items()}
 
@@ -216,7 +220,9 @@ def test_pediatric_head_is_smaller_and_tumour_deep_near_the_midline(cases):
     anatomy = zoomed_anatomy(DOMAINS["pediatric"].head_zoom)
     wt = np.argwhere(_regions("pediatric", cases["pediatric"]["seg"])["WT"])
     x, y, z = (anatomy.affine[:3, :3] @ wt.T + anatomy.affine[:3, 3:]).mean(axis=1)
-    assert abs(x) < 20 and y < -10 and z < 15
+    assert abs(x) < 20
+    assert y < -10
+    assert z < 15
 
 
 def _step_std(image: np.ndarray, mask: np.ndarray, axis: int) -> float:
@@ -240,14 +246,16 @@ def test_lowfield_keeps_the_tumour_and_degrades_every_sequence(cases):
 def test_enhancement_relative_to_t1_drops_in_both_targets(cases):
     ratio = {name: _mean(cases, name, "t1c", "ET") / _mean(cases, name, "t1n", "ET") for name in DOMAINS}
     assert ratio["source"] > 1.5
-    assert ratio["lowfield"] < 1.35 and ratio["pediatric"] < 1.45
+    assert ratio["lowfield"] < 1.35
+    assert ratio["pediatric"] < 1.45
 
 
 def test_flair_and_t2_relations_change_in_both_targets(cases):
     oedema = {name: _mean(cases, name, "t2f", "ED") / _mean(cases, name, "t2w", "ED") for name in DOMAINS}
     assert oedema["lowfield"] < 0.85 < 1.0 < oedema["source"]
     core_vs_oedema = {name: _mean(cases, name, "t2f", "core") / _mean(cases, name, "t2f", "ED") for name in DOMAINS}
-    assert core_vs_oedema["source"] < 0.8 and core_vs_oedema["pediatric"] > 1.0
+    assert core_vs_oedema["source"] < 0.8
+    assert core_vs_oedema["pediatric"] > 1.0
 
 
 def test_unknown_domain_is_a_case_error(tmp_path):

@@ -29,9 +29,14 @@ def _nifti(path: Path, data: np.ndarray) -> Path:
 
 def test_nifti_3d():
     case = load_case(NIB_DATA / "anatomical.nii")
-    assert case.modality == "mr" and case.dims == 3 and case.shape == (33, 41, 25)
-    assert case.spacing == (2.0, 2.0, 2.0) and case.image.shape == (1, 33, 41, 25) and case.image.dtype == np.float32
-    assert case.id.startswith("case-") and case.id == load_case(NIB_DATA / "anatomical.nii").id
+    assert case.modality == "mr"
+    assert case.dims == 3
+    assert case.shape == (33, 41, 25)
+    assert case.spacing == (2.0, 2.0, 2.0)
+    assert case.image.shape == (1, 33, 41, 25)
+    assert case.image.dtype == np.float32
+    assert case.id.startswith("case-")
+    assert case.id == load_case(NIB_DATA / "anatomical.nii").id
 
 
 def test_content_hash_ignores_location(tmp_path):
@@ -41,13 +46,17 @@ def test_content_hash_ignores_location(tmp_path):
 
 def test_dicom_file_and_modality():
     case = load_case(get_testdata_file("CT_small.dcm"))
-    assert case.modality == "ct" and case.dims == 2 and case.image.shape == (1, 128, 128)
+    assert case.modality == "ct"
+    assert case.dims == 2
+    assert case.image.shape == (1, 128, 128)
     assert case.image.min() < -500  # rescaled to Hounsfield units
 
 
 def test_dicom_series_folder_is_sorted_into_a_volume():
     case = load_case(DICOM_SERIES)
-    assert case.modality == "mr" and case.dims == 3 and case.shape[2] == len(case.paths) > 1
+    assert case.modality == "mr"
+    assert case.dims == 3
+    assert case.shape[2] == len(case.paths) > 1
 
 
 def test_png_with_sidecar_modality(tmp_path):
@@ -57,17 +66,23 @@ def test_png_with_sidecar_modality(tmp_path):
     Image.fromarray((np.random.default_rng(0).random((64, 48)) * 255).astype(np.uint8)).save(path)
     (tmp_path / "cxr.json").write_text('{"modality": "xray"}')
     case = load_case(path)
-    assert case.modality == "xray" and case.shape == (64, 48) and case.channels == ("image",)
+    assert case.modality == "xray"
+    assert case.shape == (64, 48)
+    assert case.channels == ("image",)
     assert load_case(path, modality="other").modality == "other"
 
 
 def test_multiseq_from_folder_and_from_list(demo_folder):
     case = load_case(demo_folder)
-    assert case.modality == "mri-multiseq" and case.channels == ("t1", "t1ce", "t2", "flair")
-    assert case.image.shape[0] == 4 and case.labels is not None
+    assert case.modality == "mri-multiseq"
+    assert case.channels == ("t1", "t1ce", "t2", "flair")
+    assert case.image.shape[0] == 4
+    assert case.labels is not None
     files = [next(demo_folder.glob(f"*-{s}.nii.gz")) for s in ("t1n", "t1c", "t2w", "t2f")]
     listed = load_case(files)
-    assert listed.modality == "mri-multiseq" and listed.labels is None and np.array_equal(listed.image, case.image)
+    assert listed.modality == "mri-multiseq"
+    assert listed.labels is None
+    assert np.array_equal(listed.image, case.image)
 
 
 def test_old_brats_names(tmp_path):
@@ -76,7 +91,8 @@ def test_old_brats_names(tmp_path):
         _nifti(tmp_path / f"BraTS20_001_{seq}.nii.gz", vol)
     _nifti(tmp_path / "BraTS20_001_seg.nii.gz", (vol > 0.9).astype(np.uint8) * 4)
     case = load_case(tmp_path)
-    assert case.channels == ("t1", "t1ce", "t2", "flair") and case.label_path.name == "BraTS20_001_seg.nii.gz"
+    assert case.channels == ("t1", "t1ce", "t2", "flair")
+    assert case.label_path.name == "BraTS20_001_seg.nii.gz"
 
 
 def _bad_inputs(tmp: Path, demo_folder: Path) -> dict[str, tuple[Path, str]]:
@@ -146,8 +162,11 @@ def test_cli_bad_inputs_exit_2_one_line_and_write_nothing(tmp_path, demo_folder,
         result = runner.invoke(app, ["ask", str(path), "What is the tumour volume?", "--policy", "scripted", "--json"])
         assert result.exit_code == 2, (kind, result.output, result.exception)
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], (kind, result.stderr)
-        assert result.stdout == "" and "Traceback" not in result.stderr
+        assert len(lines) == 1, (kind, result.stderr)
+        assert lines[0].startswith("error: "), (kind, result.stderr)
+        assert fragment in lines[0], (kind, result.stderr)
+        assert result.stdout == ""
+        assert "Traceback" not in result.stderr
     assert not home.exists(), "bad input must not create or write any store"
 
 
@@ -159,9 +178,7 @@ def test_cli_bad_input_in_a_real_process(tmp_path):
         env={"MACRO_HOME": str(tmp_path / "h"), "PATH": ""},
         timeout=120,
     )
-    assert (
-        proc.returncode == 2
-        and proc.stderr.count("\n") == 1
-        and "not found" in proc.stderr
-        and "Traceback" not in proc.stderr
-    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "not found" in proc.stderr
+    assert "Traceback" not in proc.stderr

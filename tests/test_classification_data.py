@@ -62,23 +62,33 @@ def test_folder_is_a_labelled_dataset_with_sidecars(tmp_path, name):
     assert [r[0] for r in rows[1:]] == [p.name for p in paths]
     for path, row in zip(paths, rows[1:]):
         side = json.loads(path.with_suffix(".json").read_text())
-        assert side["modality"] == modality and side["dataset"] == name and side["seed"] == 1
+        assert side["modality"] == modality
+        assert side["dataset"] == name
+        assert side["seed"] == 1
         assert list(side["labels"].values()) == [int(v) for v in row[1:]]
         case = load_case(path)
-        assert case.modality == modality and case.shape == (40, 40)
+        assert case.modality == modality
+        assert case.shape == (40, 40)
         assert len(case.channels) == (3 if modality == "dermoscopy" else 1)
     data = read_phantom(tmp_path)
-    assert data.classes == classes and data.modality == modality and data.multi_label == (name == "cxr-phantom")
-    assert data.labels.dtype == np.float32 and data.labels.shape == (6, len(classes))
+    assert data.classes == classes
+    assert data.modality == modality
+    assert data.multi_label == (name == "cxr-phantom")
+    assert data.labels.dtype == np.float32
+    assert data.labels.shape == (6, len(classes))
     if not data.multi_label:
         assert (data.labels.sum(axis=1) == 1).all()
     images = data.load_images(size=24)
-    assert images.shape == (6, 3, 24, 24) and images.dtype == np.float32
-    assert 0 <= images.min() and images.max() <= 1 and images.std() > 0.02
+    assert images.shape == (6, 3, 24, 24)
+    assert images.dtype == np.float32
+    assert 0 <= images.min()
+    assert images.max() <= 1
+    assert images.std() > 0.02
     if modality == "xray":
         assert np.array_equal(images[:, 0], images[:, 2])
     part = data.subset([4, 1])
-    assert part.paths == [paths[4], paths[1]] and np.array_equal(part.labels, data.labels[[4, 1]])
+    assert part.paths == [paths[4], paths[1]]
+    assert np.array_equal(part.labels, data.labels[[4, 1]])
 
 
 @pytest.mark.parametrize(
@@ -209,7 +219,8 @@ def test_every_cxr_finding_is_learnable_by_a_linear_probe():
         target = np.r_[np.ones(fit), -np.ones(fit)]
         weights = a.T @ np.linalg.solve(a @ a.T + 30 * np.eye(len(a)), target)
         aucs[name] = _auc((positives[fit:] - mu) / sd @ weights, (negatives[fit:] - mu) / sd @ weights)
-    assert min(aucs.values()) > 0.6 and np.mean(list(aucs.values())) > 0.8, aucs
+    assert min(aucs.values()) > 0.6, aucs
+    assert np.mean(list(aucs.values())) > 0.8, aucs
 
 
 ZONES = {  # where each finding must change the image, as (test on the column fraction fx, row fraction fy) or "lung"
@@ -271,11 +282,16 @@ def isic(tmp_path):
 def test_isic2018_reader(isic):
     csv_path, images, rows = isic
     data = read_isic2018(csv_path, images)
-    assert data.classes == ISIC_CLASSES and not data.multi_label and data.modality == "dermoscopy"
+    assert data.classes == ISIC_CLASSES
+    assert not data.multi_label
+    assert data.modality == "dermoscopy"
     assert [p.name for p in data.paths] == [r[0] + ".jpg" for r in rows]
-    assert data.labels.argmax(axis=1).tolist() == [1, 0, 6, 1] and data.labels.sum() == 4
+    assert data.labels.argmax(axis=1).tolist() == [1, 0, 6, 1]
+    assert data.labels.sum() == 4
     loaded = data.load_images(size=32)
-    assert loaded.shape == (4, 3, 32, 32) and 0 <= loaded.min() and loaded.max() <= 1
+    assert loaded.shape == (4, 3, 32, 32)
+    assert 0 <= loaded.min()
+    assert loaded.max() <= 1
 
 
 @pytest.mark.parametrize(
@@ -352,7 +368,9 @@ def nih(tmp_path):
 def test_chestxray14_reader(nih, tmp_path):
     csv_path, images = nih
     data = read_chestxray14(csv_path, images)
-    assert data.classes == CXR14_CLASSES and data.multi_label and data.modality == "xray"
+    assert data.classes == CXR14_CLASSES
+    assert data.multi_label
+    assert data.modality == "xray"
     assert data.patient_ids == ["1", "1", "2", "3"]
     found = [{c for c, v in zip(data.classes, row) if v} for row in data.labels]
     assert found == [
@@ -362,10 +380,12 @@ def test_chestxray14_reader(nih, tmp_path):
         {"Effusion", "Hernia", "Pleural_Thickening"},
     ]
     loaded = data.load_images(size=20)
-    assert loaded.shape == (4, 3, 20, 20) and np.array_equal(loaded[:, 0], loaded[:, 1])
+    assert loaded.shape == (4, 3, 20, 20)
+    assert np.array_equal(loaded[:, 0], loaded[:, 1])
     assert 0.3 < loaded[1].mean() < 0.7  # the 16-bit image is scaled to [0, 1] like the 8-bit ones
     chosen = read_chestxray14(csv_path, images, classes=["Effusion", "Cardiomegaly"])
-    assert chosen.classes == ("Effusion", "Cardiomegaly") and chosen.labels.tolist() == [[0, 1], [0, 1], [0, 0], [1, 0]]
+    assert chosen.classes == ("Effusion", "Cardiomegaly")
+    assert chosen.labels.tolist() == [[0, 1], [0, 1], [0, 0], [1, 0]]
     trailing = tmp_path / "trailing.csv"  # some copies end every line with a comma
     trailing.write_text("".join(line + ",\n" for line in csv_path.read_text().splitlines()))
     assert np.array_equal(read_chestxray14(trailing, images).labels, data.labels)
@@ -444,7 +464,8 @@ def test_label_set_split_follows_fedlsm(n_classes, n_clients):
 
 def test_label_set_split_without_top_up_and_bad_arguments():
     sets = label_set_split(14, 2, per_client=3, seed=0)
-    assert [len(s) for s in sets] == [7, 7] and sorted(sets[0] + sets[1]) == list(range(14))
+    assert [len(s) for s in sets] == [7, 7]
+    assert sorted(sets[0] + sets[1]) == list(range(14))
     with pytest.raises(CaseError):
         label_set_split(2, 3, per_client=3)
 
@@ -457,7 +478,8 @@ def test_erase_labels():
     assert multi[0, 2] == 1  # the input is not modified
     single = np.eye(4, dtype=np.float32)[[2, 1, 2]]
     erased, mask = erase_labels(single, {1}, multi_label=False)
-    assert erased.tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]] and mask.tolist() == [0, 1, 0, 0]
+    assert erased.tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert mask.tolist() == [0, 1, 0, 0]
     with pytest.raises(CaseError):
         erase_labels(single, [4], multi_label=False)
     with pytest.raises(CaseError):
@@ -466,7 +488,8 @@ def test_erase_labels():
 
 def test_shard_and_train_val_test_cover_every_index_once():
     parts = shard(103, 5, seed=3)
-    assert sorted(np.concatenate(parts).tolist()) == list(range(103)) and {len(p) for p in parts} <= {20, 21}
+    assert sorted(np.concatenate(parts).tolist()) == list(range(103))
+    assert {len(p) for p in parts} <= {20, 21}
     assert all(np.array_equal(a, b) for a, b in zip(parts, shard(103, 5, seed=3)))
     train, val, test = train_val_test(1000, seed=1)
     assert (len(train), len(val), len(test)) == (700, 100, 200)
@@ -478,7 +501,8 @@ def test_shard_and_train_val_test_cover_every_index_once():
 def test_dirichlet_split_covers_all_indices_once_and_skews_labels():
     y = np.random.default_rng(0).choice(7, size=2000, p=derm.PRIOR)
     parts = dirichlet_split(y, 5, alpha=1.0, seed=0, min_size=10)
-    assert sorted(np.concatenate(parts).tolist()) == list(range(2000)) and min(len(p) for p in parts) >= 10
+    assert sorted(np.concatenate(parts).tolist()) == list(range(2000))
+    assert min((len(p) for p in parts)) >= 10
     assert all(np.array_equal(a, b) for a, b in zip(parts, dirichlet_split(y, 5, alpha=1.0, seed=0, min_size=10)))
 
     def skew(alpha: float) -> float:  # how far client label mixes are from the global one

@@ -40,12 +40,15 @@ def test_shipped_weights_record_their_training(task):
 def test_each_tool_is_offered_only_for_its_modality(images, demo):
     registry = Registry.default()
     derm, cxr = load_case(images["derm"][0]), load_case(images["cxr"][0])
-    assert derm.modality == "dermoscopy" and cxr.modality == "xray"
+    assert derm.modality == "dermoscopy"
+    assert cxr.modality == "xray"
     offered = {
         name: {t.name for t in registry.for_case(case)} for name, case in (("derm", derm), ("cxr", cxr), ("mri", demo))
     }
-    assert "classify_lesion" in offered["derm"] and "classify_findings" not in offered["derm"]
-    assert "classify_findings" in offered["cxr"] and "classify_lesion" not in offered["cxr"]
+    assert "classify_lesion" in offered["derm"]
+    assert "classify_findings" not in offered["derm"]
+    assert "classify_findings" in offered["cxr"]
+    assert "classify_lesion" not in offered["cxr"]
     assert not {"classify_lesion", "classify_findings"} & offered["mri"]
 
 
@@ -61,7 +64,8 @@ def test_calibrated_probabilities_rank_unseen_images(images, task, tool, home):
         data = chosen.execute(ctx, chosen.args_schema()).data
         probs.append(list(data["probabilities"].values()))
         labels.append(list(json.loads(path.with_suffix(".json").read_text())["labels"].values()))
-        assert data["model_version"]["sha256"] and all(0 <= p <= 1 for p in probs[-1])
+        assert data["model_version"]["sha256"]
+        assert all((0 <= p <= 1 for p in probs[-1]))
     probs, labels = np.array(probs), np.array(labels, dtype=float)
     if task == "derm":
         assert np.allclose(probs.sum(1), 1, atol=1e-3)
@@ -78,5 +82,7 @@ def test_agent_classifies_a_lesion_with_the_scripted_policy(images, home):
         load_case(images["derm"][0]), "Is this mole a melanoma?"
     )
     (step,) = result.trajectory.steps
-    assert step["tool"] == "classify_lesion" and step["ok"] and "MEL" in step["data"]["probabilities"]
+    assert step["tool"] == "classify_lesion"
+    assert step["ok"]
+    assert "MEL" in step["data"]["probabilities"]
     assert "MEL" in result.answer

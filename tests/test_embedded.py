@@ -25,6 +25,7 @@ def test_embedded_policy_answers_the_demo_question_with_a_real_tool(demo, model_
     assert "lora" in policy_id
     result = Agent(policy, policy_id, home=model_home).ask(demo, "What is the tumour volume?")
     ok = [s for s in result.trajectory.steps if s["ok"]]
-    assert ok and ok[0]["tool"] in ("measure_volume", "segment_brain_tumor")
+    assert ok
+    assert ok[0]["tool"] in ("measure_volume", "segment_brain_tumor")
     wt = ok[0]["data"]["volume_ml"] if ok[0]["tool"] == "measure_volume" else ok[0]["data"]["volumes_ml"]["WT"]
     assert f"{wt:.2f} mL" in result.answer

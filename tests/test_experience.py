@@ -46,9 +46,8 @@ def test_agent_mines_a_verified_composite_and_reuses_it_on_a_new_case(tmp_path, 
         )
 
     runs = TrajectoryStore(h.trajectories_db).list(verification=("verified", "failed"))
-    assert sum(t.verification == "verified" for t in runs) >= 8 and all(
-        t.embedding_id for t in runs if t.verification == "verified"
-    )
+    assert sum((t.verification == "verified" for t in runs)) >= 8
+    assert all((t.embedding_id for t in runs if t.verification == "verified"))
     assert ImageMemory(h.memory).stats()["entries"] == sum(t.verification == "verified" for t in runs)
 
     report = evolve(
@@ -70,12 +69,15 @@ def test_agent_mines_a_verified_composite_and_reuses_it_on_a_new_case(tmp_path, 
         new_case, _question("WT")
     )
     (step,) = reused.trajectory.steps
-    assert step["tool"] == name and [c["tool"] for c in step["children"]] == ["segment_brain_tumor", "measure_volume"]
+    assert step["tool"] == name
+    assert [c["tool"] for c in step["children"]] == ["segment_brain_tumor", "measure_volume"]
     assert [s["tool"] for s in atomic.trajectory.steps] == ["segment_brain_tumor", "measure_volume"]
     assert step["data"]["volume_ml"] == pytest.approx(atomic.trajectory.steps[-1]["data"]["volume_ml"])
 
     hints = agent.hints(new_case, "tumour-volume")
-    assert hints and "segment_brain_tumor" in hints[0] and "similarity" in hints[0]
+    assert hints
+    assert "segment_brain_tumor" in hints[0]
+    assert "similarity" in hints[0]
     assert agent.hints(new_case, "another-family") == []
 
 
@@ -95,12 +97,15 @@ def test_feedback_marks_the_last_turn_and_remembers_good_runs(demo, home):
     agent.ask(None, "Show me an axial slice.", thread_id=first.thread_id)
     runner = CliRunner()
     done = runner.invoke(app, ["feedback", first.thread_id, "good", "--note", "looks right"])
-    assert done.exit_code == 0 and "verified (memory entry" in done.stdout
+    assert done.exit_code == 0
+    assert "verified (memory entry" in done.stdout
     first_turn, last_turn = TrajectoryStore(Home(home).trajectories_db).list(thread_id=first.thread_id)
     assert (first_turn.verification, last_turn.verification) == ("unverified", "verified")
-    assert last_turn.verification_source == "person" and last_turn.verification_note == "looks right"
+    assert last_turn.verification_source == "person"
+    assert last_turn.verification_note == "looks right"
     (hit,) = ImageMemory(Home(home).memory).query(case_embedding(demo), k=1)
-    assert hit.meta["trajectory_id"] == last_turn.id and hit.meta["tools"][0]["name"] == "render_slice"
+    assert hit.meta["trajectory_id"] == last_turn.id
+    assert hit.meta["tools"][0]["name"] == "render_slice"
     assert runner.invoke(app, ["feedback", first.thread_id, "meh"]).exit_code == 2
     assert runner.invoke(app, ["feedback", "thread-nope", "bad"]).exit_code == 2
     assert runner.invoke(app, ["skills", "show", "nothing_here"]).exit_code == 2

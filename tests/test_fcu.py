@@ -132,7 +132,8 @@ def test_fusion_with_r0_returns_the_high_source_and_preserves_shapes():
     fused = fgmp_fuse(low, high, 0.0, keys)
     assert fused.keys() == high.keys()
     for key, value in fused.items():
-        assert value.shape == high[key].shape and value.dtype == high[key].dtype, key
+        assert value.shape == high[key].shape, key
+        assert value.dtype == high[key].dtype, key
         assert torch.allclose(value.float(), high[key].float(), atol=1e-6), key
 
 
@@ -168,7 +169,8 @@ def test_fusion_leaves_bn_and_biases_to_the_high_source():
             if high[key].is_floating_point() and "num_batches" not in key:
                 assert not torch.equal(fused[key], low[key]), key
     middle = fused["body.6.weight"]  # an (8, 16) matrix: band rows [2, 6), columns [4, 12)
-    assert not torch.allclose(middle, high["body.6.weight"]) and not torch.allclose(middle, low["body.6.weight"])
+    assert not torch.allclose(middle, high["body.6.weight"])
+    assert not torch.allclose(middle, low["body.6.weight"])
     assert torch.allclose(fused["body.0.weight"], high["body.0.weight"], atol=1e-6)  # 3 rows: ⌊3·0.5/2⌋ = 0, no band
 
 
@@ -196,13 +198,13 @@ def test_mcu_pulls_features_to_the_downgraded_model_and_leaves_the_head():
     cfg = FCUConfig(iterations=40, lr=3e-3, batch_size=32, fuse=False)
     state, stats = unlearn(CNN(), downgraded, trained, _client_zero(), cfg)
     loss, cos_d = stats["loss"], stats["cos_downgraded"]
-    assert sum(loss[-5:]) < sum(loss[:5]) and sum(cos_d[-5:]) > sum(cos_d[:5])
+    assert sum(loss[-5:]) < sum(loss[:5])
+    assert sum(cos_d[-5:]) > sum(cos_d[:5])
     _, start = unlearn(CNN(), downgraded, trained, _client_zero(), FCUConfig(iterations=0))
     assert stats["final_cos_downgraded"] > start["final_cos_downgraded"] + 0.03
     assert stats["final_cos_original"] < start["final_cos_original"]
-    assert torch.equal(state["head.weight"], trained["head.weight"]) and torch.equal(
-        state["head.bias"], trained["head.bias"]
-    )
+    assert torch.equal(state["head.weight"], trained["head.weight"])
+    assert torch.equal(state["head.bias"], trained["head.bias"])
     assert not torch.equal(state["body.0.weight"], trained["body.0.weight"])
 
 
@@ -236,15 +238,20 @@ def test_fcu_forgets_a_backdoor_like_retraining_and_keeps_utility():
         name: _metric(s, attack)
         for name, s in [("trained", trained), ("retrain", gold), ("fcu", final), ("finetune", tuned)]
     }
-    assert asr["trained"] >= 80 and asr["retrain"] <= 10, asr
-    assert asr["fcu"] <= asr["retrain"] + 15 and _metric(unlearned, attack) <= asr["retrain"] + 15, asr
+    assert asr["trained"] >= 80, asr
+    assert asr["retrain"] <= 10, asr
+    assert asr["fcu"] <= asr["retrain"] + 15, asr
+    assert _metric(unlearned, attack) <= asr["retrain"] + 15, asr
     assert asr["finetune"] >= 40, asr  # the signature survives plain continued training: the check can fail
     assert _metric(final, test) >= _metric(trained, test) - 3
     forgotten = {name: _metric(s, data[0]) for name, s in [("trained", trained), ("retrain", gold), ("fcu", final)]}
     assert abs(forgotten["fcu"] - forgotten["retrain"]) < abs(forgotten["trained"] - forgotten["retrain"]) / 2, (
         forgotten
     )
-    assert len(stats["loss"]) == 100 and stats["fused_keys"] == 4 and 0 < stats["seconds"] and retrain_seconds > 0
+    assert len(stats["loss"]) == 100
+    assert stats["fused_keys"] == 4
+    assert 0 < stats["seconds"]
+    assert retrain_seconds > 0
 
 
 def test_gradient_ascent_stays_bounded():

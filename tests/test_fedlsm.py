@@ -145,7 +145,8 @@ def test_erased_classes_get_no_gradient_unless_pseudo_labelled():
     logits = torch.randn(64, C, requires_grad=True)
     target, m = pseudo_labels(torch.full((64, C), 0.5), data.labels, mask, True, 0.85, 0.01)
     label_loss(logits, target, m, True, class_weights([data])).backward()
-    assert (logits.grad[:, mask == 0] == 0).all() and (logits.grad[:, mask == 1] != 0).any()
+    assert (logits.grad[:, mask == 0] == 0).all()
+    assert (logits.grad[:, mask == 1] != 0).any()
 
     base = dict(local_iters=3, batch_pseudo=28, batch_mix=4, lr=1e-2, weight_decay=0.0)
     for name in ("fedlsm", "fedavg_labelled"):
@@ -160,7 +161,8 @@ def test_uncertainty_counts_only_unlabelled_classes():
     mask = torch.tensor([1.0, 1, 0, 0])
     p = torch.tensor([[0.5, 0.5, 0.999, 0.001], [0.999, 0.001, 0.5, 0.5]])
     u = uncertainty(p, mask, multi_label=True)
-    assert u[0] < 0.01 and u[1] > 0.3
+    assert u[0] < 0.01
+    assert u[1] > 0.3
     p2 = p.clone()
     p2[:, :2] = torch.tensor([0.2, 0.9])
     assert torch.allclose(uncertainty(p2, mask, True), u)
@@ -171,8 +173,11 @@ def test_uncertainty_counts_only_unlabelled_classes():
 def test_tiers_are_disjoint_and_sized():
     unc = torch.arange(100.0)[torch.randperm(100, generator=torch.Generator().manual_seed(0))]
     uncertain, confident, pseudo = tiers(unc, 0.05, 0.2)
-    assert len(uncertain) == 5 and len(confident) == 20 and len(pseudo) == 95
-    assert unc[uncertain].min() > unc[pseudo].max() - 1e-6 and set(uncertain).isdisjoint(pseudo)
+    assert len(uncertain) == 5
+    assert len(confident) == 20
+    assert len(pseudo) == 95
+    assert unc[uncertain].min() > unc[pseudo].max() - 1e-06
+    assert set(uncertain).isdisjoint(pseudo)
     assert unc[confident].max() < unc[np.setdiff1d(np.arange(100), confident)].min()
     u, c, p = tiers(unc, 7, 30)
     assert (len(u), len(c), len(p)) == (7, 30, 93)
@@ -229,7 +234,8 @@ def test_auc_matches_pairwise_count():
     t = (rng.random((50, 3)) < 0.4).astype(float)
     t[:, 1] = 0
     mean, per_class = mean_auc(s, t)
-    assert per_class[1] is None and mean == pytest.approx((per_class[0] + per_class[2]) / 2)
+    assert per_class[1] is None
+    assert mean == pytest.approx((per_class[0] + per_class[2]) / 2)
     ids = rng.integers(0, 3, 50)
     assert mean_auc(s, ids) == mean_auc(s, np.eye(3)[ids])
 
@@ -252,9 +258,13 @@ def test_edd_counts_true_positives_and_optimizer_state_persists():
 def test_variants_switch_components():
     assert set(VARIANTS) == {"fedavg", "fedavg_labelled", "pl", "pl_ude", "fedlsm"}
     full = FedLSMConfig.variant("fedlsm", rounds=3)
-    assert full.pseudo_label and full.ude and full.awpa and full.rounds == 3
+    assert full.pseudo_label
+    assert full.ude
+    assert full.awpa
+    assert full.rounds == 3
     assert FedLSMConfig.variant("fedavg").missing_as_negative
-    assert FedLSMConfig().pos_threshold(True) == 0.85 and FedLSMConfig().pos_threshold(False) == 0.95
+    assert FedLSMConfig().pos_threshold(True) == 0.85
+    assert FedLSMConfig().pos_threshold(False) == 0.95
     with pytest.raises(ValueError):
         FedLSMConfig.variant("fedprox")
 

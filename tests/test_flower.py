@@ -36,7 +36,8 @@ def test_result_survives_the_message_round_trip():
     back = flower_app.content_to_result(flower_app.result_to_content(result))
     assert (back.client, back.n_samples, back.stats) == (result.client, result.n_samples, result.stats)
     for key, value in result.state.items():
-        assert torch.equal(back.state[key], value) and back.state[key].dtype == value.dtype
+        assert torch.equal(back.state[key], value)
+        assert back.state[key].dtype == value.dtype
 
 
 def _free_ports(n: int) -> list[int]:
@@ -169,7 +170,8 @@ def test_flower_loopback_matches_simulation(tmp_path):
             except subprocess.TimeoutExpired:
                 pytest.fail("flwr run timed out\n" + _logs(logs))
         # flwr run exits 0 even when the ServerApp raised, so the written state is the success signal
-        assert run.returncode == 0 and out.exists(), _logs(logs)
+        assert run.returncode == 0, _logs(logs)
+        assert out.exists(), _logs(logs)
     finally:
         for proc in reversed(procs):
             _stop(proc)

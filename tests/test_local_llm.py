@@ -21,7 +21,8 @@ def test_prefix_cache_reuse_gives_identical_output(tiny_model, monkeypatch):
     cached = LocalChatModel(model_path=str(tiny_model), max_new_tokens=12)
     first = cached.bind_tools(tools).invoke(messages)
     second = cached.bind_tools(tools).invoke(messages)
-    assert second.response_metadata["cached_prefix_tokens"] > 0 and len(cached._prefixes) == 1
+    assert second.response_metadata["cached_prefix_tokens"] > 0
+    assert len(cached._prefixes) == 1
     plain = LocalChatModel(model_path=str(tiny_model), max_new_tokens=12)
     monkeypatch.setattr(LocalChatModel, "_prefix_cache", lambda self, turn, ids: None)
     reference = plain.bind_tools(tools).invoke(messages)
@@ -48,6 +49,7 @@ def test_to_chat_renders_tools_calls_and_results_for_a_local_model():
     assert (
         '- render_slice(axis: axial|coronal|sagittal = "axial", index: integer, sequence: string)' in chat[0]["content"]
     )
-    assert "measure_volume" not in chat[0]["content"] and "<tool_call>" in chat[0]["content"]
+    assert "measure_volume" not in chat[0]["content"]
+    assert "<tool_call>" in chat[0]["content"]
     assert chat[2]["content"] == '<tool_call>{"name": "render_slice", "arguments": {"axis": "axial"}}</tool_call>'
     assert chat[3]["content"] == "render_slice: Rendered 2D image."

@@ -47,7 +47,9 @@ def test_each_entry_retrieves_itself_first_and_flat_matches_brute_force(tmp_path
     memory, vectors, ids = _filled(tmp_path / kind, kind)
     for i in range(0, 400, 23):
         hits = memory.query(vectors[i] + 0.01, k=5)
-        assert hits[0].id == ids[i] and hits[0].meta["i"] == i and hits[0].score > 0.99
+        assert hits[0].id == ids[i]
+        assert hits[0].meta["i"] == i
+        assert hits[0].score > 0.99
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         if kind == "flat":
             truth = np.argsort(-(vectors @ (vectors[i] + 0.01)))[:5]
@@ -61,7 +63,8 @@ def test_where_filter_still_returns_k_hits_when_most_entries_are_filtered_out(tm
     hits = memory.query(vectors[0], k=5, floor=-1.0, where={"family": "classify"})
     assert sorted(h.meta["i"] for h in hits) == rare
     hits = memory.query(vectors[0], k=10, floor=-1.0, where={"family": "segment", "verification": "verified"})
-    assert len(hits) == 10 and all(h.meta["family"] == "segment" and h.meta["verification"] == "verified" for h in hits)
+    assert len(hits) == 10
+    assert all((h.meta["family"] == "segment" and h.meta["verification"] == "verified" for h in hits))
     assert memory.query(vectors[0], k=5, where={"family": "nonexistent"}) == []
 
 
@@ -76,22 +79,24 @@ def test_floor_keeps_only_similar_entries(tmp_path):
 def test_round_trip_remove_and_kind_conversion(tmp_path):
     memory, vectors, ids = _filled(tmp_path, "flat", n=50)
     reopened = ImageMemory(tmp_path)
-    assert reopened.stats()["entries"] == 50 and reopened.stats()["version"] == 1 and reopened.stats()["dim"] == 32
+    assert reopened.stats()["entries"] == 50
+    assert reopened.stats()["version"] == 1
+    assert reopened.stats()["dim"] == 32
     assert reopened.stats()["families"] == {"segment": 49, "classify": 1}
     hit = reopened.query(vectors[9], k=1)[0]
     assert hit == MemoryHit(
         ids[9], pytest.approx(1.0, abs=1e-5), {"i": 9, "family": "segment", "verification": "failed"}
     )
-    assert reopened.remove(ids[:10] + ["mem-unknown"]) == 10 and reopened.remove(["mem-unknown"]) == 0
-    assert len(memory) == 40 and memory.stats()["version"] == 2  # the first handle sees the other's write
+    assert reopened.remove(ids[:10] + ["mem-unknown"]) == 10
+    assert reopened.remove(["mem-unknown"]) == 0
+    assert len(memory) == 40  # the first handle sees the other's write
+    assert memory.stats()["version"] == 2
     assert memory.query(vectors[9], k=1)[0].id != ids[9]
     ImageMemory(tmp_path, kind="hnsw").add(vectors[0], {"i": 0})
     converted = ImageMemory(tmp_path)
-    assert (
-        converted.stats()["kind"] == "hnsw"
-        and len(converted) == 41
-        and converted.query(vectors[0], k=1)[0].meta == {"i": 0}
-    )
+    assert converted.stats()["kind"] == "hnsw"
+    assert len(converted) == 41
+    assert converted.query(vectors[0], k=1)[0].meta == {"i": 0}
 
 
 def test_bad_inputs_fail_before_anything_is_written(tmp_path):
@@ -104,7 +109,8 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path):
         memory.add(vectors[0], {"bad": object()})
     with pytest.raises(ValueError, match="unknown index kind"):
         ImageMemory(tmp_path, kind="lsh")
-    assert memory.stats()["entries"] == 5 and memory.stats()["version"] == 1
+    assert memory.stats()["entries"] == 5
+    assert memory.stats()["version"] == 1
 
 
 def _python(code: str, **kwargs) -> subprocess.Popen:
@@ -130,7 +136,8 @@ def test_concurrent_writers_lose_no_entries(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     memory = ImageMemory(tmp_path)
     stats = memory.stats()
-    assert stats["entries"] == 36 and stats["version"] == 36
+    assert stats["entries"] == 36
+    assert stats["version"] == 36
     stored = {hit.id: hit.meta for hit in memory.query(np.ones(16), k=36, floor=-1.0)}
     assert set(stored) == {i for batch in ids for i in batch}
     assert sorted((m["writer"], m["i"]) for m in stored.values()) == [(w, i) for w in range(3) for i in range(12)]
@@ -154,12 +161,16 @@ def test_sigkill_during_a_write_leaves_the_previous_version_loadable(tmp_path):
     assert temporary, "the writer ended before its temporary file appeared"
     os.kill(proc.pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL and "finished" not in out
+    assert proc.returncode == -signal.SIGKILL
+    assert "finished" not in out
     survivor = ImageMemory(tmp_path)
-    assert survivor.stats()["entries"] == 3 and survivor.stats()["version"] == 1 and survivor.stats()["dim"] == 128
+    assert survivor.stats()["entries"] == 3
+    assert survivor.stats()["version"] == 1
+    assert survivor.stats()["dim"] == 128
     assert survivor.query(vectors[2], k=1)[0].id == ids[2]
     survivor.add(vectors[0], {"i": "after"})  # the next writer holds the lock and clears the dead writer's file
-    assert not list(tmp_path.glob(f".{FILE}.*.tmp")) and len(ImageMemory(tmp_path)) == 4
+    assert not list(tmp_path.glob(f".{FILE}.*.tmp"))
+    assert len(ImageMemory(tmp_path)) == 4
 
 
 @pytest.mark.parametrize(
@@ -233,16 +244,16 @@ def test_cli_stats_and_query_on_a_small_memory(home, demo, demo_folder, tmp_path
     query = runner.invoke(app, ["memory", "query", str(demo_folder), "--k", "2", "--json"])
     assert query.exit_code == 0, query.output
     hits = json.loads(query.output)
-    assert [h["meta"]["case_id"] for h in hits] == [demo.id, "skin"] and hits[0]["score"] == pytest.approx(
-        1.0, abs=1e-4
-    )
+    assert [h["meta"]["case_id"] for h in hits] == [demo.id, "skin"]
+    assert hits[0]["score"] == pytest.approx(1.0, abs=0.0001)
     only = json.loads(
         runner.invoke(app, ["memory", "query", str(demo_folder), "--family", "classify", "--json"]).output
     )
     assert [h["meta"]["case_id"] for h in only] == ["skin"]
     (home / "memory" / FILE).write_bytes(b"garbage")
     broken = runner.invoke(app, ["memory", "stats"])
-    assert broken.exit_code == 2 and "memory.bin" in broken.output
+    assert broken.exit_code == 2
+    assert "memory.bin" in broken.output
 
 
 def test_benchmark_command_reports_latency_and_recall():
@@ -254,8 +265,10 @@ def test_benchmark_command_reports_latency_and_recall():
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
     flat = report["flat"][0]
-    assert flat["entries"] == 300 and 0 < flat["query_ms"]["p50"] <= flat["query_ms"]["p95"]
+    assert flat["entries"] == 300
+    assert 0 < flat["query_ms"]["p50"] <= flat["query_ms"]["p95"]
     for kind in ("ivf", "hnsw"):
         sweep = report["large"][kind]["sweep"]
-        assert sum(row["default"] for row in sweep) == 1 and all(0.0 <= row["recall_at_5"] <= 1.0 for row in sweep)
+        assert sum((row["default"] for row in sweep)) == 1
+        assert all((0.0 <= row["recall_at_5"] <= 1.0 for row in sweep))
         assert max(row["recall_at_5"] for row in sweep) > 0.9

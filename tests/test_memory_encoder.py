@@ -32,29 +32,36 @@ def _fresh(case) -> np.ndarray:
 def test_embedding_is_a_deterministic_unit_vector(which, request, one_thread):
     case = request.getfixturevalue(which)
     first = _fresh(case)
-    assert first.shape == (EMBED_DIM,) and first.dtype == np.float32
+    assert first.shape == (EMBED_DIM,)
+    assert first.dtype == np.float32
     assert np.linalg.norm(first) == pytest.approx(1.0, abs=1e-5)
     assert np.allclose(_fresh(case), first, atol=1e-6)
     cached = case_embedding(case)
-    assert cached is case_embedding(case) and not cached.flags.writeable
+    assert cached is case_embedding(case)
+    assert not cached.flags.writeable
 
 
 def test_volume_views_cover_every_sequence_and_axis(demo):
     views, channels = encoder._views(demo)
-    assert channels == 4 and demo.channels == ("t1", "t1ce", "t2", "flair")
+    assert channels == 4
+    assert demo.channels == ("t1", "t1ce", "t2", "flair")
     assert tuple(views.shape) == (4 * 3 * len(encoder.SLICE_FRACTIONS), 3, encoder.EMBED_SIZE, encoder.EMBED_SIZE)
-    assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0 and float(views.std()) > 0.05
+    assert float(views.min()) >= 0.0
+    assert float(views.max()) <= 1.0
+    assert float(views.std()) > 0.05
 
 
 def test_batch_helper_matches_single_cases_and_separates_modalities(picture, demo, one_thread):
     batch = embed_cases([picture, demo, picture])
     assert batch.shape == (3, EMBED_DIM)
-    assert np.array_equal(batch[0], batch[2]) and np.allclose(batch[1], case_embedding(demo))
+    assert np.array_equal(batch[0], batch[2])
+    assert np.allclose(batch[1], case_embedding(demo))
     assert float(batch[0] @ batch[1]) < 0.8  # a skin picture and a brain MRI are not neighbours
 
 
 def test_single_sequence_volume_lands_near_its_multisequence_case(demo_folder, demo, picture, one_thread):
     flair = load_case(next(demo_folder.glob("*-t2f.nii.gz")))
-    assert flair.dims == 3 and len(flair.channels) == 1
+    assert flair.dims == 3
+    assert len(flair.channels) == 1
     vector = case_embedding(flair)
     assert float(vector @ case_embedding(demo)) > float(vector @ case_embedding(picture))

@@ -71,8 +71,10 @@ def test_truth_volumes_match_the_seg_file(built, key):
     truth = json.loads((built[key] / "truth.json").read_text())
     case = load_case(built[key])
     seg = _seg(built[key])
-    assert truth["dataset"] == "brain-mri-demo" and truth["case"] == built[key].name
-    assert truth["shape"] == list(seg.shape) and truth["spacing_mm"] == list(case.spacing)
+    assert truth["dataset"] == "brain-mri-demo"
+    assert truth["case"] == built[key].name
+    assert truth["shape"] == list(seg.shape)
+    assert truth["spacing_mm"] == list(case.spacing)
     assert truth["labels"] == {"1": "NCR", "2": "ED", "3": "ET"}
     regions = {"ET": seg == 3, "TC": (seg == 1) | (seg == 3), "WT": seg > 0}
     assert truth["volumes_ml"] == {name: int(mask.sum()) * case.voxel_ml for name, mask in regions.items()}
@@ -83,9 +85,11 @@ def test_case_loads_as_multisequence_mri_with_labels(built):
     case = load_case(built["seed0"])
     assert case.modality == "mri-multiseq"
     assert case.channels == ("t1", "t1ce", "t2", "flair")
-    assert case.label_path is not None and case.label_path.name == "demo-000-seg.nii.gz"
+    assert case.label_path is not None
+    assert case.label_path.name == "demo-000-seg.nii.gz"
     assert np.array_equal(case.labels, _seg(built["seed0"]))
-    assert case.image.dtype == np.float32 and case.image.shape == (4, *case.shape)
+    assert case.image.dtype == np.float32
+    assert case.image.shape == (4, *case.shape)
 
 
 def test_contrasts_follow_tissue_physics(built):

@@ -48,7 +48,9 @@ def test_segmentation_then_measure_uses_the_new_mask(demo, demo_folder, home):
     ]
     result = Agent(ScriptedPolicy(plan=plan), "scripted", home=Home(home)).ask(demo, "segment and measure")
     seg, measure = result.trajectory.steps
-    assert seg["ok"] and measure["ok"] and measure["inputs"]["mask"] == seg["outputs"][0]
+    assert seg["ok"]
+    assert measure["ok"]
+    assert measure["inputs"]["mask"] == seg["outputs"][0]
     assert "segmentation" in measure["data"]["mask_source"]
     assert abs(measure["data"]["volume_ml"] - truth["WT"]) / truth["WT"] < 0.25
     assert measure["data"]["volume_ml"] == pytest.approx(seg["data"]["volumes_ml"]["WT"], abs=0.01)
@@ -65,9 +67,14 @@ def test_agent_answers_enhancing_volume_on_a_lowfield_scan_with_adaptation(lowfi
     agent = Agent(ScriptedPolicy(), "scripted", home=Home(home))
     first = agent.ask(case, "How large is the enhancing tumour?")
     seg, measure = first.trajectory.steps
-    assert seg["tool"] == "segment_brain_tumor" and seg["args"]["adapt"] == "vista" and seg["data"]["steps"] == 10
-    assert measure["tool"] == "measure_volume" and measure["args"] == {"region": "ET"} and measure["ok"]
-    assert f"{measure['data']['volume_ml']:.2f} mL" in first.answer and measure["data"]["volume_ml"] > 0.2 * truth
+    assert seg["tool"] == "segment_brain_tumor"
+    assert seg["args"]["adapt"] == "vista"
+    assert seg["data"]["steps"] == 10
+    assert measure["tool"] == "measure_volume"
+    assert measure["args"] == {"region": "ET"}
+    assert measure["ok"]
+    assert f"{measure['data']['volume_ml']:.2f} mL" in first.answer
+    assert measure["data"]["volume_ml"] > 0.2 * truth
     again = agent.ask(None, "Segment it again.", thread_id=first.thread_id)
     assert again.trajectory.steps[0]["data"]["stream_position"] == 2
 
@@ -82,7 +89,8 @@ def test_eval_slice_adaptation_helps_on_a_shifted_scanner(tmp_path):
     for domain in ("source", "lowfield"):
         for method in ("none", "tent", "vista"):
             r = report["domains"][domain][method]
-            assert set(r["dice"]) == {"ET", "TC", "WT", "mean"} and r["sec_per_volume"] > 0
+            assert set(r["dice"]) == {"ET", "TC", "WT", "mean"}
+            assert r["sec_per_volume"] > 0
     source, lowfield = report["domains"]["source"], report["domains"]["lowfield"]
     assert source["none"]["dice"]["WT"] > 70
     assert source["vista"]["dice"]["mean"] >= source["none"]["dice"]["mean"] - 2

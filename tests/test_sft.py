@@ -24,7 +24,8 @@ def test_held_out_requests_never_appear_in_training(data):
     for tool in registry.all():
         train = {e.request for e in sft_data.split_examples(tool, "train")}
         test = {e.request for e in sft_data.split_examples(tool, "test")}
-        assert test and not train & test
+        assert test
+        assert not train & test
     train_users = {r["user"] for r in data["train"]}
     assert not train_users & {r["user"] for r in data["test"]}
 
@@ -33,10 +34,12 @@ def test_rows_are_prompt_completion_in_the_runtime_format(data):
     kinds = {r["kind"] for r in data["train"]}
     assert kinds == {"first_call", "answer", "follow_up", "chain", "small_talk"}
     row = next(r for r in data["train"] if r["kind"] == "first_call")
-    assert row["prompt"][0]["role"] == "system" and "Tools:" in row["prompt"][0]["content"]
+    assert row["prompt"][0]["role"] == "system"
+    assert "Tools:" in row["prompt"][0]["content"]
     assert row["completion"][0]["content"].startswith("<tool_call>")
     ct_rows = [r for r in data["train"] if r["case_ref"]["modality"] == "ct"]
-    assert ct_rows and all("measure_volume" not in r["prompt"][0]["content"] for r in ct_rows)
+    assert ct_rows
+    assert all(("measure_volume" not in r["prompt"][0]["content"] for r in ct_rows))
 
 
 def test_answers_quote_real_tool_output(data, demo_folder):

@@ -37,15 +37,18 @@ def test_miner_recovers_the_planted_chains_with_their_bindings_and_nothing_else(
     for tools, inputs, args in PLANTED.values():
         comp = found[tools]
         for step, (tool, slots, want) in zip(comp.steps, _expected_steps(tools, inputs, args)):
-            assert step["tool"] == tool and step["inputs"] == slots
+            assert step["tool"] == tool
+            assert step["inputs"] == slots
             assert set(step["args"]) == set(want), (tool, step["args"])
             for arg, rule in want.items():
                 if isinstance(rule, dict):
                     assert step["args"][arg] == rule
                 else:
                     param = comp.params[step["args"][arg]["param"]]
-                    assert param.get("default") == rule[1] and param["arg"] == arg
-        assert comp.provenance["reliability"] >= 0.8 and comp.provenance["support"] >= 5
+                    assert param.get("default") == rule[1]
+                    assert param["arg"] == arg
+        assert comp.provenance["reliability"] >= 0.8
+        assert comp.provenance["support"] >= 5
 
 
 def test_mining_ignores_unverified_runs_and_needs_support():
@@ -85,8 +88,10 @@ def test_a_log_of_one_task_type_still_yields_its_chain():
         for k in range(6)
     ]
     (comp,) = mine(runs)
-    assert comp.tools == ("segment_brain_tumor", "measure_volume") and comp.steps[1]["inputs"] == {"mask": 0}
-    assert comp.params["adapt"]["default"] == "none" and "default" not in comp.params["region"]
+    assert comp.tools == ("segment_brain_tumor", "measure_volume")
+    assert comp.steps[1]["inputs"] == {"mask": 0}
+    assert comp.params["adapt"]["default"] == "none"
+    assert "default" not in comp.params["region"]
 
 
 def test_chains_are_judged_within_their_task_family():
@@ -122,7 +127,8 @@ def test_chains_are_judged_within_their_task_family():
         run(k, "hard", "failed" if k % 4 else "verified") for k in range(12)
     ]
     (comp,) = mine(runs)
-    assert comp.provenance["family"] == "easy" and comp.provenance["reliability"] == 1.0
+    assert comp.provenance["family"] == "easy"
+    assert comp.provenance["reliability"] == 1.0
     assert mine([r for r in runs if r["family"] == "hard"]) == []
 
 
@@ -139,7 +145,8 @@ def test_definition_checks_and_round_trip():
         },
     )
     again = Composite.from_dict(json.loads(json.dumps(comp.to_dict())))
-    assert again == comp and again.digest() == comp.digest()
+    assert again == comp
+    assert again.digest() == comp.digest()
     bad = comp.to_dict()
     bad["steps"][1]["inputs"] = {"mask": 1}
     with pytest.raises(DefinitionError, match="earlier step"):
@@ -170,8 +177,10 @@ def test_composite_tool_derives_its_schema_and_modalities_from_its_steps(demo, h
     registry = Registry.default()
     tool = make_tool(_seg_measure(), {t.name: t for t in registry.all()})
     fields = tool.args_schema.model_fields
-    assert fields["adapt"].default == "none" and fields["region"].default == "WT"
-    assert tool.spec.modalities == ("mri-multiseq",) and kind(tool) == "composite"
+    assert fields["adapt"].default == "none"
+    assert fields["region"].default == "WT"
+    assert tool.spec.modalities == ("mri-multiseq",)
+    assert kind(tool) == "composite"
     with pytest.raises(ValidationError):
         tool.args_schema(region="XX")
     registry.add(tool)
@@ -199,13 +208,17 @@ def test_executor_runs_a_composite_step_by_step_and_matches_the_atomic_chain(dem
     _, seg, produced = executor.run({"name": "segment_brain_tumor", "args": {"adapt": "none"}, "id": "a"}, demo, [], {})
     _, measure, _ = executor.run({"name": "measure_volume", "args": {"region": "ET"}, "id": "b"}, demo, produced, {})
     msg, step, refs = executor.run({"name": "seg_then_measure", "args": {"region": "ET"}, "id": "c"}, demo, [], {})
-    assert step.ok and [c["tool"] for c in step.children] == ["segment_brain_tumor", "measure_volume"]
+    assert step.ok
+    assert [c["tool"] for c in step.children] == ["segment_brain_tumor", "measure_volume"]
     first, second = step.children
-    assert second["inputs"]["mask"] == first["outputs"][0] and len(refs) == len(first["outputs"])
+    assert second["inputs"]["mask"] == first["outputs"][0]
+    assert len(refs) == len(first["outputs"])
     assert step.data["volume_ml"] == pytest.approx(measure.data["volume_ml"])
-    assert same_result(measure.data, step.data) and same_result(seg.data, first["data"])
+    assert same_result(measure.data, step.data)
+    assert same_result(seg.data, first["data"])
     _, bad, _ = executor.run({"name": "seg_then_measure", "args": {"region": "XX"}, "id": "d"}, demo, [], {})
-    assert not bad.ok and "region" in bad.error
+    assert not bad.ok
+    assert "region" in bad.error
 
 
 def test_a_failing_step_stops_the_composite_and_names_it(demo, home):
@@ -226,7 +239,10 @@ def test_a_failing_step_stops_the_composite_and_names_it(demo, home):
     msg, step, _ = ToolExecutor(registry, ArtifactStore(home / "artifacts")).run(
         {"name": "render_then_measure", "args": {"index": 100000}, "id": "x"}, demo, [], {}
     )
-    assert not step.ok and msg.status == "error" and "step 1/2 (render_slice)" in step.error and len(step.children) == 1
+    assert not step.ok
+    assert msg.status == "error"
+    assert "step 1/2 (render_slice)" in step.error
+    assert len(step.children) == 1
 
 
 def test_library_rounds_are_checksummed_and_a_damaged_round_falls_back(tmp_path):
@@ -234,17 +250,14 @@ def test_library_rounds_are_checksummed_and_a_damaged_round_falls_back(tmp_path)
     assert lib.current().number == 0
     first = lib.commit([_seg_measure()], "first")
     second = lib.commit([_seg_measure("tent")], "second")
-    assert (
-        lib.current().number == second.number == 2 and lib.current().composites[0].params["adapt"]["default"] == "tent"
-    )
+    assert lib.current().number == second.number == 2
+    assert lib.current().composites[0].params["adapt"]["default"] == "tent"
     second.path.write_text(second.path.read_text().replace("tent", "vista"))
     again = Library(tmp_path / "lib")
     current = again.current()
-    assert (
-        current.number == first.number
-        and "checksum mismatch" in again.problems[0]
-        and str(second.path) in again.problems[0]
-    )
+    assert current.number == first.number
+    assert "checksum mismatch" in again.problems[0]
+    assert str(second.path) in again.problems[0]
 
 
 _WRITER = """
@@ -278,7 +291,8 @@ def test_killing_a_writer_mid_commit_leaves_a_loadable_library(tmp_path):
         proc.wait()
         lib = Library(root)
         current = lib.current()
-        assert lib.problems == [] and current.composites
+        assert lib.problems == []
+        assert current.composites
         assert current.note in ("before", "big")
 
 
@@ -303,4 +317,5 @@ def test_evolve_admits_only_replayable_candidates_and_prunes_unreliable_composit
         for k in range(8)
     ]
     again = evolve(later, lib, replay=lambda comp, traj: True)
-    assert any(p.startswith(name) for p in again["pruned"]) and name not in again["library"]
+    assert any((p.startswith(name) for p in again["pruned"]))
+    assert name not in again["library"]

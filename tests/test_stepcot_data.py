@@ -72,14 +72,17 @@ def release(tmp_path):
 def test_loaders_read_the_release_layout(release):
     splits = stepcot.load_stepcot(release)
     assert [r.patient_id for r in splits["train"] + splits["val"] + splits["test"]] == ["p1", "p2", "p3"]
-    assert splits["val"][0].vqa_chain[3].answer == "Left upper zone" and splits["val"][0].report == "mass"
+    assert splits["val"][0].vqa_chain[3].answer == "Left upper zone"
+    assert splits["val"][0].report == "mass"
     assert splits["test"][0].image_file() == release / "images_2" / "p3.png"  # a bare name is found in images_2/
     everything = stepcot.load_data_json(release / "data.json")
     maps = stepcot.label_maps(everything)
     assert [len(m) for m in maps] == [4, 4, 6, 7, 5, 7, 9]
     labels, valid = stepcot.encode_labels(everything, maps)
     assert labels[1].tolist() == [1, 1, 2, 3, 3, 0, 4]
-    assert labels[2, 5] == -1 and not valid[2, 5] and valid[:, :5].all()
+    assert labels[2, 5] == -1
+    assert not valid[2, 5]
+    assert valid[:, :5].all()
 
 
 @pytest.mark.parametrize(
@@ -149,7 +152,8 @@ def test_the_diagnosis_follows_from_the_earlier_steps():
     by_pattern = defaultdict(set)
     for a in chains:
         by_pattern[a["pattern"]].add(a["diagnosis"])
-    assert len(by_pattern["Cavity"]) == 2 and len(by_pattern["Nodule/Mass"]) == 2  # ... but no single step does
+    assert len(by_pattern["Cavity"]) == 2  # ... but no single step does
+    assert len(by_pattern["Nodule/Mass"]) == 2
     assert {a["pattern"] for a in chains if a["density"] == "Mixed opacity"} == {"Cavity"}
     upper = np.mean(
         [("upper" in a["location"]) for a in chains if a["pattern"] == "Cavity" and a["distribution"] == "Focal"]
@@ -157,7 +161,8 @@ def test_the_diagnosis_follows_from_the_earlier_steps():
     lower = np.mean(
         [("upper" in a["location"]) for a in chains if a["pattern"] == "Consolidation" and a["distribution"] == "Focal"]
     )
-    assert upper > 0.55 and lower < 0.4  # location depends on the pattern
+    assert upper > 0.55  # location depends on the pattern
+    assert lower < 0.4
     for option_set, key in zip(stepcot.OPTIONS, stepcot.ATTRIBUTES):
         assert {a[key] for a in chains} == set(option_set)  # every option occurs
 
@@ -177,7 +182,8 @@ def test_a_lesion_is_drawn_in_the_zone_its_chain_names():
             )
             > 20
         )
-        assert changed.sum() > 20 and changed[rows, cols].sum() > 0.8 * changed.sum(), location
+        assert changed.sum() > 20, location
+        assert changed[rows, cols].sum() > 0.8 * changed.sum(), location
 
 
 def test_phantom_writes_the_real_schema_and_xray_cases(tmp_path):
@@ -185,11 +191,15 @@ def test_phantom_writes_the_real_schema_and_xray_cases(tmp_path):
 
     paths = make("stepcot-phantom", tmp_path / "sc", n=12, seed=4)
     splits = stepcot.load_stepcot(tmp_path / "sc")
-    assert [len(splits[s]) for s in stepcot.SPLITS] == [8, 2, 2] and len(paths) == 12
+    assert [len(splits[s]) for s in stepcot.SPLITS] == [8, 2, 2]
+    assert len(paths) == 12
     record = splits["train"][0]
-    assert len(record.vqa_chain) == 7 and record.vqa_chain[6].answer in record.report and record.vqa_chain[0].reasoning
+    assert len(record.vqa_chain) == 7
+    assert record.vqa_chain[6].answer in record.report
+    assert record.vqa_chain[0].reasoning
     case = load_case(paths[0])
-    assert case.modality == "xray" and case.dims == 2
+    assert case.modality == "xray"
+    assert case.dims == 2
     again = make("stepcot-phantom", tmp_path / "again", n=2, seed=4)
     assert again[1].read_bytes() == paths[1].read_bytes()
     with pytest.raises(CaseError, match="n must be an integer"):

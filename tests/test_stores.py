@@ -51,7 +51,8 @@ def test_artifacts_from_parallel_runs_resolve_and_leave_no_temp_files(tmp_path):
     with mp.get_context("fork").Pool(3) as pool:
         ids = [i for batch in pool.starmap(_write_artifacts, [(str(tmp_path), w) for w in range(3)]) for i in batch]
     store = ArtifactStore(tmp_path)
-    assert len(set(ids)) == 15 and all(store.get(i).path.is_file() for i in ids)
+    assert len(set(ids)) == 15
+    assert all((store.get(i).path.is_file() for i in ids))
     assert not list(tmp_path.rglob("*.tmp"))
 
 

@@ -93,7 +93,8 @@ def test_entry_point_plugins_load_and_broken_ones_are_skipped(monkeypatch):
     monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
     registry = Registry.default()
     assert "echo_shape" in registry
-    assert len(registry.problems) == 1 and "broken" in registry.problems[0]
+    assert len(registry.problems) == 1
+    assert "broken" in registry.problems[0]
 
 
 def test_measure_volume_matches_phantom_truth(demo, demo_folder, tmp_path):
@@ -112,9 +113,9 @@ def test_measure_volume_prefers_a_segmentation_artifact(demo, tmp_path):
     art = ctx.store.save_nifti(mask, demo.affine, "mask", "seg")
     ctx.history.append(art.ref())
     result = _call(Registry.default().get("measure_volume"), ctx, region="ET")
-    assert (
-        result.data["voxels"] == 1000 and result.data["volume_ml"] == pytest.approx(8.0) and ctx.used["mask"] == art.id
-    )
+    assert result.data["voxels"] == 1000
+    assert result.data["volume_ml"] == pytest.approx(8.0)
+    assert ctx.used["mask"] == art.id
 
 
 def test_render_slice_writes_png_with_overlay(demo, tmp_path):
@@ -123,8 +124,11 @@ def test_render_slice_writes_png_with_overlay(demo, tmp_path):
     art = ctx.store.get(result.artifacts[0]["id"])
     with Image.open(art.path) as im:
         scale = art.meta["scale"]
-        assert im.mode == "RGB" and im.size == (demo.shape[0] * scale, demo.shape[2] * scale) and min(im.size) >= 256
-    assert result.data["overlay"] is True and art.kind == "render"
+        assert im.mode == "RGB"
+        assert im.size == (demo.shape[0] * scale, demo.shape[2] * scale)
+        assert min(im.size) >= 256
+    assert result.data["overlay"] is True
+    assert art.kind == "render"
 
 
 def test_render_slice_rejects_out_of_range_index(demo, tmp_path):
@@ -138,13 +142,15 @@ def test_crop_resample_changes_spacing(demo, tmp_path):
     ctx = _ctx(demo, tmp_path)
     result = _call(Registry.default().get("crop_resample"), ctx, spacing_mm=3.0)
     img = nib.load(str(ctx.store.get(result.artifacts[0]["id"]).path))
-    assert result.data["spacing_mm"] == [3.0, 3.0, 3.0] and img.shape[3] == 4
+    assert result.data["spacing_mm"] == [3.0, 3.0, 3.0]
+    assert img.shape[3] == 4
     assert all(s < d for s, d in zip(img.shape[:3], demo.shape))
 
 
 def test_describe_scan_reports_real_statistics(demo, tmp_path):
     result = _call(Registry.default().get("describe_scan"), _ctx(demo, tmp_path))
-    assert result.data["modality"] == "mri-multiseq" and result.data["spacing_mm"] == [2.0, 2.0, 2.0]
+    assert result.data["modality"] == "mri-multiseq"
+    assert result.data["spacing_mm"] == [2.0, 2.0, 2.0]
     flair = result.data["intensity"]["flair"]
     assert flair["max"] == pytest.approx(float(demo.channel("flair").max()), rel=1e-4)
 
@@ -155,7 +161,8 @@ def test_tool_invokes_as_a_plain_langchain_tool(demo, tmp_path):
         {"name": "measure_volume", "args": {"region": "WT"}, "id": "c1", "type": "tool_call"},
         config={"configurable": {"macro": _ctx(demo, tmp_path)}},
     )
-    assert "mL" in msg.content and msg.artifact.data["region"] == "WT"
+    assert "mL" in msg.content
+    assert msg.artifact.data["region"] == "WT"
 
 
 def test_artifact_ids_cannot_escape_the_store(tmp_path):

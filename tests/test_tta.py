@@ -42,7 +42,8 @@ def test_patch_swap_only_inside_the_uncertain_region_and_is_an_involution():
     p[..., 4:6, 4:6, 4:6] = 0.5
     swapped = patch_swap(x, p, 1, 3, q=0.95, kernel=3)
     changed = (swapped != x).any(dim=1)[0]
-    assert changed[5, 5, 5] and not changed[12, 12, 12]
+    assert changed[5, 5, 5]
+    assert not changed[12, 12, 12]
     assert torch.equal(patch_swap(swapped, p, 1, 3, 0.95, 3), x)
 
 
@@ -57,7 +58,8 @@ def test_fast_quantile_and_dilation_match_the_plain_torch_ops():
 def test_hierarchy_fix_nests_regions():
     p = torch.rand(1, 3, 8, 8, 8, generator=torch.Generator().manual_seed(1))
     fixed = hierarchy_fix(p) >= 0.5
-    assert (fixed[:, 0] <= fixed[:, 1]).all() and (fixed[:, 1] <= fixed[:, 2]).all()
+    assert (fixed[:, 0] <= fixed[:, 1]).all()
+    assert (fixed[:, 1] <= fixed[:, 2]).all()
 
 
 def _adapted(method: str):
@@ -76,7 +78,8 @@ def test_only_bn_affine_parameters_change():
         names_bn = {n for n, p in model.named_parameters() if id(p) in bn}
         for name, param in model.named_parameters():
             assert torch.equal(param, before[name]) != (name in names_bn), (method, name)
-        assert probs.shape == (1, 3, 16, 16, 16) and stats["steps"] == 3
+        assert probs.shape == (1, 3, 16, 16, 16)
+        assert stats["steps"] == 3
 
 
 def test_teacher_is_the_ema_of_the_student():
@@ -113,8 +116,8 @@ def test_batch_statistics_normalise_with_the_input_and_leave_running_stats_alone
     with torch.no_grad(), batch_statistics(net):
         out = net(x)
     assert torch.allclose(out.mean(dim=(0, 2, 3, 4)), net[1].bias, atol=1e-5)
-    assert (
-        all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and not net.training and not net[1].training
-    )
+    assert all((torch.equal(before[k], v) for k, v in net.state_dict().items()))
+    assert not net.training
+    assert not net[1].training
     with torch.no_grad(), batch_statistics(net, enabled=False):
         assert not torch.allclose(net(x).mean(dim=(0, 2, 3, 4)), net[1].bias, atol=1e-3)

@@ -18,7 +18,8 @@ def _teacher(seed: int = 0) -> Teacher:
 def test_gat_attends_over_all_nodes_with_normalised_weights():
     layer = GATLayer(16, heads=4).eval()
     out, alpha = layer(torch.randn(3, 8, 16), return_attention=True)
-    assert out.shape == (3, 8, 16) and alpha.shape == (3, 4, 8, 8)
+    assert out.shape == (3, 8, 16)
+    assert alpha.shape == (3, 4, 8, 8)
     assert (
         torch.allclose(alpha.sum(-1), torch.ones(3, 4, 8), atol=1e-6) and (alpha > 0).all()
     )  # fully connected, self-loops
@@ -28,12 +29,13 @@ def test_teacher_runs_the_graph_step_by_step_with_a_gru_memory():
     teacher = _teacher()
     trace = {}
     logits, features = teacher(torch.randn(5, 32), trace)
-    assert [z.shape for z in logits] == [(5, c) for c in CLASSES] and all(f.shape == (5, 16) for f in features)
-    assert len(trace["attention"]) == 7 and all(
-        len(step) == 2 and step[0].shape == (5, 4, 8, 8) for step in trace["attention"]
-    )
+    assert [z.shape for z in logits] == [(5, c) for c in CLASSES]
+    assert all((f.shape == (5, 16) for f in features))
+    assert len(trace["attention"]) == 7
+    assert all((len(step) == 2 and step[0].shape == (5, 4, 8, 8) for step in trace["attention"]))
     memories = torch.stack(trace["memory"])  # (7, B, hidden): written after every step, different each time
-    assert memories.shape == (7, 5, 16) and all(not torch.allclose(memories[i], memories[i + 1]) for i in range(6))
+    assert memories.shape == (7, 5, 16)
+    assert all((not torch.allclose(memories[i], memories[i + 1]) for i in range(6)))
     assert not torch.allclose(memories[0], teacher.memory0.expand(5, -1))
 
 
@@ -60,11 +62,13 @@ def test_student_is_image_only_and_chains_its_heads():
     student = Student(32, CLASSES, hidden=16).eval()
     image = torch.randn(4, 32)
     logits, feature = student(image)
-    assert [z.shape for z in logits] == [(4, c) for c in CLASSES] and feature.shape == (4, 16)
+    assert [z.shape for z in logits] == [(4, c) for c in CLASSES]
+    assert feature.shape == (4, 16)
     with torch.no_grad():
         student.heads[0].weight.add_(1.0)
     changed = student(image)[0]
-    assert not torch.allclose(logits[1], changed[1]) and torch.allclose(feature, student(image)[1])
+    assert not torch.allclose(logits[1], changed[1])
+    assert torch.allclose(feature, student(image)[1])
 
 
 def test_kd_is_t_squared_kl_at_t2_over_valid_rows():
@@ -73,7 +77,8 @@ def test_kd_is_t_squared_kl_at_t2_over_valid_rows():
     p_t, p_s = torch.softmax(t[valid] / 2, -1), torch.softmax(s[valid] / 2, -1)
     manual = 4.0 * (p_t * (p_t.log() - p_s.log())).sum(-1).mean()
     assert torch.allclose(kd_loss(s, t, valid), manual, atol=1e-6)
-    assert kd_loss(t, t, valid).abs() < 1e-6 and kd_loss(s, t, torch.zeros(6, dtype=torch.bool)) == 0
+    assert kd_loss(t, t, valid).abs() < 1e-06
+    assert kd_loss(s, t, torch.zeros(6, dtype=torch.bool)) == 0
 
 
 def test_masked_ce_ignores_invalid_steps():
@@ -98,8 +103,11 @@ def test_channel_alignment_weights_the_kl_by_cka_and_trains_only_p_s():
     valid = torch.ones(10, dtype=torch.bool)
     loss = align(f_t, f_s, valid)
     loss.backward()
-    assert loss > 0 and f_s.grad is not None and align.p_s.weight.grad is not None
-    assert align.p_t.weight.grad is None and not align.p_t.weight.requires_grad
+    assert loss > 0
+    assert f_s.grad is not None
+    assert align.p_s.weight.grad is not None
+    assert align.p_t.weight.grad is None
+    assert not align.p_t.weight.requires_grad
     k_t = torch.softmax(align.p_t(f_t) / 2, -1)
     k_s = torch.softmax(align.p_s(f_s) / 2, -1)
     expected = cka(k_t, k_s) * (k_t * (k_t.log() - k_s.log())).sum(-1).mean()

@@ -34,9 +34,11 @@ def test_shipped_weights_record_their_training():
     held = manifest["held_out"]
     assert set(held) == {"split", "baseline", "teacher", "student"}
     for method in ("teacher", "student"):
-        assert held[method]["mean_step_acc"] > 70 and len(held[method]["step_acc"]) == 7, (method, held)
+        assert held[method]["mean_step_acc"] > 70, (method, held)
+        assert len(held[method]["step_acc"]) == 7, (method, held)
     assert held["student"]["consistency"] > held["baseline"]["consistency"]
-    assert [len(o) for o in manifest["options"]] == [4, 4, 6, 7, 5, 7, 9] and manifest["deviations"]
+    assert [len(o) for o in manifest["options"]] == [4, 4, 6, 7, 5, 7, 9]
+    assert manifest["deviations"]
 
 
 def test_offered_for_xray_only(images, demo):
@@ -53,25 +55,23 @@ def test_student_and_teacher_answer_unseen_images(images, home):
         ctx = ToolContext.for_case(load_case(path), home / "artifacts")
         for kind in right:
             data = tool.execute(ctx, tool.args_schema(model=kind)).data
-            assert [s["step"] for s in data["steps"]] == list(range(1, 8)) and data["diagnosis"] == data["steps"][-1][
-                "answer"
-            ]
+            assert [s["step"] for s in data["steps"]] == list(range(1, 8))
+            assert data["diagnosis"] == data["steps"][-1]["answer"]
             assert all(0 < s["probability"] <= 1 and s["reasoning"] for s in data["steps"])
             right[kind] += [s["answer"] == chain[key] for s, key in zip(data["steps"], stepcot.ATTRIBUTES)]
     for kind, hits in right.items():
         accuracy = 100 * hits / len(images)
-        assert accuracy.mean() > 55 and accuracy[0] > 60, (kind, accuracy)  # chance is 25 % or less on every step
+        assert accuracy.mean() > 55, (kind, accuracy)  # chance is 25 % or less on every step
+        assert accuracy[0] > 60, (kind, accuracy)
 
 
 def test_question_focuses_one_step(images, home):
     tool = Registry.default().get("answer_stepwise")
     ctx = ToolContext.for_case(load_case(images[1]), home / "artifacts")
     result = tool.execute(ctx, tool.args_schema(question="Where is the lesion located?"))
-    assert (
-        result.data["focus_step"] == 4
-        and "Answer (anatomical location):" in result.text
-        and "Diagnosis:" in result.text
-    )
+    assert result.data["focus_step"] == 4
+    assert "Answer (anatomical location):" in result.text
+    assert "Diagnosis:" in result.text
 
 
 def test_agent_reasons_step_by_step_with_the_scripted_policy(images, home):
@@ -83,8 +83,11 @@ def test_agent_reasons_step_by_step_with_the_scripted_policy(images, home):
         load_case(images[2]), "Walk me through the diagnosis step by step."
     )
     (step,) = result.trajectory.steps
-    assert step["tool"] == "answer_stepwise" and step["ok"] and len(step["data"]["steps"]) == 7
-    assert "Step 7 Diagnosis" in result.answer and step["data"]["diagnosis"] in result.answer
+    assert step["tool"] == "answer_stepwise"
+    assert step["ok"]
+    assert len(step["data"]["steps"]) == 7
+    assert "Step 7 Diagnosis" in result.answer
+    assert step["data"]["diagnosis"] in result.answer
 
 
 @pytest.mark.slow
@@ -95,7 +98,9 @@ def test_evaluation_slice_runs_all_three_in_one_harness(tmp_path):
     methods = report["methods"]
     assert set(methods) == {"baseline", "teacher", "student"}
     for row in methods.values():
-        assert len(row["step_acc"]) == 7 and 0 <= row["consistency"] <= 100 and row["ms_per_image"] > 0
+        assert len(row["step_acc"]) == 7
+        assert 0 <= row["consistency"] <= 100
+        assert row["ms_per_image"] > 0
     # What the chain gives on the phantom is coherence, not per-step accuracy: the student's diagnosis agrees with
     # its own earlier answers more often than the independent classifiers' does (README, Step-CoT section).
     assert methods["student"]["consistency"] > methods["baseline"]["consistency"], methods
