@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from macro.cli.common import app, err, wrote
+from macro.cli.common import app, err, publish
 from macro.errors import CaseError
 
 
@@ -70,6 +69,4 @@ def bench(
         )
     except ValueError as exc:
         raise CaseError(None, str(exc)) from None
-    files = write_report(report, out)
-    typer.echo(json.dumps(report) if as_json else markdown(report))
-    wrote(files)
+    publish(report, out, as_json, write_report, markdown)

@@ -113,3 +113,12 @@ def make_agent(policy: str, model: str | None, max_steps: int):
 
 def wrote(files) -> None:
     err("wrote " + ", ".join(map(str, files)))
+
+
+def publish(report: dict, out: Path, as_json: bool, write_report, markdown) -> None:
+    """An evaluation's report: its files written under ``out``, the JSON or the markdown table on stdout."""
+    import json
+
+    files = write_report(report, out)
+    typer.echo(json.dumps(report) if as_json else markdown(report))
+    wrote(files)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from macro.cli.common import ModelOpt, PolicyOpt, err, group, wrote
+from macro.cli.common import ModelOpt, PolicyOpt, err, group, publish
 from macro.config import Home
 
 evaluate = group("eval", "Evaluations and benchmarks that print figures.")
@@ -28,12 +28,7 @@ def eval_segmentation(
     home = Home.current().ensure()
     count = n or (3 if quick else 10)
     report = evaluate(home.data / "brats-phantom", n=count, steps=steps, progress=err)
-    files = write_report(report, out)
-    if as_json:
-        typer.echo(json.dumps(report))
-    else:
-        typer.echo(markdown(report))
-    wrote(files)
+    publish(report, out, as_json, write_report, markdown)
 
 
 @evaluate.command("federated")
@@ -48,9 +43,7 @@ def eval_federated(
 
     home = Home.current().ensure()
     report = evaluate(home.data, quick=quick, seed=seed, progress=True, log=err)
-    files = write_report(report, out)
-    typer.echo(json.dumps(report) if as_json else markdown(report))
-    wrote(files)
+    publish(report, out, as_json, write_report, markdown)
 
 
 @evaluate.command("vqa")
@@ -78,9 +71,7 @@ def eval_vqa(
 
     home = Home.current().ensure()
     report = evaluate(home.data, quick=quick, seed=seed, log=err)
-    files = write_report(report, out)
-    typer.echo(json.dumps(report) if as_json else markdown(report))
-    wrote(files)
+    publish(report, out, as_json, write_report, markdown)
 
 
 @evaluate.command("anomaly")
@@ -108,9 +99,7 @@ def eval_anomaly(
         return
     home = Home.current().ensure()
     report = anomaly_eval.evaluate(home.data, quick=quick, seed=seed, progress=True, log=err, source=data)
-    files = anomaly_eval.write_report(report, out)
-    typer.echo(json.dumps(report) if as_json else anomaly_eval.markdown(report))
-    wrote(files)
+    publish(report, out, as_json, anomaly_eval.write_report, anomaly_eval.markdown)
 
 
 @evaluate.command("policy")
