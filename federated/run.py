@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from macro import weights as weights_io
+from macro.config import Home
 from macro.errors import CaseError
 from macro.federated import fcu as fcu_lib
 from macro.federated import fedlsm
@@ -121,8 +122,6 @@ def train_task(
 
 
 def audit_path() -> Path:
-    from macro.config import Home
-
     return Home.current().ensure().root / "audit" / "unlearning.jsonl"
 
 

@@ -17,9 +17,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from macro.skills.composite import Composite
+from macro.artifacts import ArtifactStore
+from macro.case import load_case_ref
+from macro.skills.composite import Composite, make_tool
 from macro.skills.library import Library, Round
 from macro.skills.mine import MineConfig, flat_steps, mine
+from macro.tools.executor import ToolExecutor
+from macro.tools.registry import Registry
 
 # Result fields that legitimately differ between two runs of the same call: timings, provenance of inputs.
 VOLATILE = re.compile(r"seconds|(^|_)ms$|time|source|path|(^|_)id$|stream_position")
@@ -72,20 +76,15 @@ def recorded_params(comp: Composite, steps: list[dict]) -> dict:
     return params
 
 
-def executor_replay(registry_factory: Callable[[], object], artifacts_root) -> Replay:
-    """Replay through the agent's real executor on the trajectory's case."""
+def executor_replay(registry_factory: Callable[[], Registry], artifacts_root) -> Replay:
+    """Replay through the executor the agent uses, on the trajectory's case."""
 
     def replay(comp: Composite, traj: dict) -> bool:
-        from macro.artifacts import ArtifactStore
-        from macro.case import load_case_ref
-        from macro.skills.composite import make_tool
-        from macro.tools.executor import ToolExecutor
-
         steps = occurrence(comp, traj)
         if steps is None or not traj.get("case_ref"):
             return False
         registry = registry_factory()
-        tool = make_tool(comp, {t.name: t for t in registry.all()})
+        tool = make_tool(comp, registry.atomic())
         if comp.name not in registry:
             registry.add(tool)
         case = load_case_ref(traj["case_ref"])

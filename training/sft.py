@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Sequence
 
 from macro import weights
+from macro.agent.local_llm import ADAPTER_FILE, LocalChatModel
 from macro.case import Case
 from macro.config import Home
+from macro.eval.policy import evaluate_first_calls
 from macro.tools.registry import Registry
 from macro.training import sft_data
 
@@ -138,9 +140,6 @@ def train_sft(
     shutil.rmtree(work, ignore_errors=True)
 
     from peft import get_peft_model_state_dict
-
-    from macro.agent.local_llm import ADAPTER_FILE, LocalChatModel
-    from macro.eval.policy import evaluate_first_calls
 
     state = {ADAPTER_FILE: get_peft_model_state_dict(trainer.model)}
     lora_config = json.loads(json.dumps(trainer.model.peft_config["default"].to_dict(), default=list))
