@@ -143,6 +143,7 @@ def train_sft(
 
     state = {ADAPTER_FILE: get_peft_model_state_dict(trainer.model)}
     lora_config = json.loads(json.dumps(trainer.model.peft_config["default"].to_dict(), default=list))
+    lora_config["base_model_name_or_path"] = weights.portable(base)
     manifest = {
         "name": out.name,
         "kind": "lora-adapter",

@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from macro import weights
 from macro.data.mvtec import AnomalyTask, load_images, read_task
 from macro.errors import CaseError
 from macro.metrics import roc_auc
@@ -131,7 +132,7 @@ def learn_task(bank: MemoryBank, task: AnomalyTask, capacity: int | None = None,
     task_info = {
         "name": task.name,
         "modality": task.modality,
-        "folder": str(task.folder),
+        "folder": weights.portable(task.folder),
         "bank_images": len(bank_paths),
         "held_out_normals": len(held_out),
         "candidates": len(candidates),
