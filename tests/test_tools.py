@@ -170,3 +170,33 @@ def test_artifact_ids_cannot_escape_the_store(tmp_path):
     with pytest.raises(KeyError):
         store.get("../../etc/passwd")
     assert not list(Path(tmp_path).iterdir())
+
+
+REAL_VOLUMES = ("anatomical.nii", "reoriented_anat_moved.nii", "mni152-2mm")
+
+
+def _real_volume(name: str, tmp_path: Path) -> Path:
+    """A real NIfTI from the nibabel or nilearn wheel."""
+    if name == "mni152-2mm":
+        from nilearn.datasets import load_mni152_template
+
+        path = tmp_path / "mni152.nii.gz"
+        nib.save(load_mni152_template(resolution=2), path)
+        return path
+    return Path(nib.__file__).parent / "tests" / "data" / name
+
+
+@pytest.mark.parametrize("name", REAL_VOLUMES)
+def test_crop_never_enlarges_a_real_volume_and_keeps_its_world_position(name, tmp_path):
+    source = _real_volume(name, tmp_path)
+    case = load_case(source)
+    result = _call(Registry.default().get("crop_resample"), _ctx(case, tmp_path), crop=True)
+    out = nib.load(result.artifacts[0]["path"])
+    assert all(n <= m for n, m in zip(out.shape[:3], case.shape)), (out.shape, case.shape)
+    assert np.allclose(result.data["spacing_mm"], np.sqrt((case.affine[:3, :3] ** 2).sum(axis=0)))
+    # the crop's first voxel sits where that voxel sat in the input: find it by its value
+    corner = np.asarray(out.dataobj)[0, 0, 0]
+    world = out.affine @ np.array([0, 0, 0, 1.0])
+    index = np.round(np.linalg.inv(case.affine) @ world).astype(int)[:3]
+    assert all(0 <= i < n for i, n in zip(index, case.shape))
+    assert case.image[0][tuple(index)] == pytest.approx(corner)

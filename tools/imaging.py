@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from macro.data.brats import convention_for, region_masks
 from macro.errors import CaseError
-from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
+from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, ToolFailure, ToolResult, ToolSpec
 
 VOLUME_MODALITIES = ("mri-multiseq", "mr", "ct", "pet")
 REGION_NAMES = {"ET": "enhancing tumour", "TC": "tumour core", "WT": "whole tumour"}
@@ -378,11 +378,14 @@ class CropResample(MacroTool):
         affine = torch.as_tensor(case.affine if case.affine is not None else np.diag([*case.spacing, 1.0]))
         img = MetaTensor(torch.from_numpy(case.image), affine=affine)
         if args.crop:
-            img = CropForeground(select_fn=lambda x: x > np.percentile(case.image[0], 20), margin=2)(img)
+            # allow_smaller: the margin stops at the image's edges, so a crop never pads the volume larger
+            threshold = np.percentile(case.image[0], 20)
+            img = CropForeground(select_fn=lambda x: x > threshold, margin=2, allow_smaller=True)(img)
         if args.spacing_mm is not None:
             img = Spacing(pixdim=(args.spacing_mm,) * 3, mode="bilinear")(img)
         out = np.moveaxis(img.numpy().astype(np.float32), 0, -1)
         new_spacing = [round(float(s), 4) for s in np.sqrt((img.affine.numpy()[:3, :3] ** 2).sum(axis=0))]
+        _check_geometry(case, affine.numpy(), out.shape[:3], new_spacing, args)
         art = ctx.store.save_nifti(
             out, img.affine.numpy(), "image", "resampled", {"spacing_mm": new_spacing, "channels": list(case.channels)}
         )
@@ -393,6 +396,17 @@ class CropResample(MacroTool):
             data={"shape": shape, "spacing_mm": new_spacing},
             artifacts=[art.ref()],
         )
+
+
+def _check_geometry(case, affine: np.ndarray, shape: tuple[int, ...], spacing: list[float], args: ResampleArgs) -> None:
+    """The output must be what was asked: a crop alone never grows the volume and keeps the input's voxel size (as
+    its affine states it), a resampling hits its spacing."""
+    if args.spacing_mm is None and any(n > m for n, m in zip(shape, case.shape)):
+        raise ToolFailure(f"crop_resample produced {'x'.join(map(str, shape))} from {'x'.join(map(str, case.shape))}")
+    own = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    expected = own if args.spacing_mm is None else (args.spacing_mm,) * 3
+    if not np.allclose(spacing, expected, rtol=1e-3, atol=1e-4):
+        raise ToolFailure(f"crop_resample produced {spacing} mm voxels, expected {list(expected)}")
 
 
 BUILTINS = (DescribeScan, RenderSlice, MeasureVolume, CropResample)
