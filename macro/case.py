@@ -383,21 +383,53 @@ def _from_file(path: Path, modality: str | None) -> Case:
 # ---------------------------------------------------------------- DICOM
 
 
+# DICOM objects that carry no image to read, by Modality: named in the refusal so the user knows what they gave.
+NON_IMAGE_DICOM = {
+    "SEG": "a DICOM SEG segmentation object (a mask drawn on another series)",
+    "RTDOSE": "an RT dose grid",
+    "RTSTRUCT": "an RT structure set (contours)",
+    "RTPLAN": "an RT treatment plan",
+    "RTRECORD": "an RT treatment record",
+    "SR": "a structured report",
+    "ECG": "an ECG waveform",
+    "PR": "a presentation state",
+    "KO": "a key-object selection",
+    "REG": "a spatial registration object",
+    "DOC": "an encapsulated document",
+}
+
+
+def _non_image(ds) -> str | None:
+    """What a DICOM object is when it is not an image to read, else None."""
+    modality = str(getattr(ds, "Modality", ""))
+    if modality in NON_IMAGE_DICOM:
+        return NON_IMAGE_DICOM[modality]
+    if "WaveformSequence" in ds:
+        return f"a {modality or 'DICOM'} waveform"
+    return None
+
+
 def _dcmread(path: Path, header_only: bool):
     import pydicom
 
     _require_nonempty(path)
     try:
-        return pydicom.dcmread(
-            str(path), stop_before_pixels=header_only, force=not header_only and path.suffix.lower() in DICOM_EXT
-        )
+        return pydicom.dcmread(str(path), stop_before_pixels=header_only, force=path.suffix.lower() in DICOM_EXT)
     except Exception as exc:
         raise CaseError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
 
 
 def _from_dicom(paths: list[Path], modality: str | None, origin: Path) -> Case:
     headers = [(p, _dcmread(p, header_only=True)) for p in paths]
-    with_pixels = [(p, ds) for p, ds in headers if "Rows" in ds and "Columns" in ds]
+    images = [(p, ds) for p, ds in headers if _non_image(ds) is None]
+    if not images:  # a folder may hold a SEG or a report beside its images; those are skipped, never read as pixels
+        path, ds = headers[0]
+        raise CaseError(
+            path if len(headers) == 1 else origin,
+            f"this DICOM is {_non_image(ds)}, not an image",
+            accepted="image DICOM (CT, MR, CR/DX, US, ...)",
+        )
+    with_pixels = [(p, ds) for p, ds in images if "Rows" in ds and "Columns" in ds]
     if not with_pixels:
         raise CaseError(
             origin,

@@ -122,7 +122,7 @@ def _bad_inputs(tmp: Path, demo_folder: Path) -> dict[str, tuple[Path, str]]:
     (tmp / "huge.nii").write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 64)
     cases["absurd size"] = (tmp / "huge.nii", "implausible")
     cases["blank"] = (_nifti(tmp / "blank.nii.gz", np.zeros((6, 6, 6), np.float32)), "blank")
-    cases["dicom without pixels"] = (Path(get_testdata_file("rtplan.dcm")), "no image pixel data")
+    cases["dicom without pixels"] = (Path(get_testdata_file("rtplan.dcm")), "an RT treatment plan, not an image")
     (tmp / "empty_dir").mkdir()
     cases["empty folder"] = (tmp / "empty_dir", "folder is empty")
     partial = tmp / "partial"
@@ -182,3 +182,33 @@ def test_cli_bad_input_in_a_real_process(tmp_path):
     assert proc.stderr.count("\n") == 1
     assert "not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        ("liver_1frame.dcm", "SEG segmentation object"),
+        ("rtdose.dcm", "RT dose grid"),
+        ("rtstruct.dcm", "RT structure set"),
+        ("test-SR.dcm", "structured report"),
+        ("waveform_ecg.dcm", "ECG waveform"),
+    ],
+)
+def test_dicom_objects_that_are_not_images_are_refused_by_name(name, what):
+    path = Path(get_testdata_file(name))
+    with pytest.raises(CaseError, match=what) as caught:
+        load_case(path)
+    assert str(path) in str(caught.value)
+    assert "force=True" not in str(caught.value), "pydicom's advice is not the user's to follow"
+
+
+def test_a_series_folder_keeps_its_images_and_skips_a_seg_beside_them(tmp_path):
+    import shutil
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    shutil.copy(get_testdata_file("liver_1frame.dcm"), folder / "seg.dcm")
+    case = load_case(folder)
+    assert case.modality == "ct"
+    assert [p.name for p in case.paths] == ["ct.dcm"]
