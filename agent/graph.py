@@ -15,6 +15,7 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, TypedDict
 
 from langchain_core.language_models import BaseChatModel
@@ -122,7 +123,7 @@ def build_graph(
             )
         elif state.get("retries") and not prose:
             note = "The policy did not produce a valid tool call or an answer."
-        answer = compose_answer(prose, steps, question, note)
+        answer = compose_answer(prose, steps, question, note, store.root)
         if isinstance(last, AIMessage) and last.tool_calls:
             # Every tool call needs a reply, or the thread is invalid for OpenAI-style backends on the next turn.
             closing = [
@@ -155,8 +156,11 @@ def _repeats(messages: list) -> bool:
     return bool(calls) and all(_call_key(c) in earlier for c in calls)
 
 
-def compose_answer(prose: str, steps: list[Step], question: str = "", note: str = "") -> str:
-    """Prose (when grounded) + a findings block. Numbers may only come from tool results or the question."""
+def compose_answer(
+    prose: str, steps: list[Step], question: str = "", note: str = "", artifacts: Path | None = None
+) -> str:
+    """Prose (when grounded) + a findings block. Numbers may only come from tool results or the question. The block
+    names artifacts by the paths a user can open (under ``artifacts``, the store's folder)."""
     grounded_numbers = [float(n) for s in steps if s.ok for n in _NUMBER.findall(s.summary)]
     grounded_numbers += [float(n) for n in _NUMBER.findall(question)]
     invented = [n for n in _NUMBER.findall(prose) if not any(_same(float(n), g) for g in grounded_numbers)]
@@ -175,7 +179,8 @@ def compose_answer(prose: str, steps: list[Step], question: str = "", note: str 
         for i, s in enumerate(steps, 1):
             args = ", ".join(f"{k}={v}" for k, v in s.args.items() if v is not None)
             outcome = s.summary if s.ok else f"FAILED: {s.error}"
-            arts = f" [artifacts: {', '.join(s.outputs)}]" if s.outputs else ""
+            shown = [str(Path(artifacts).resolve() / o) if artifacts is not None else o for o in s.outputs]
+            arts = f" [artifacts: {', '.join(shown)}]" if s.outputs else ""
             lines.append(f"  {i}. {s.tool}({args}): {outcome}{arts}")
     return "\n".join(lines).strip()
 

@@ -60,6 +60,10 @@ class NoArgs(BaseModel):
     pass
 
 
+# Units of the stored intensities where the modality fixes them (CT in Hounsfield units; MR signal has none).
+INTENSITY_UNITS = {"ct": " HU", "mr": " (arbitrary units)", "mri-multiseq": " (arbitrary units)"}
+
+
 class DescribeScan(MacroTool):
     name: str = "describe_scan"
     description: str = "Modality, size, voxel spacing and intensity statistics of the scan."
@@ -126,8 +130,10 @@ class DescribeScan(MacroTool):
             "has_reference_mask": case.label_path is not None,
             "intensity": stats,
         }
-        ranges = "; ".join(f"{n} {s['p1']:g}-{s['p99']:g}" for n, s in stats.items())
-        return ToolResult(text=f"{case.summary()}. Intensity p1-p99: {ranges}.", data=data)
+        unit = INTENSITY_UNITS.get(case.modality, "")
+        ranges = "; ".join(f"{n} {s['p1']:g} to {s['p99']:g}{unit}" for n, s in stats.items())
+        data["intensity_unit"] = unit.strip() or None
+        return ToolResult(text=f"{case.summary()}. Intensity, 1st to 99th percentile: {ranges}.", data=data)
 
 
 class RenderArgs(BaseModel):
