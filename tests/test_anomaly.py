@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydicom.data import get_testdata_file
 
+from macro.data import make
 from macro.errors import CaseError
 from macro.tools.anomaly.continual import Coreset, cadic_update, default_projection, fifo_update, thin
 from macro.tools.anomaly.coreset import covering_radius, greedy_kcenter
@@ -288,3 +291,62 @@ def test_tool_through_the_agent_flags_an_anomaly_with_a_heatmap(stream, learnt, 
     heatmap = Image.open(normal.artifacts[0]["path"])
     assert heatmap.size == (672, 224)
     assert normal.artifacts[0]["kind"] == "heatmap"
+
+
+# ---------------------------------------------------------------- the shipped bank on real scans
+
+
+def _score(path, store: Path):
+    """The shipped tool's structured result for a file, or None when the tool is not offered for it."""
+    from macro.artifacts import ArtifactStore
+    from macro.case import load_case
+    from macro.tools.base import ToolContext
+    from macro.tools.registry import Registry
+
+    tool = Registry.default().get("score_anomaly")
+    case = load_case(path)
+    if not tool.offered(case):
+        return None
+    return tool.execute(ToolContext(case=case, store=ArtifactStore(store)), tool.args_schema()).data
+
+
+@pytest.mark.parametrize(
+    ("name", "task"),
+    [("CT_small.dcm", "ct-thorax"), ("J2K_pixelrep_mismatch.dcm", "ct-head"), ("examples_overlay.dcm", "mr-abdomen")],
+)
+def test_the_bank_calls_its_own_real_source_scans_normal(name, task, tmp_path):
+    data = _score(get_testdata_file(name), tmp_path)
+    assert data["verdict"] == "normal", data
+    assert data["nearest_task"] == task
+    assert data["score"] < data["threshold"]
+    assert data["support"] > 0.95
+
+
+def test_held_out_normals_of_the_learnt_tasks_mostly_score_normal(tmp_path):
+    """Held-out normals made from the same files; the threshold is their 95th percentile, so a few may exceed it."""
+    folders = make("anomaly-stream", tmp_path / "held", n=2, n_test=6, seed=11)
+    verdicts = [_score(p, tmp_path)["verdict"] for f in folders for p in sorted((f / "test" / "good").glob("*.png"))]
+    assert "outside" not in verdicts
+    assert verdicts.count("normal") >= 0.85 * len(verdicts), verdicts
+
+
+def test_images_unlike_every_learnt_task_are_outside_the_learnt_categories(tmp_path):
+    noise = tmp_path / "noise.png"
+    Image.fromarray((np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8)).save(noise)
+    (tmp_path / "noise.json").write_text(json.dumps({"modality": "ct"}))
+    for data in (_score(noise, tmp_path), _score(get_testdata_file("MR_small.dcm"), tmp_path)):
+        assert data["verdict"] == "outside", data
+        assert data["anomalous"] is False, "outside the learnt categories is no decision"
+        assert data["support"] < 0.8
+
+
+def test_the_tool_is_not_offered_where_the_bank_learnt_nothing_similar(tmp_path):
+    lesion = make("derm-phantom", tmp_path / "derm", n=1, seed=3)[0]
+    assert _score(lesion, tmp_path) is None
+    assert _score(get_testdata_file("examples_rgb_color.dcm"), tmp_path) is None  # ultrasound: no learnt task
+
+
+def test_a_peak_is_reported_in_the_case_own_pixels(tmp_path):
+    data = _score(get_testdata_file("examples_overlay.dcm"), tmp_path)
+    assert 0 <= data["peak"][0] < 300
+    assert 0 <= data["peak"][1] < 484

@@ -108,6 +108,11 @@ class MacroTool(BaseTool):
         super().__pydantic_init_subclass__(**kwargs)
         _validate_definition(cls)
 
+    def offered(self, case: Case) -> bool:
+        """Whether the tool is offered for ``case`` (the registry and the executor ask); by default its spec decides,
+        a tool whose competence is learnt at run time (the anomaly bank) narrows it."""
+        return self.spec.accepts(case)
+
     def execute(self, ctx: ToolContext, args: BaseModel) -> ToolResult:
         raise NotImplementedError
 
@@ -119,7 +124,7 @@ class MacroTool(BaseTool):
                 f"tool {self.name} needs a case: pass "
                 f"config={{'configurable': {{'macro': ToolContext.for_case(path)}}}}",
             )
-        if not self.spec.accepts(ctx.case):
+        if not self.offered(ctx.case):
             raise CaseError(
                 ctx.case.paths[0],
                 f"tool {self.name} does not accept a {ctx.case.dims}D {ctx.case.modality} case",

@@ -73,7 +73,7 @@ class Registry:
 
     def for_case(self, case: Case) -> list[MacroTool]:
         """Only the tools that accept the case's modality and dimensionality."""
-        return [t for t in self._tools.values() if t.spec.accepts(case)]
+        return [t for t in self._tools.values() if t.offered(case)]
 
 
 def kind(tool: MacroTool) -> str:

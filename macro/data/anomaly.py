@@ -77,21 +77,34 @@ STREAM_JSON = "stream.json"
 
 @dataclass(frozen=True)
 class TaskSource:
-    """One task of the stream: its name, modality and field of view as a fraction of the source's larger side."""
+    """One task of the stream: its name, modality, field of view as a fraction of the source's larger side, and the
+    window that maps its raw intensities to [0, 1] (see :func:`apply_window`)."""
 
     name: str
     modality: str
     field: float
+    window: tuple = ("max",)
+
+    @property
+    def preprocessing(self) -> dict:
+        """How a raw scan becomes one of this task's images; recorded in every sidecar and in the bank."""
+        return {"window": list(self.window), "field": self.field}
 
 
 TASKS = (
     TaskSource("brain-axial", "mr", 0.95),
     TaskSource("brain-coronal", "mr", 0.95),
     TaskSource("brain-sagittal", "mr", 0.95),
-    TaskSource("ct-head", "ct", 0.80),
-    TaskSource("mr-abdomen", "mr", 0.75),
-    TaskSource("ct-thorax", "ct", 0.95),
+    TaskSource("ct-head", "ct", 0.80, ("hu", 40, 100)),
+    TaskSource("mr-abdomen", "mr", 0.75, ("percentile", 0.5, 99.5)),
+    TaskSource("ct-thorax", "ct", 0.95, ("hu", 40, 400)),
 )
+PICTURE = {"window": ["picture"], "field": 1.0}  # 8-bit pictures: used as they are
+SOURCE_FILES = {
+    "ct-head": "J2K_pixelrep_mismatch.dcm",
+    "mr-abdomen": "examples_overlay.dcm",
+    "ct-thorax": "CT_small.dcm",
+}
 
 
 @functools.cache
@@ -108,14 +121,9 @@ def source_slices(name: str) -> tuple[np.ndarray, ...]:
             slices = [volume[:, y, :].T[::-1] for y in range(100, 181)]
         else:
             slices = [volume[x, :, :].T[::-1] for x in range(45, 153)]
-    elif name == "ct-head":
-        slices = [_window(_dicom_hu("J2K_pixelrep_mismatch.dcm"), 40, 100)]
-    elif name == "mr-abdomen":
-        raw = _dicom_hu("examples_overlay.dcm")
-        lo, hi = np.percentile(raw, [0.5, 99.5])
-        slices = [np.clip((raw - lo) / (hi - lo), 0, 1)]
-    elif name == "ct-thorax":
-        slices = [_window(_dicom_hu("CT_small.dcm"), 40, 400)]
+    elif name in SOURCE_FILES:
+        task = next(t for t in TASKS if t.name == name)
+        slices = [apply_window(_dicom_hu(SOURCE_FILES[name]), task.window)]
     else:
         raise CaseError(None, f"unknown anomaly-stream task {name!r}", accepted=", ".join(t.name for t in TASKS))
     out = tuple(np.ascontiguousarray(s, dtype=np.float32) for s in slices)
@@ -134,8 +142,36 @@ def _dicom_hu(name: str) -> np.ndarray:
     )
 
 
-def _window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
-    return np.clip((hu - (level - width / 2)) / width, 0, 1)
+def apply_window(raw: np.ndarray, window) -> np.ndarray:
+    """Raw intensities -> [0, 1]: ``("hu", level, width)`` a CT window, ``("percentile", lo, hi)`` the image's own
+    percentile range, ``("max",)`` divided by the maximum. The one mapping bank building and tool-time scoring share."""
+    kind, *args = window
+    if kind == "hu":
+        level, width = args
+        return np.clip((raw - (level - width / 2)) / width, 0, 1)
+    if kind == "percentile":
+        lo, hi = np.percentile(raw, args)
+        return np.clip((raw - lo) / max(hi - lo, 1e-6), 0, 1)
+    if kind == "max":
+        return raw / max(float(raw.max()), 1e-6)
+    raise ValueError(f"unknown window {window!r}")
+
+
+def canvas(src: np.ndarray, side: float, centre, angle: float = 0.0, dy=0.0, dx=0.0) -> np.ndarray:
+    """A SIZE x SIZE view of ``src``: a square field of ``side`` source pixels around ``centre``, rotated by
+    ``angle`` and displaced by (dy, dx), bilinear, air (0) outside the source."""
+    grid = (np.arange(SIZE, dtype=np.float32) + 0.5) / SIZE - 0.5
+    gy, gx = grid[:, None] * side, grid[None, :] * side
+    c, s = np.cos(angle), np.sin(angle)
+    rows = centre[0] + c * gy - s * gx + dy
+    cols = centre[1] + s * gy + c * gx + dx
+    return ndi.map_coordinates(src, [rows, cols], order=1, mode="constant", cval=0.0)
+
+
+def square_view(src: np.ndarray, field: float) -> np.ndarray:
+    """The task's view of a 2D source in its canonical pose: centred, unrotated, ``field`` of the larger side."""
+    h, w = src.shape
+    return canvas(src, max(h, w) * field, np.array([h / 2, w / 2]))
 
 
 # ---------------------------------------------------------------- one normal image
@@ -149,15 +185,10 @@ def anatomy(rng: np.random.Generator, task: TaskSource) -> np.ndarray:
     side = max(h, w) * task.field * rng.uniform(0.95, 1.05)
     angle = np.deg2rad(rng.uniform(-6, 6))
     centre = np.array([h / 2, w / 2]) + rng.uniform(-0.04, 0.04, 2) * side
-    grid = (np.arange(SIZE, dtype=np.float32) + 0.5) / SIZE - 0.5
     u = np.linspace(-1, 1, SIZE, dtype=np.float32)
     amplitude = rng.uniform(0, 2.0) * side / SIZE
     dy, dx = (amplitude * smooth_field(rng, u, u, 1.0) for _ in range(2))
-    gy, gx = grid[:, None] * side, grid[None, :] * side
-    c, s = np.cos(angle), np.sin(angle)
-    rows = centre[0] + c * gy - s * gx + dy
-    cols = centre[1] + s * gy + c * gx + dx
-    image = ndi.map_coordinates(src, [rows, cols], order=1, mode="constant", cval=0.0)
+    image = canvas(src, side, centre, angle, dy, dx)
     return np.clip(rng.uniform(0.92, 1.08) * image ** rng.uniform(0.85, 1.15), 0, 1).astype(np.float32)
 
 
@@ -351,7 +382,13 @@ def make_anomaly_stream(
     for t in chosen:
         task = TASKS[t]
         folder = out / task.name
-        base = {"modality": task.modality, "dataset": DATASET, "task": task.name, "seed": seed}
+        base = {
+            "modality": task.modality,
+            "dataset": DATASET,
+            "task": task.name,
+            "seed": seed,
+            "preprocessing": task.preprocessing,
+        }
         for i in range(n):
             _save(
                 folder / "train" / "good" / f"{i:05d}.png",
@@ -377,7 +414,10 @@ def make_anomaly_stream(
         "n_test": n_test,
         "size": SIZE,
         "kinds": list(KINDS),
-        "tasks": [{"name": TASKS[t].name, "modality": TASKS[t].modality} for t in chosen],
+        "tasks": [
+            {"name": TASKS[t].name, "modality": TASKS[t].modality, "preprocessing": TASKS[t].preprocessing}
+            for t in chosen
+        ],
     }
     staging = out / f".{STREAM_JSON}.partial"
     staging.write_text(json.dumps(manifest, indent=2) + "\n")

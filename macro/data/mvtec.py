@@ -17,7 +17,7 @@ unreadable image, a defect image without its mask, or a mask whose size differs 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ class AnomalyTask:
     test: tuple[Path, ...]
     kinds: tuple[str, ...]  # per test image: "good" or the defect folder name
     masks: tuple[Path | None, ...]  # per test image: its mask file, None for good images
+    preprocessing: dict = field(default_factory=lambda: {"window": ["picture"], "field": 1.0})
 
     @property
     def labels(self) -> np.ndarray:
@@ -80,7 +81,17 @@ def read_task(folder: str | Path) -> AnomalyTask:
                 test.append(path)
                 kinds.append(kind_dir.name)
                 masks.append(None if kind_dir.name == "good" else _mask_path(folder, kind_dir.name, path))
-    return AnomalyTask(folder.name, folder, _modality(train[0]), tuple(train), tuple(test), tuple(kinds), tuple(masks))
+    sidecar = _sidecar(train[0])
+    return AnomalyTask(
+        folder.name,
+        folder,
+        _modality(sidecar, train[0]),
+        tuple(train),
+        tuple(test),
+        tuple(kinds),
+        tuple(masks),
+        sidecar.get("preprocessing") or {"window": ["picture"], "field": 1.0},
+    )
 
 
 def _mask_path(folder: Path, kind: str, image: Path) -> Path:
@@ -93,18 +104,28 @@ def _mask_path(folder: Path, kind: str, image: Path) -> Path:
     )
 
 
-def _modality(image: Path) -> str:
+def _sidecar(image: Path) -> dict:
+    """The image's sidecar JSON (the phantom writes one: modality, and how the task's images were made), or {}."""
+    path = image.with_suffix(".json")
+    if not path.is_file():
+        return {}
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CaseError(path, f"sidecar JSON is unreadable: {exc}") from None
+    if not isinstance(body, dict):
+        raise CaseError(path, "sidecar JSON is not an object")
+    return body
+
+
+def _modality(sidecar: dict, image: Path) -> str:
     from macro.case import MODALITIES
 
-    sidecar = image.with_suffix(".json")
-    if not sidecar.is_file():
-        return "other"
-    try:
-        modality = json.loads(sidecar.read_text()).get("modality", "other")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise CaseError(sidecar, f"sidecar JSON is unreadable: {exc}") from None
+    modality = sidecar.get("modality", "other")
     if modality not in MODALITIES:
-        raise CaseError(sidecar, f"sidecar names unknown modality {modality!r}", accepted=", ".join(MODALITIES))
+        raise CaseError(
+            image.with_suffix(".json"), f"sidecar names unknown modality {modality!r}", accepted=", ".join(MODALITIES)
+        )
     return modality
 
 

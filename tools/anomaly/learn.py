@@ -132,6 +132,7 @@ def learn_task(bank: MemoryBank, task: AnomalyTask, capacity: int | None = None,
     task_info = {
         "name": task.name,
         "modality": task.modality,
+        "preprocessing": task.preprocessing,
         "folder": weights.portable(task.folder),
         "bank_images": len(bank_paths),
         "held_out_normals": len(held_out),
