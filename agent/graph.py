@@ -24,6 +24,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
+from macro.agent.consistency import reconcile
 from macro.agent.prompts import CALL_RULE, system_message
 from macro.artifacts import ArtifactStore
 from macro.case import Case, load_case_ref
@@ -159,8 +160,9 @@ def _repeats(messages: list) -> bool:
 def compose_answer(
     prose: str, steps: list[Step], question: str = "", note: str = "", artifacts: Path | None = None
 ) -> str:
-    """Prose (when grounded) + a findings block. Numbers may only come from tool results or the question. The block
-    names artifacts by the paths a user can open (under ``artifacts``, the store's folder)."""
+    """Prose (when grounded), the consistency of tools that spoke about the same finding, and a findings block.
+    Numbers may only come from tool results or the question. The block names artifacts by the paths a user can
+    open (under ``artifacts``, the store's folder)."""
     grounded_numbers = [float(n) for s in steps if s.ok for n in _NUMBER.findall(s.summary)]
     grounded_numbers += [float(n) for n in _NUMBER.findall(question)]
     invented = [n for n in _NUMBER.findall(prose) if not any(_same(float(n), g) for g in grounded_numbers)]
@@ -174,6 +176,7 @@ def compose_answer(
     ok_steps = [s for s in steps if s.ok]
     if not prose or invented:
         lines.append(" ".join(s.summary for s in ok_steps) if ok_steps else "No tool produced a result.")
+    lines += reconcile(steps)
     if steps:
         lines.append("\nFindings (from tools):")
         for i, s in enumerate(steps, 1):

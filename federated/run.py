@@ -18,14 +18,18 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from macro import weights as weights_io
 from macro.config import Home
+from macro.data.labelled import LabelledSet, read_phantom, train_val_test
 from macro.errors import CaseError
 from macro.federated import fcu as fcu_lib
 from macro.federated import fedlsm
-from macro.federated.tasks import Federation, federation
+from macro.federated.tasks import TASKS, Federation, dataset_folder, federation
+from macro.tools import ood
 from macro.tools.classification.calibrate import ece, fit_temperature, probabilities
-from macro.tools.classification.model import SLOTS, Classifier, load_classifier, save_classifier
+from macro.tools.classification.model import IMAGE_SIZE, SLOTS, Classifier, load_classifier, load_ood, save_classifier
 
 
 def _model(fed: Federation, state) -> Classifier:
@@ -88,6 +92,18 @@ def train_fedlsm(
     return best["state"], info
 
 
+def fit_ood(data: LabelledSet, train: np.ndarray, val: np.ndarray) -> ood.Density:
+    """The out-of-distribution check of a task's classifier: fitted on its training images, calibrated on val."""
+
+    def load(rows):
+        return data.load_images(IMAGE_SIZE, rows)
+
+    return ood.fit_density(
+        ood.image_features(load, train, IMAGE_SIZE, "OOD check: training images"),
+        ood.image_features(load, val, IMAGE_SIZE, "OOD check: validation images"),
+    )
+
+
 def train_task(
     task: str,
     data_root: Path,
@@ -118,7 +134,21 @@ def train_task(
         **calibrate(fed, state),
         "unlearned_clients": [],
     }
-    return save_classifier(_model(fed, state), task_slot(task).target(out), manifest)
+    train_rows = np.concatenate(list(fed.client_images.values()))
+    density = fit_ood(fed.labelled, train_rows, fed.held_out["val"])
+    return save_classifier(_model(fed, state), task_slot(task).target(out), manifest, density)
+
+
+def refit_ood(task: str, data_root: Path, folder: Path | None = None, out: Path | None = None) -> dict:
+    """Fit the OOD check of an existing classifier (``fl train`` fits it itself) on the training images of the
+    federation its manifest names, and write it with the unchanged weights (under MACRO_HOME unless ``out``)."""
+    model, manifest = load_classifier(task, folder)
+    recipe = manifest["federation"]
+    if recipe.get("dataset") == "external":
+        raise CaseError(None, f"{task}: these weights were trained on an external dataset; retrain with fl train")
+    data = read_phantom(dataset_folder(data_root, TASKS[task], recipe["n_images"], recipe["seed"]))
+    train, val, _ = train_val_test(len(data), seed=recipe["seed"], groups=data.patient_ids)
+    return save_classifier(model, task_slot(task).target(out), manifest, fit_ood(data, train, val))
 
 
 def audit_path() -> Path:
@@ -183,7 +213,7 @@ def unlearn_task(
         **calibrate(fed, final),
     }
     target = task_slot(task).target(out)
-    new = save_classifier(_model(fed, final), target, new)
+    new = save_classifier(_model(fed, final), target, new, load_ood(task, folder))  # the trunk is unchanged
     record = {
         "event": "client-unlearning",
         "task": task,

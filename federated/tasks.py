@@ -75,6 +75,7 @@ class Federation:
     bank: FeatureBank
     labelled: LabelledSet
     recipe: dict = field(default_factory=dict)
+    held_out: dict[str, np.ndarray] = field(default_factory=dict)  # "val" and "test" indices into the labelled set
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -198,6 +199,7 @@ def federation(
         bank,
         data,
         recipe,
+        {"val": val, "test": test},
     )
 
 

@@ -253,6 +253,12 @@ def _nifti_header(path: Path):
         shape = tuple(int(s) for s in img.shape)
     except Exception as exc:  # nibabel raises many types for corrupt headers
         raise CaseError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):  # CIFTI-2 and other .nii containers
+        raise CaseError(
+            path,
+            f"a {type(img).__name__} ({'x'.join(map(str, shape))} matrix, not a volume on a voxel grid)",
+            accepted="a 3D NIfTI-1/NIfTI-2 volume",
+        )
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) == 4:

@@ -27,7 +27,7 @@ def images(tmp_path_factory):
 
 def test_shipped_weights_record_their_training():
     manifest = weights.verify(SLOT.shipped, SLOT.regenerate)
-    assert set(manifest["files"]) == {"teacher.safetensors", "student.safetensors"}
+    assert set(manifest["files"]) == {"teacher.safetensors", "student.safetensors", "ood.safetensors"}
     assert manifest["command"].startswith("macro train vqa")
     assert manifest["seed"] == 0
     assert manifest["train_seed"] == 42

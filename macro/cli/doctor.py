@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -53,3 +54,26 @@ def models_verify():
         if r["problem"] is not None:
             weights.verify(Path(r["folder"]), r["regenerate"])  # raises the error the row describes
         typer.echo(f"{r['slot']}: ok ({r['copy']} copy, sha256 {r['sha256']})")
+
+
+OOD_MODELS = ("classification/derm", "classification/cxr", "vqa")
+
+
+@models.command("fit-ood")
+def models_fit_ood(
+    name: str = typer.Argument(..., help=" | ".join(OOD_MODELS)),
+    out: Optional[Path] = typer.Option(None, "--out", help="weights folder (default: the model's home copy)"),
+):
+    """Fit a model's out-of-distribution check on its training images, weights unchanged (training fits it too)."""
+    home = Home.current().ensure()
+    if name == "vqa":
+        from macro.tools.vqa.checkpoint import refit_ood as refit_vqa
+
+        manifest = refit_vqa(home.data, out=out)
+    elif name in OOD_MODELS:
+        from macro.federated.run import refit_ood
+
+        manifest = refit_ood(name.split("/")[1], home.data, out=out)
+    else:
+        raise typer.BadParameter(f"{name!r}: expected one of {', '.join(OOD_MODELS)}", param_hint="NAME")
+    typer.echo(json.dumps({"sha256": manifest["sha256"], "ood": manifest["ood"]}, indent=2))

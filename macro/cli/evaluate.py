@@ -196,3 +196,33 @@ def eval_memory(
 
     report = run(tuple(int(n) for n in sizes.split(",")), large=large, queries=queries, log=err)
     typer.echo(json.dumps(report, indent=2) if as_json else markdown(report))
+
+
+@evaluate.command("ood")
+def eval_ood(
+    n: int = typer.Option(200, "--n", help="held-out in-distribution images per model"),
+    out: Path = typer.Option(Path("runs/ood"), "--out", help="where the JSON, markdown and plot go"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Out-of-distribution checks: AUROC at telling each model's held-out images from the wheels' scans and noise."""
+    from macro.eval.ood import evaluate as run
+    from macro.eval.ood import markdown, write_report
+
+    report = run(Home.current().ensure().data, n_in=n, log=err)
+    publish(report, out, as_json, write_report, markdown)
+
+
+@evaluate.command("real-scans")
+def eval_real_scans(
+    as_json: bool = typer.Option(False, "--json"),
+    pin: Optional[Path] = typer.Option(None, "--pin", help="write the per-file verdicts here (CI's pinned table)"),
+):
+    """Every scan in the pydicom, nibabel and nilearn wheels through every tool that accepts it: the verdicts."""
+    from macro.eval.real_scans import markdown, sweep
+
+    report = sweep(log=err)
+    if pin is not None:
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        pin.write_text(json.dumps(report["verdicts"], indent=1, sort_keys=True) + "\n")
+        err(f"wrote {pin}")
+    typer.echo(json.dumps(report, indent=2) if as_json else markdown(report))

@@ -29,6 +29,7 @@ from torch import nn
 
 from macro import imagenet, weights
 from macro.imagenet import Trunk, resize
+from macro.tools import ood
 
 IMAGE_SIZE = 96
 SPLIT_BLOCK = imagenet.DEPTH  # every MBConv block frozen (320 channels at stride 32); the 1x1 head conv trains
@@ -145,12 +146,16 @@ class FeatureBank:
         return self.views[view, torch.as_tensor(idx)].float()
 
 
-def save_classifier(model: Classifier, folder: Path, manifest: dict) -> dict:
-    """The trainable top in fp16 safetensors (the trunk is the shipped ImageNet encoder) + manifest."""
+def save_classifier(model: Classifier, folder: Path, manifest: dict, density: ood.Density | None = None) -> dict:
+    """The trainable top in fp16 safetensors (the trunk is the shipped ImageNet encoder), the out-of-distribution
+    check when given, and the manifest."""
     backbone = f"efficientnet-lite0 (ImageNet), blocks[:{SPLIT_BLOCK}] frozen"
-    return weights.save_tensors(
-        folder, {FILE: model.state_dict()}, {**manifest, "backbone": backbone, "image_size": IMAGE_SIZE}
-    )
+    tensors = {FILE: model.state_dict()}
+    extra = {"backbone": backbone, "image_size": IMAGE_SIZE}
+    if density is not None:
+        tensors[ood.FILE] = density.tensors()
+        extra["ood"] = {**manifest.get("ood", {}), **density.info(), "feature": ood.describe(IMAGE_SIZE)}
+    return weights.save_tensors(folder, tensors, {**manifest, **extra})
 
 
 def load_classifier(task: str, folder: Path | None = None) -> tuple[Classifier, dict]:
@@ -160,3 +165,14 @@ def load_classifier(task: str, folder: Path | None = None) -> tuple[Classifier, 
     model = Classifier(len(manifest["classes"]))
     model.load_state_dict(states[FILE])
     return model.eval(), manifest
+
+
+def load_ood(task: str, folder: Path | None = None) -> ood.Density | None:
+    """A task's out-of-distribution check, or None for weights made before it existed."""
+    slot = SLOTS[task]
+    folder = folder or slot.active()
+    manifest = weights.read_manifest(folder, slot.regenerate)
+    if ood.FILE not in manifest["files"]:
+        return None
+    _, states = weights.load_tensors(folder, slot.regenerate, (ood.FILE,))
+    return ood.Density.load(states[ood.FILE], manifest["ood"])

@@ -13,24 +13,50 @@ from pydantic import BaseModel, Field
 
 from macro import imagenet
 from macro.imagenet import case_pixels, resize
+from macro.tools import ood
 from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
-from macro.tools.classification.model import IMAGE_SIZE, SLOTS, load_classifier
+from macro.tools.classification.model import IMAGE_SIZE, SLOTS, load_classifier, load_ood
 from macro.weights import MANIFEST, load_once
 
 
 def task_model(task: str):
-    """(trunk, classifier, manifest) of a task's active copy, loaded once per process and again when it changes."""
+    """(trunk, classifier, manifest, OOD check) of a task's active copy, loaded once per process and again when it
+    changes."""
     folder = SLOTS[task].active()
-    model, manifest = load_once(f"classification/{task}", lambda: load_classifier(task, folder), folder / MANIFEST)
-    return imagenet.trunk(), model, manifest
+
+    def load():
+        model, manifest = load_classifier(task, folder)
+        return model, manifest, load_ood(task, folder)
+
+    model, manifest, density = load_once(f"classification/{task}", load, folder / MANIFEST)
+    return imagenet.trunk(), model, manifest, density
 
 
-def classify(ctx: ToolContext, task: str) -> tuple[dict[str, float], dict]:
+def _feature(trunk, case) -> tuple:
+    """(the classifier's trunk maps, the OOD feature) from one trunk pass."""
+    with torch.no_grad():
+        maps = trunk.taps(resize(case_pixels(case.image), IMAGE_SIZE), ood.TAPS)
+    return maps[-1], ood.feature(maps)
+
+
+def image_distance(task: str, case) -> float:
+    """The case's distance under the task's out-of-distribution check (``macro eval ood``)."""
+    trunk, _, _, density = task_model(task)
+    return float(density.distance(_feature(trunk, case)[1])[0])
+
+
+def ood_threshold(task: str) -> float:
+    return task_model(task)[3].threshold
+
+
+def classify(ctx: ToolContext, task: str) -> tuple[dict[str, float], dict, dict]:
+    """(probabilities, model version, OOD check) of the case under the task's classifier."""
     from macro.tools.classification.calibrate import probabilities
 
-    trunk, model, manifest = task_model(task)
+    trunk, model, manifest, density = task_model(task)
+    maps, feature = _feature(trunk, ctx.case)
     with torch.no_grad():
-        _, logits = model(trunk(resize(case_pixels(ctx.case.image), IMAGE_SIZE)))
+        _, logits = model(maps)
     probs = probabilities(logits, manifest["multi_label"], manifest["temperature"])[0]
     version = {
         "sha256": manifest["sha256"][:12],
@@ -38,7 +64,23 @@ def classify(ctx: ToolContext, task: str) -> tuple[dict[str, float], dict]:
         "method": manifest.get("method"),
         "unlearned_clients": manifest.get("unlearned_clients", []),
     }
-    return {c: round(float(p), 4) for c, p in zip(manifest["classes"], probs)}, version
+    check = {"in_distribution": None, "distance": None, "threshold": None}
+    if density is not None:
+        distance, inside = density.check(feature)
+        check = {
+            "in_distribution": bool(inside[0]),
+            "distance": round(float(distance[0]), 2),
+            "threshold": round(density.threshold, 2),
+        }
+    return {c: round(float(p), 4) for c, p in zip(manifest["classes"], probs)}, version, check
+
+
+def outside_text(what: str, check: dict) -> str:
+    """The caveat that replaces a label for an image unlike the training images."""
+    return (
+        f"This image is not like the {what} the classifier was trained on (feature distance {check['distance']:.1f} "
+        f"vs {check['threshold']:.1f} for 99 % of them): no label is given."
+    )
 
 
 class ClassifyArgs(BaseModel):
@@ -71,14 +113,20 @@ class ClassifyLesion(MacroTool):
     )
 
     def execute(self, ctx: ToolContext, args: ClassifyArgs) -> ToolResult:
-        probs, version = classify(ctx, "derm")
+        probs, version, check = classify(ctx, "derm")
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
-        text = (
-            "Lesion class probabilities (calibrated): "
-            + ", ".join(f"{c} {p:.2f}" for c, p in ranked)
-            + f" (model {version['sha256']})."
-        )
-        return ToolResult(text=text, data={"probabilities": probs, "top": ranked[0][0], "model_version": version})
+        if check["in_distribution"] is False:
+            text = outside_text("dermoscopy images", check) + f" (model {version['sha256']})"
+            top = None
+        else:
+            text = (
+                "Lesion class probabilities (calibrated): "
+                + ", ".join(f"{c} {p:.2f}" for c, p in ranked)
+                + f" (model {version['sha256']})."
+            )
+            top = ranked[0][0]
+        data = {"probabilities": probs, "top": top, "model_version": version, **check}
+        return ToolResult(text=text, data=data)
 
 
 class ClassifyFindings(MacroTool):
@@ -105,12 +153,17 @@ class ClassifyFindings(MacroTool):
     )
 
     def execute(self, ctx: ToolContext, args: ClassifyArgs) -> ToolResult:
-        probs, version = classify(ctx, "cxr")
+        probs, version, check = classify(ctx, "cxr")
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
-        present = [c for c, p in probs.items() if p >= 0.5]
-        text = (
-            "Findings (calibrated probability): "
-            + ", ".join(f"{c} {p:.2f}" for c, p in ranked)
-            + f"; above 0.5: {', '.join(present) or 'none'} (model {version['sha256']})."
-        )
-        return ToolResult(text=text, data={"probabilities": probs, "present": present, "model_version": version})
+        if check["in_distribution"] is False:
+            text = outside_text("chest X-rays", check) + f" (model {version['sha256']})"
+            present = []
+        else:
+            present = [c for c, p in probs.items() if p >= 0.5]
+            text = (
+                "Findings (calibrated probability): "
+                + ", ".join(f"{c} {p:.2f}" for c, p in ranked)
+                + f"; above 0.5: {', '.join(present) or 'none'} (model {version['sha256']})."
+            )
+        data = {"probabilities": probs, "present": present, "model_version": version, **check}
+        return ToolResult(text=text, data=data)

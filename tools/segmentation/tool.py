@@ -3,7 +3,9 @@
 Adaptation is continual within an agent thread: the adapted model lives in the thread's session, so a stream of
 scans from one scanner keeps improving; ``reset=true`` starts again from the source weights. Default
 ``adapt="vista"``: on in-distribution scans it costs at most a fraction of a Dice point (see the model card in
-the README), and on shifted scanners it is the method that helps.
+the README), and on shifted scanners it is the method that helps. When the case ships a reference mask, the
+result compares the segmentation with it (Dice per region, the reference's volumes), so an answer can say whether
+the two agree (:mod:`macro.agent.consistency`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from macro.data.brats import convention_for, region_masks
 from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
 from macro.tools.imaging import gli_labels
 from macro.tools.segmentation.model import REGIONS, SLOT, load_weights, prepare
@@ -73,7 +76,7 @@ class SegmentBrainTumor(MacroTool):
     def execute(self, ctx: ToolContext, args: SegmentArgs) -> ToolResult:
         import torch
 
-        from macro.tools.segmentation.evaluate import to_regions
+        from macro.tools.segmentation.evaluate import dice, to_regions
         from macro.tools.segmentation.model import from_grid
         from macro.tools.segmentation.tta import Adapter, TTAConfig, binary_entropy, hierarchy_fix
 
@@ -103,8 +106,20 @@ class SegmentBrainTumor(MacroTool):
             f"ET {volumes['ET']:.2f} mL, TC {volumes['TC']:.2f} mL, WT {volumes['WT']:.2f} mL; mean uncertainty "
             f"{mean_unc:.3f}."
         )
+        reference = None
+        if ctx.case.labels is not None:
+            truth = region_masks(ctx.case.labels, convention_for(ctx.case.label_path.name))
+            scores = {r: dice(regions[i], truth[r]) for i, r in enumerate(REGIONS)}
+            reference = {
+                "file": ctx.case.label_path.name,
+                "dice": {r: None if d is None else round(d / 100, 3) for r, d in scores.items()},
+                "volumes_ml": {r: round(float(truth[r].sum()) * ctx.case.voxel_ml, 2) for r in REGIONS},
+            }
+            shown = ", ".join(f"{r} {'n/a' if d is None else f'{d:.2f}'}" for r, d in reference["dice"].items())
+            text += f" Against the case's reference mask {reference['file']}: Dice {shown}."
         data = {
             "volumes_ml": volumes,
+            "reference": reference,
             "mean_uncertainty": round(mean_unc, 4),
             "adapt": args.adapt,
             "steps": stats["steps"],

@@ -1,13 +1,17 @@
 """Step-CoT weights: the teacher and the student (fp16 safetensors) with a manifest holding each file's sha256, the
-label maps, the questions, the training command, seed and held-out metrics (through :mod:`macro.weights`)."""
+label maps, the questions, the training command, seed and held-out metrics (through :mod:`macro.weights`), and the
+out-of-distribution check on the image feature both models read (:mod:`macro.tools.ood`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from macro import weights
+from macro.tools import ood
+from macro.tools.vqa.data import StepData, load_folder, phantom_folder
 from macro.tools.vqa.model import Student, Teacher
 
 SLOT = weights.slot("vqa", Path(__file__).parent / "weights", "macro train vqa")
@@ -23,11 +27,26 @@ DEVIATIONS = [
 FILES = {"teacher": "teacher.safetensors", "student": "student.safetensors"}
 
 
-def save_models(folder: Path, teacher: Teacher, student: Student, manifest: dict) -> dict:
-    """Write both models and the manifest; ``manifest`` must carry options, questions, hidden sizes and feat_dim."""
-    return weights.save_tensors(
-        folder, {FILES["teacher"]: teacher.state_dict(), FILES["student"]: student.state_dict()}, manifest
-    )
+def fit_ood(data: StepData) -> ood.Density:
+    """The out-of-distribution check: fitted on the training images, calibrated on the validation images."""
+    from macro.data.labelled import _load_rgb
+    from macro.tools.vqa.encoders import IMAGE_SIZE
+
+    def features(split: str) -> np.ndarray:
+        files = data.files[split]
+        load = lambda rows: np.stack([_load_rgb(files[i], IMAGE_SIZE) for i in rows])  # noqa: E731
+        return ood.image_features(load, np.arange(len(files)), IMAGE_SIZE, f"OOD check: {split} images")
+
+    return ood.fit_density(features("train"), features("val"))
+
+
+def save_models(folder: Path, teacher: Teacher, student: Student, manifest: dict, density: ood.Density) -> dict:
+    """Write both models, the OOD check and the manifest; ``manifest`` must carry options, questions, hidden sizes
+    and feat_dim."""
+    tensors = {FILES["teacher"]: teacher.state_dict(), FILES["student"]: student.state_dict()}
+    tensors[ood.FILE] = density.tensors()
+    info = {**manifest.get("ood", {}), **density.info(), "feature": ood.describe(manifest["image_size"])}
+    return weights.save_tensors(folder, tensors, {**manifest, "ood": info})
 
 
 def ship(folder: Path, trained: dict, report: dict, command: str) -> dict:
@@ -56,7 +75,7 @@ def ship(folder: Path, trained: dict, report: dict, command: str) -> dict:
         "protocol": report["protocol"],
         "deviations": DEVIATIONS,
     }
-    return save_models(folder, trained["teacher"], trained["student"], manifest)
+    return save_models(folder, trained["teacher"], trained["student"], manifest, fit_ood(data))
 
 
 def load_model(kind: str, folder: Path | None = None) -> tuple[torch.nn.Module, dict]:
@@ -72,3 +91,23 @@ def load_model(kind: str, folder: Path | None = None) -> tuple[torch.nn.Module, 
         model = Student(manifest["feat_dim"], n_classes, hidden=manifest["student_hidden"])
     model.load_state_dict(state)
     return model.eval(), manifest
+
+
+def load_ood(folder: Path | None = None) -> ood.Density | None:
+    """The out-of-distribution check, or None for weights made before it existed."""
+    folder = folder or SLOT.active()
+    manifest = weights.read_manifest(folder, SLOT.regenerate)
+    if ood.FILE not in manifest["files"]:
+        return None
+    _, states = weights.load_tensors(folder, SLOT.regenerate, (ood.FILE,))
+    return ood.Density.load(states[ood.FILE], manifest["ood"])
+
+
+def refit_ood(data_root: Path, folder: Path | None = None, out: Path | None = None) -> dict:
+    """Fit the OOD check of existing weights (``macro train vqa`` fits it itself) on the phantom their manifest
+    names, and write it with the unchanged models (under MACRO_HOME unless ``out``)."""
+    teacher, manifest = load_model("teacher", folder)
+    student, _ = load_model("student", folder)
+    protocol = manifest["protocol"]
+    data = load_folder(phantom_folder(data_root, protocol["n_images"], protocol["seed"]))
+    return save_models(SLOT.target(out), teacher, student, manifest, fit_ood(data))

@@ -22,6 +22,7 @@ class StepData:
     questions: tuple[str, ...]
     prompts: torch.Tensor  # (7, 384) MiniLM embeddings of the step prompts
     source: dict
+    files: dict[str, list[Path]]  # split -> the image files, in feature order
 
     @property
     def n_classes(self) -> tuple[int, ...]:
@@ -47,11 +48,11 @@ def load_folder(folder: Path, progress: bool = True) -> StepData:
     options = stepcot.label_maps(splits["train"])
     questions = tuple(splits["train"][0].vqa_chain[k].question for k in range(stepcot.N_STEPS))
     cache = folder / "cache"
-    features, labels = {}, {}
+    features, labels, files = {}, {}, {}
     for split, records in splits.items():
-        files = [r.image_file() for r in records]
-        features[split] = torch.from_numpy(image_features(files, cache, progress=progress))
+        files[split] = [r.image_file() for r in records]
+        features[split] = torch.from_numpy(image_features(files[split], cache, progress=progress))
         labels[split] = stepcot.encode_labels(records, options)[0]
     prompts = torch.from_numpy(text_embeddings(step_prompts(questions, options), cache))
     source = {"folder": str(folder), "sizes": {s: len(r) for s, r in splits.items()}}
-    return StepData(features, labels, options, questions, prompts, source)
+    return StepData(features, labels, options, questions, prompts, source, files)

@@ -5,7 +5,9 @@ structured data and as text the policy can quote, ending with the diagnosis. The
 default (fast, no text encoder); the graph-attention teacher on request. Both are the shipped weights of
 ``macro train vqa`` (trained on the ``stepcot-phantom`` vocabulary), and the answer names the model's sha256.
 A question is optional: when it names one step (e.g. "where is the lesion?") that step's answer is repeated
-at the end, otherwise the diagnosis is.
+at the end, otherwise the diagnosis is. An image unlike the training radiographs (the out-of-distribution check on
+the feature the models read, :mod:`macro.tools.ood`) gets a caveat and no chain; ``data["in_distribution"]`` says
+which.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
 from macro.data import stepcot
-from macro.imagenet import case_pixels
+from macro.imagenet import case_pixels, resize
+from macro.tools import ood
 from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
-from macro.tools.vqa.checkpoint import FILES, SLOT, load_model
-from macro.tools.vqa.encoders import ImageEncoder
+from macro.tools.vqa.checkpoint import FILES, SLOT, load_model, load_ood
+from macro.tools.vqa.encoders import IMAGE_SIZE, ImageEncoder, pool_features
 from macro.weights import MANIFEST, load_once
 
 STEP_WORDS = (
@@ -35,10 +39,32 @@ STEP_WORDS = (
 
 
 def models(kind: str):
-    """(encoder, model, manifest) of the active copy, loaded once per process and again when it changes."""
+    """(encoder, model, manifest, OOD check) of the active copy, loaded once per process and again when it
+    changes."""
     folder = SLOT.active()
-    model, manifest = load_once(f"vqa/{kind}", lambda: load_model(kind, folder), folder / MANIFEST)
-    return ImageEncoder(), model, manifest
+
+    def load():
+        return (*load_model(kind, folder), load_ood(folder))
+
+    model, manifest, density = load_once(f"vqa/{kind}", load, folder / MANIFEST)
+    return ImageEncoder(), model, manifest, density
+
+
+def _features(encoder: ImageEncoder, pixels) -> tuple[torch.Tensor, np.ndarray]:
+    """(the models' pooled feature, the OOD feature) from one trunk pass."""
+    with torch.inference_mode():
+        maps = encoder.trunk.taps(resize(pixels, IMAGE_SIZE), ood.TAPS)
+    return pool_features(maps[-1]), ood.feature(maps)
+
+
+def image_distance(case) -> float:
+    """The case's distance under the out-of-distribution check (``macro eval ood``)."""
+    encoder, _, _, density = models("student")
+    return float(density.distance(_features(encoder, case_pixels(case.image))[1])[0])
+
+
+def ood_threshold() -> float:
+    return models("student")[3].threshold
 
 
 def focus_step(question: str | None) -> int:
@@ -49,11 +75,21 @@ def focus_step(question: str | None) -> int:
     return hits[0] if len(hits) == 1 else 6
 
 
-def answer_chain(pixels, kind: str = "student") -> tuple[list[dict], dict]:
-    """The seven steps for (1, 3, H, W) pixels in [0, 1]: name, answer, probability, reasoning."""
-    encoder, model, manifest = models(kind)
+def answer_chain(pixels, kind: str = "student") -> tuple[list[dict], dict, dict]:
+    """The seven steps for (1, 3, H, W) pixels in [0, 1] (name, answer, probability, reasoning), the manifest and
+    the OOD check (in_distribution, distance, threshold)."""
+    encoder, model, manifest, density = models(kind)
+    feature, ood_feature = _features(encoder, pixels)
+    check = {"in_distribution": None, "distance": None, "threshold": None}
+    if density is not None:
+        distance, inside = density.check(ood_feature)
+        check = {
+            "in_distribution": bool(inside[0]),
+            "distance": round(float(distance[0]), 2),
+            "threshold": round(density.threshold, 2),
+        }
     with torch.no_grad():
-        logits = model(encoder(pixels))[0]
+        logits = model(feature)[0]
     steps, answers = [], {}
     for k, (z, options) in enumerate(zip(logits, manifest["options"])):
         p = torch.softmax(z[0], dim=-1)
@@ -70,7 +106,7 @@ def answer_chain(pixels, kind: str = "student") -> tuple[list[dict], dict]:
         )
     for k, step in enumerate(steps):
         step["reasoning"] = stepcot.reasoning(answers, stepcot.ATTRIBUTES[k])
-    return steps, manifest
+    return steps, manifest, check
 
 
 class StepwiseArgs(BaseModel):
@@ -113,8 +149,17 @@ class AnswerStepwise(MacroTool):
     )
 
     def execute(self, ctx: ToolContext, args: StepwiseArgs) -> ToolResult:
-        steps, manifest = answer_chain(case_pixels(ctx.case.image), args.model)
+        steps, manifest, check = answer_chain(case_pixels(ctx.case.image), args.model)
         version = manifest["files"][FILES[args.model]]["sha256"][:12]
+        model_version = {"sha256": version, "command": manifest.get("command")}
+        if check["in_distribution"] is False:
+            text = (
+                f"This image is not like the chest radiographs the stepwise models were trained on (feature distance "
+                f"{check['distance']:.1f} vs {check['threshold']:.1f} for 99 % of them): no reasoning chain or "
+                f"diagnosis is given. ({args.model} model {version})"
+            )
+            data = {"steps": [], "diagnosis": None, "model": args.model, "model_version": model_version, **check}
+            return ToolResult(text=text, data=data)
         focus = steps[focus_step(args.question)]
         lines = [
             f"Step {s['step']} {s['name']}: {s['answer']} ({s['probability']:.2f}). {s['reasoning']}" for s in steps
@@ -130,6 +175,7 @@ class AnswerStepwise(MacroTool):
             "diagnosis": steps[-1]["answer"],
             "focus_step": focus["step"],
             "model": args.model,
-            "model_version": {"sha256": version, "command": manifest.get("command")},
+            "model_version": model_version,
+            **check,
         }
         return ToolResult(text=text, data=data)
