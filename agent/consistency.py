@@ -4,8 +4,10 @@ Two pairs exist today:
 - chest X-ray: ``classify_findings`` (calibrated multi-label probabilities, present at >= 0.5) and
   ``answer_stepwise`` (a diagnosis at the end of a seven-step chain). The diagnosis is mapped to the findings that
   would show it (:data:`DIAGNOSIS_FINDINGS`); they agree when one of those is present, or when the chain says
-  "Normal" and nothing is. On a disagreement the answer uses the classifier for whether a finding is present,
-  because its probabilities are calibrated on held-out data (its manifest's ECE) and the chain's are not.
+  "Normal" and nothing is. On a disagreement the answer names the source it uses: the tool whose training images
+  this image resembles more (the lower out-of-distribution distance relative to each tool's threshold; both
+  passed their checks, so this is which of two in-range models is on firmer ground), the classifier on a tie or
+  when a distance is missing, because its probabilities are calibrated on held-out data and the chain's are not.
 - brain MRI: ``segment_brain_tumor`` against the case's reference mask (its data carries Dice and the reference
   volumes when the case has one), and ``measure_volume``, which says which mask it measured.
 A tool that declined (out of distribution) or failed takes no part.
@@ -34,6 +36,23 @@ def _last(steps: list[Step], tool: str) -> Step | None:
     return spoke[-1] if spoke else None
 
 
+def _closeness(step: Step) -> float:
+    """The image's OOD distance as a share of the tool's threshold (lower: more like its training images)."""
+    d, t = step.data.get("distance"), step.data.get("threshold")
+    return d / t if d is not None and t else float("inf")
+
+
+def _source(findings: Step, chain: Step) -> str:
+    a, b = _closeness(findings), _closeness(chain)
+    if b < a:
+        return (
+            f"This answer uses the stepwise chain: the image is closer to its training images ({b:.2f} of its "
+            f"threshold against {a:.2f} for the classifier's)."
+        )
+    closer = f": the image is closer to its training images ({a:.2f} of its threshold against {b:.2f})" if a < b else ""
+    return f"This answer uses the classifier (calibrated probabilities) for which findings are present{closer}."
+
+
 def chest(steps: list[Step]) -> str | None:
     findings, chain = _last(steps, "classify_findings"), _last(steps, "answer_stepwise")
     if findings is None or chain is None or not chain.data.get("diagnosis"):
@@ -47,10 +66,8 @@ def chest(steps: list[Step]) -> str | None:
         if not present:
             return "Consistency: the stepwise chain (Normal) and the classifier (no finding at 0.5 or above) agree."
         shown = ", ".join(f"{c} {probs[c]:.2f}" for c in present)
-        return (
-            f"Consistency: the tools disagree: the stepwise chain says Normal, the classifier finds {shown}. "
-            "This answer uses the classifier (calibrated probabilities) for which findings are present."
-        )
+        disagree = f"Consistency: the tools disagree: the stepwise chain says Normal, the classifier finds {shown}. "
+        return disagree + _source(findings, chain)
     support = [c for c in expected if c in present]
     if support:
         shown = ", ".join(f"{c} {probs[c]:.2f}" for c in support)
@@ -58,8 +75,7 @@ def chest(steps: list[Step]) -> str | None:
     best = max(expected, key=lambda c: probs.get(c, 0.0))
     return (
         f"Consistency: the tools disagree: the stepwise chain says {diagnosis}, but the classifier puts "
-        f"{' and '.join(expected)} below 0.5 (highest {best} {probs.get(best, 0.0):.2f}). This answer uses the "
-        "classifier (calibrated probabilities) for which findings are present; the stepwise diagnosis is unconfirmed."
+        f"{' and '.join(expected)} below 0.5 (highest {best} {probs.get(best, 0.0):.2f}). " + _source(findings, chain)
     )
 
 

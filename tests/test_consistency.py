@@ -14,15 +14,15 @@ from macro.tools.registry import Registry
 CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumothorax", "Consolidation")
 
 
-def findings(**probs) -> Step:
+def findings(distance: float = 10.0, **probs) -> Step:
     full = {c: probs.get(c, 0.1) for c in CLASSES}
     present = [c for c, p in full.items() if p >= 0.5]
-    data = {"probabilities": full, "present": present, "in_distribution": True}
+    data = {"probabilities": full, "present": present, "in_distribution": True, "distance": distance, "threshold": 40}
     return Step("classify_findings", {}, True, 1.0, summary="Findings ...", data=data)
 
 
-def chain(diagnosis: str | None, inside: bool = True) -> Step:
-    data = {"diagnosis": diagnosis, "steps": [], "in_distribution": inside}
+def chain(diagnosis: str | None, inside: bool = True, distance: float = 20.0) -> Step:
+    data = {"diagnosis": diagnosis, "steps": [], "in_distribution": inside, "distance": distance, "threshold": 40}
     return Step("answer_stepwise", {}, True, 1.0, summary="Step 1 ...", data=data)
 
 
@@ -36,7 +36,13 @@ def test_a_diagnosis_without_its_findings_is_a_stated_disagreement_with_the_sour
     (line,) = reconcile([findings(Pneumothorax=0.32), chain("Pneumothorax")])
     assert "disagree" in line
     assert "Pneumothorax 0.32" in line
-    assert "uses the classifier" in line
+    assert "uses the classifier" in line  # the image is closer to the classifier's training images (0.25 vs 0.50)
+    assert "0.25 of its threshold against 0.50" in line
+
+
+def test_on_a_disagreement_the_tool_on_firmer_ground_is_used():
+    (line,) = reconcile([findings(distance=30.0, Pneumothorax=0.32), chain("Pneumothorax", distance=8.0)])
+    assert "uses the stepwise chain" in line and "0.20 of its threshold against 0.75" in line
 
 
 @pytest.mark.parametrize("probs,word", [({}, "agree"), ({"Effusion": 0.7}, "disagree")])
