@@ -29,6 +29,7 @@ from macro.agent.prompts import CALL_RULE, system_message
 from macro.artifacts import ArtifactStore
 from macro.case import Case, load_case_ref
 from macro.config import Home
+from macro.errors import CaseError
 from macro.skills.library import load_composites
 from macro.tools.executor import Step, ToolExecutor
 from macro.tools.registry import Registry
@@ -145,6 +146,23 @@ def build_graph(
     return graph.compile(checkpointer=checkpointer)
 
 
+MAX_QUESTION = 2000  # characters; a pasted report beyond this would crowd the tools out of a small model's context
+
+
+def new_thread_id() -> str:
+    return f"thread-{uuid.uuid4().hex[:12]}"
+
+
+def checked_question(question: str) -> tuple[str, str]:
+    """(the question to ask, a note when it was cut); an empty question is refused."""
+    question = (question or "").strip()
+    if not question:
+        raise CaseError(None, "the question is empty; ask something about the scan")
+    if len(question) <= MAX_QUESTION:
+        return question, ""
+    return question[:MAX_QUESTION], f"Your question was cut to its first {MAX_QUESTION} of {len(question)} characters."
+
+
 def _call_key(call: dict) -> str:
     return call["name"] + json.dumps(call.get("args") or {}, sort_keys=True)
 
@@ -242,11 +260,12 @@ class Agent:
     ) -> Iterator[tuple[str, Any]]:
         """Yield ``("step", Step)`` as tools finish, then ``("done", TurnResult)``. ``family`` names the task family
         (a benchmark's); it defaults to the case's modality and scopes memory retrieval."""
-        thread_id = thread_id or f"thread-{uuid.uuid4().hex[:12]}"
+        question, cut = checked_question(question)
+        thread_id = thread_id or new_thread_id()
         config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 4 * self.max_steps + 10}
         case_ref = case.ref() if case is not None else self.thread_case(thread_id)
         if case_ref is None:
-            raise ValueError(f"thread {thread_id!r} has no case yet; give a scan")
+            raise CaseError(None, f"thread {thread_id!r} has no scan yet; give one")
         store = ArtifactStore(self.home.artifacts)
         graph = self._graph(store)
         start = time.perf_counter()
@@ -273,7 +292,7 @@ class Agent:
             question=question,
             case_id=case_obj.id,
             steps=steps,
-            answer=final.get("answer", ""),
+            answer=final.get("answer", "") + (f"\n({cut})" if cut else ""),
             policy_id=self.policy_id,
             thread_id=thread_id,
             case_ref=case_ref,

@@ -104,6 +104,31 @@ def load_model(path: str | Path, adapter: str | Path | None = None):
     return model, tokenizer
 
 
+def untrained_tools(registry, folder: Path | None = None) -> list[str]:
+    """The registry's atomic tools that the adapter in ``folder`` (the active copy by default) was not trained on:
+    absent from its manifest, or trained at another spec version (manifests from before versions were recorded are
+    compared by name only). Composites are left out: the policy learns them from their descriptions at run time."""
+    manifest = weights.read_manifest(folder or ADAPTER.active(), ADAPTER.regenerate)
+    data = manifest.get("data", {})
+    versions = data.get("tool_versions") or {name: None for name in data.get("tools", [])}
+    return [
+        name
+        for name, tool in sorted(registry.atomic().items())
+        if name not in versions or versions[name] not in (None, tool.spec.version)
+    ]
+
+
+def coverage_warning(registry, folder: Path | None = None) -> str | None:
+    """One line naming the tools the embedded policy never saw and the command that retrains it, or None."""
+    missing = untrained_tools(registry, folder)
+    if not missing:
+        return None
+    return (
+        f"warning: the embedded policy's adapter was not trained on {', '.join(missing)} (new or changed since it "
+        f"was trained), so it may not call them; retrain with: {ADAPTER.regenerate}"
+    )
+
+
 def attach_adapter(model, folder: Path):
     """Wrap ``model`` with the LoRA adapter in ``folder`` (a weights-module folder: config in the manifest, tensors
     verified against their sha256)."""

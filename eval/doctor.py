@@ -7,6 +7,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 from macro.config import Home
+from macro.errors import MacroError
 
 PACKAGES = (
     "torch",
@@ -58,8 +59,16 @@ def models(home: Home) -> list[dict]:
     return rows
 
 
+def _coverage(warning, registry) -> str:
+    try:
+        line = warning(registry)
+    except MacroError as exc:
+        return f"PROBLEM: {exc}"
+    return "trained on every registered tool" if line is None else line.removeprefix("warning: ")
+
+
 def report(home: Home) -> dict:
-    from macro.agent.local_llm import BASE_NAME, gguf_path
+    from macro.agent.local_llm import BASE_NAME, coverage_warning, gguf_path
     from macro.errors import ModelUnavailable
     from macro.skills.library import load_composites
     from macro.tools.registry import Registry
@@ -83,6 +92,7 @@ def report(home: Home) -> dict:
             if converted.is_dir() and not gguf.startswith("missing")
             else ("converts on first use" if not gguf.startswith("missing") else gguf),
             "embedded gguf": gguf,
+            "embedded adapter": _coverage(coverage_warning, registry),
             "scripted": "ready",
             "hf:PATH": "ready (any local transformers chat model)",
             "openai:URL": "ready" if importlib.util.find_spec("langchain_openai") else "needs langchain-openai",

@@ -72,6 +72,37 @@ def test_cli_ask_scripted_json_volume_within_one_percent(demo_folder, home):
     assert "-> measure_volume(region=WT)" in result.stderr  # streamed as it happened
 
 
+def test_cli_ask_follows_up_in_a_thread_without_the_case_and_names_the_thread_first(demo_folder, home):
+    runner = CliRunner()
+    first = runner.invoke(app, ["ask", str(demo_folder), "What is the tumour volume?", "--policy", "scripted"])
+    assert first.exit_code == 0, first.output
+    thread = first.stderr.splitlines()[0].removeprefix("thread ")
+    assert thread.startswith("thread-")
+    again = runner.invoke(app, ["ask", "How big is the enhancing part?", "--thread", thread, "--policy", "scripted"])
+    assert again.exit_code == 0, again.output
+    assert again.stderr.splitlines()[0] == f"thread {thread}"
+    assert "enhancing tumour (ET) volume" in again.stdout
+    alone = runner.invoke(app, ["ask", "How big is it?", "--policy", "scripted"])
+    assert alone.exit_code == 2
+    assert "--thread ID QUESTION" in alone.output
+
+
+@pytest.mark.parametrize("question", ["", "   "])
+def test_an_empty_question_is_refused(demo_folder, home, question):
+    result = CliRunner().invoke(app, ["ask", str(demo_folder), question, "--policy", "scripted"])
+    assert result.exit_code == 2
+    assert "the question is empty" in result.output
+
+
+def test_a_very_long_question_is_cut_with_a_note(demo, home):
+    agent = _agent(ScriptedPolicy(), home)
+    question = "What is the tumour volume?" + " Please be thorough." * 200
+    result = agent.ask(demo, question)
+    assert result.trajectory.question.startswith("What is the tumour volume?")
+    assert len(result.trajectory.question) == 2000
+    assert result.answer.endswith(f"Your question was cut to its first 2000 of {len(question)} characters.)")
+
+
 def test_failing_tool_goes_back_to_the_policy_and_into_the_trajectory(demo, home):
     policy = Replay(
         replies=[

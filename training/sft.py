@@ -157,6 +157,7 @@ def train_sft(
             "held_out_rows": len(data["test"]),
             "cases": [c.id for c in cases],
             "tools": sorted({t.name for c in cases for t in registry.for_case(c)}),
+            "tool_versions": {t.name: t.spec.version for c in cases for t in registry.for_case(c)},
         },
         "train": {
             "seconds": round(train_seconds, 1),

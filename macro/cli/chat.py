@@ -15,10 +15,12 @@ from macro.errors import CaseError
 
 @app.command()
 def ask(
-    case: str = typer.Argument(
-        ..., help="scan: file, DICOM/BraTS folder, or four comma-separated NIfTI (T1,T1ce,T2,FLAIR)"
+    words: list[str] = typer.Argument(
+        ...,
+        metavar="[CASE] QUESTION",
+        help="the scan (file, DICOM/BraTS folder, or four comma-separated NIfTI T1,T1ce,T2,FLAIR), then the "
+        "question; with --thread the scan may be left out",
     ),
-    question: str = typer.Argument(...),
     policy: str = PolicyOpt,
     model: Optional[str] = ModelOpt,
     thread: Optional[str] = typer.Option(None, "--thread", help="continue this thread"),
@@ -26,9 +28,18 @@ def ask(
     modality: Optional[str] = ModalityOpt,
     max_steps: int = typer.Option(6, help="tool calls per turn"),
 ):
-    """Ask one question about a scan."""
-    scan = load_scan(case, modality)
+    """Ask one question about a scan, or about the scan of a thread (--thread)."""
+    from macro.agent.graph import new_thread_id
+
+    if len(words) > 2 or (len(words) == 1 and thread is None):
+        raise CaseError(None, "give CASE QUESTION, or --thread ID QUESTION (quote a question of several words)")
+    case, question = (None, words[0]) if len(words) == 1 else words
+    scan = load_scan(case, modality) if case else None
     agent = make_agent(policy, model, max_steps)
+    if scan is None and agent.thread_case(thread) is None:
+        raise CaseError(None, f"thread {thread!r} has no scan; give CASE QUESTION")
+    thread = thread or new_thread_id()
+    err(f"thread {thread}")
     result = agent.ask(scan, question, thread_id=thread, on_step=print_step)
     if as_json:
         typer.echo(
@@ -52,11 +63,14 @@ def chat(
     max_steps: int = typer.Option(6),
 ):
     """Chat about a scan; the thread persists, so `--thread ID` resumes after a restart. Reads stdin (pipeable)."""
+    from macro.agent.graph import new_thread_id
+
     scan = load_scan(case, modality) if case else None
     agent = make_agent(policy, model, max_steps)
     if scan is None and (thread is None or agent.thread_case(thread) is None):
         raise CaseError(None, "give a scan, or --thread ID of a thread that has one")
-    err(f"thread {thread or '(new)'}; type a question, or /quit")
+    thread = thread or new_thread_id()
+    err(f"thread {thread}; type a question, or /quit")
     while True:
         try:
             line = input("you> ") if sys.stdin.isatty() else sys.stdin.readline()
@@ -67,10 +81,9 @@ def chat(
         if not line.strip():
             continue
         result = agent.ask(scan, line.strip(), thread_id=thread, on_step=print_step)
-        thread, scan = result.thread_id, None
+        scan = None
         typer.echo(f"macro> {result.answer}")
-    if thread:
-        err(f"thread {thread}; resume with: macro chat --thread {thread}")
+    err(f"thread {thread}; resume with: macro chat --thread {thread}")
 
 
 @app.command()

@@ -108,7 +108,14 @@ def make_agent(policy: str, model: str | None, max_steps: int):
     from macro.agent.policy import make_policy
 
     chat, policy_id = make_policy(policy, model=model)
-    return Agent(chat, policy_id, max_steps=max_steps)
+    agent = Agent(chat, policy_id, max_steps=max_steps)
+    if policy == "embedded":
+        from macro.agent.local_llm import coverage_warning
+
+        line = coverage_warning(agent.registry)
+        if line:
+            err(line)
+    return agent
 
 
 def wrote(files) -> None:

@@ -18,12 +18,14 @@ def tools_list(
     case: Optional[str] = typer.Option(None, help="only tools offered for this scan"),
 ):
     """List registered tools (with modalities, inputs, outputs, version)."""
+    from macro.agent.local_llm import coverage_warning, untrained_tools
     from macro.skills.library import load_composites
     from macro.tools.registry import Registry, kind
     from macro.weights import SLOTS
 
     registry = load_composites(Registry.default())
     tools = registry.for_case(load_scan(case, None)) if case else registry.all()
+    untrained = set(untrained_tools(registry))
     rows = [
         {
             "name": t.name,
@@ -37,9 +39,13 @@ def tools_list(
             "weights": t.spec.weights,
             "weights_in_use": str(SLOTS[t.spec.weights].active()) if t.spec.weights else None,
             "arguments": t.tool_call_schema.model_json_schema().get("properties", {}),
+            "embedded_policy_trained": None if kind(t) != "atomic" else t.name not in untrained,
         }
         for t in tools
     ]
+    warning = coverage_warning(registry)
+    if warning:
+        err(warning)
     if as_json:
         typer.echo(json.dumps({"tools": rows, "problems": registry.problems}, indent=2))
         return
