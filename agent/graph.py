@@ -31,6 +31,7 @@ from macro.case import Case, load_case_ref
 from macro.config import Home
 from macro.errors import CaseError
 from macro.skills.library import load_composites
+from macro.tools.base import first_sentence
 from macro.tools.executor import Step, ToolExecutor
 from macro.tools.registry import Registry
 from macro.trajectory import Trajectory, TrajectoryStore
@@ -119,12 +120,12 @@ def build_graph(
         note, closing = "", []
         if isinstance(last, AIMessage) and last.tool_calls:
             note = (
-                "Stopped: the policy repeated a call it had already made."
+                "the policy asked to repeat a call it had already made, so the agent answered from the results so far."
                 if _repeats(state["messages"])
-                else f"Stopped after the step limit ({max_steps} tool calls)."
+                else f"the turn reached the step limit ({max_steps} tool calls); this answers from the results so far."
             )
         elif state.get("retries") and not prose:
-            note = "The policy did not produce a valid tool call or an answer."
+            note = "the policy did not produce a valid tool call or an answer."
         answer = compose_answer(prose, steps, question, note, store.root)
         if isinstance(last, AIMessage) and last.tool_calls:
             # Every tool call needs a reply, or the thread is invalid for OpenAI-style backends on the next turn.
@@ -132,7 +133,7 @@ def build_graph(
                 ToolMessage(f"not run: {note}", name=c["name"], tool_call_id=c["id"], status="error")
                 for c in last.tool_calls
             ]
-            closing.append(AIMessage(answer))
+            closing.append(AIMessage(answer.split("\n", 1)[0]))  # the lead only: what the policy should imitate
         return {"answer": answer, "messages": closing}
 
     graph = StateGraph(AgentState)
@@ -178,23 +179,37 @@ def _repeats(messages: list) -> bool:
 def compose_answer(
     prose: str, steps: list[Step], question: str = "", note: str = "", artifacts: Path | None = None
 ) -> str:
-    """Prose (when grounded), the consistency of tools that spoke about the same finding, and a findings block.
-    Numbers may only come from tool results or the question. The block names artifacts by the paths a user can
-    open (under ``artifacts``, the store's folder)."""
+    """The answer a person reads, in three parts.
+
+    First line: the policy's prose when every number in it came from a tool or the question, else the headline of
+    the last successful tool call (each tool states its result in one sentence). Then caveats: what the tools said
+    the reader must know (adaptation used), tools that declined (outside their training images), failed calls,
+    withheld prose and why the turn stopped, then the consistency of tools that spoke about the same finding.
+    Then the findings block, naming artifacts by paths a user can open (under ``artifacts``, the store's folder).
+    """
     grounded_numbers = [float(n) for s in steps if s.ok for n in _NUMBER.findall(s.summary)]
     grounded_numbers += [float(n) for n in _NUMBER.findall(question)]
     invented = [n for n in _NUMBER.findall(prose) if not any(_same(float(n), g) for g in grounded_numbers)]
-    lines = []
-    if prose and not invented:
-        lines.append(prose)
-    elif prose:
-        lines.append(f"(The policy's text was withheld: it stated {', '.join(invented)}, which no tool produced.)")
-    if note:
-        lines.append(note)
     ok_steps = [s for s in steps if s.ok]
-    if not prose or invented:
-        lines.append(" ".join(s.summary for s in ok_steps) if ok_steps else "No tool produced a result.")
-    lines += reconcile(steps)
+    lead_step = ok_steps[-1] if ok_steps else None
+    if prose and not invented:
+        lead = prose
+    elif lead_step is not None:
+        lead = lead_step.headline or first_sentence(lead_step.summary)
+    else:
+        lead = "No tool produced a result."
+    caveats = []
+    for s in ok_steps:
+        caveats += [c for c in s.caveats if c not in caveats]
+        declined = s.data.get("in_distribution") is False or s.data.get("verdict") == "outside"
+        if declined and s is not lead_step:
+            caveats.append(s.headline or first_sentence(s.summary))
+    caveats += [f"{s.tool} failed: {s.error}" for s in steps if not s.ok]
+    if invented:
+        caveats.append(f"The policy's own text was withheld: it stated {', '.join(invented)}, which no tool produced.")
+    if note:
+        caveats.append(note)
+    lines = [lead] + [f"Caveat: {c}" for c in caveats] + reconcile(steps)
     if steps:
         lines.append("\nFindings (from tools):")
         for i, s in enumerate(steps, 1):

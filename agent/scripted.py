@@ -201,7 +201,7 @@ class ScriptedPolicy(BaseChatModel):
                 ],
             )
         else:
-            msg = AIMessage(
-                " ".join(m.text for m in done if m.status != "error") or "I could not get a result from the tools."
-            )
+            results = [m.artifact or {} for m in done if m.status != "error"]
+            headlines = [r.get("headline") or r.get("text", "") for r in results]
+            msg = AIMessage(headlines[-1] if headlines else "I could not get a result from the tools.")
         return ChatResult(generations=[ChatGeneration(message=msg)])

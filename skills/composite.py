@@ -186,7 +186,11 @@ class CompositeBase(MacroTool):
             results.append(child.data)
         refs = [r for p in produced for r in p]
         text = " ".join(c["summary"] for c in children)
-        return ToolResult(text=text, data=results[-1], artifacts=refs, children=children)
+        caveats = [c for child in children for c in child["caveats"]]
+        headline = children[-1]["headline"]
+        return ToolResult(
+            text=text, headline=headline, caveats=caveats, data=results[-1], artifacts=refs, children=children
+        )
 
 
 def _intersect(groups: list[tuple[str, ...]]) -> tuple[str, ...]:

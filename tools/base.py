@@ -50,12 +50,23 @@ class ToolSpec(BaseModel):
 
 class ToolResult(BaseModel):
     """What a tool returns: a short text for the policy, structured data, the artifacts it wrote and, for a tool made
-    of other calls, the steps of those calls."""
+    of other calls, the steps of those calls. ``headline`` states the result in one sentence a clinician can read
+    (value and unit, label and probability, decision and threshold); an answer starts with it. ``caveats`` are what
+    the reader must know to trust it (adaptation used, a partial result). A tool that gives no headline gets the
+    first sentence of its text."""
 
     text: str
+    headline: str = ""
+    caveats: list[str] = Field(default_factory=list)
     data: dict[str, Any] = Field(default_factory=dict)
     artifacts: list[dict] = Field(default_factory=list)
     children: list[dict] = Field(default_factory=list)
+
+
+def first_sentence(text: str) -> str:
+    """Up to the first full stop that ends a sentence (not a decimal point)."""
+    match = re.search(r"[.!?](\s|$)", text)
+    return text[: match.end()].strip() if match else text.strip()
 
 
 class ToolFailure(RuntimeError):

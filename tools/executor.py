@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from macro.artifacts import ArtifactStore
 from macro.case import Case
 from macro.errors import CaseError, MacroError
-from macro.tools.base import ToolContext, ToolFailure
+from macro.tools.base import ToolContext, ToolFailure, first_sentence
 from macro.tools.registry import Registry
 
 # Arguments a model may add out of habit; the executor supplies these itself.
@@ -34,6 +34,8 @@ class Step:
     ms: float
     error: str | None = None
     summary: str = ""
+    headline: str = ""
+    caveats: list[str] = field(default_factory=list)
     data: dict = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
@@ -95,7 +97,7 @@ class ToolExecutor:
             error = f"{name} failed: {type(exc).__name__}: {exc}"
             return self._fail(name, parsed.model_dump(), call_id, start, error, version)
         ms = (time.perf_counter() - start) * 1000
-        text = result.text
+        text = result.text  # the policy is told about arguments it invented; the person reading the answer is not
         if ignored and not set(ignored) <= INJECTED_NAMES:
             text += f" (ignored unknown argument(s): {', '.join(ignored)})"
         step = Step(
@@ -103,7 +105,9 @@ class ToolExecutor:
             args=parsed.model_dump(),
             ok=True,
             ms=ms,
-            summary=text,
+            summary=result.text,
+            headline=result.headline or first_sentence(result.text),
+            caveats=list(result.caveats),
             data=result.data,
             inputs={"case": case.id, **ctx.used},
             outputs=[a["id"] for a in result.artifacts],

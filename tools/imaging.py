@@ -20,6 +20,18 @@ from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, 
 
 VOLUME_MODALITIES = ("mri-multiseq", "mr", "ct", "pet")
 REGION_NAMES = {"ET": "enhancing tumour", "TC": "tumour core", "WT": "whole tumour"}
+MODALITY_NAMES = {
+    "mri-multiseq": "Multi-sequence brain MRI",
+    "mr": "MR",
+    "ct": "CT",
+    "xray": "X-ray",
+    "dermoscopy": "Dermoscopy",
+    "fundus": "Fundus",
+    "histology": "Histology",
+    "us": "Ultrasound",
+    "pet": "PET",
+    "other": "Image of unstated modality",
+}
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 MIN_RENDER_PX = 256
 OVERLAY_RGB = {1: (255, 210, 0), 2: (0, 200, 80), 3: (230, 30, 30)}
@@ -133,7 +145,16 @@ class DescribeScan(MacroTool):
         unit = INTENSITY_UNITS.get(case.modality, "")
         ranges = "; ".join(f"{n} {s['p1']:g} to {s['p99']:g}{unit}" for n, s in stats.items())
         data["intensity_unit"] = unit.strip() or None
-        return ToolResult(text=f"{case.summary()}. Intensity, 1st to 99th percentile: {ranges}.", data=data)
+        shape, spacing = "x".join(map(str, case.shape)), "x".join(f"{v:g}" for v in case.spacing)
+        reference = ", with a reference tumour mask" if case.label_path is not None else ""
+        headline = (
+            f"{MODALITY_NAMES[case.modality]} scan, {case.dims}D, {shape} voxels at {spacing} mm, "
+            f"{len(case.channels)} channel{'s' if len(case.channels) > 1 else ''} ({', '.join(case.channels)})"
+            f"{reference}."
+        )
+        return ToolResult(
+            text=f"{case.summary()}. Intensity, 1st to 99th percentile: {ranges}.", headline=headline, data=data
+        )
 
 
 class RenderArgs(BaseModel):
@@ -247,6 +268,7 @@ class RenderSlice(MacroTool):
         overlay = " with tumour overlay" if mask_plane is not None and mask_plane.any() else ""
         return ToolResult(
             text=f"Rendered {where} of {shown}{overlay} to {art.id}.",
+            headline=f"Here is the {where} of {shown}{overlay}.",
             data={"where": where, "overlay": bool(overlay)},
             artifacts=[art.ref()],
         )
@@ -327,6 +349,8 @@ class MeasureVolume(MacroTool):
         return ToolResult(
             text=f"{REGION_NAMES[args.region]} ({args.region}) volume: {volume:.2f} mL "
             f"({voxels} voxels, from the {source}).",
+            headline=f"The {REGION_NAMES[args.region]} ({args.region}) volume is {volume:.2f} mL, measured on "
+            + ("the case's reference mask." if source.startswith("reference") else "the agent's segmentation."),
             data={
                 "region": args.region,
                 "volume_ml": round(volume, 4),
@@ -399,6 +423,8 @@ class CropResample(MacroTool):
         return ToolResult(
             text=f"Saved a {'x'.join(map(str, shape))} volume at {'x'.join(f'{s:g}' for s in new_spacing)} mm "
             f"to {art.id}.",
+            headline=f"Resampled to {'x'.join(map(str, shape))} voxels at "
+            f"{'x'.join(f'{s:g}' for s in new_spacing)} mm.",
             data={"shape": shape, "spacing_mm": new_spacing},
             artifacts=[art.ref()],
         )

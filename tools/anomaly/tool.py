@@ -214,6 +214,13 @@ class ScoreAnomaly(MacroTool):
                 f"column {peak_px[1]}. {evidence[0].upper() + evidence[1:]}; nearest normal reference {reference}. "
                 f"Heatmap {art.id}."
             )
+        headline = {
+            "outside": f"Outside the learnt categories ({', '.join(bank.task_names)}): no anomaly decision is made.",
+            "normal": f"Within normal limits: anomaly score {result['score']:.2f}, below the threshold "
+            f"{bank.threshold:.2f}.",
+            "anomalous": f"Anomalous: score {result['score']:.2f} above the threshold {bank.threshold:.2f}, "
+            f"strongest at row {peak_px[0]}, column {peak_px[1]}.",
+        }[verdict]
         data = {
             "verdict": verdict,
             "score": round(result["score"], 4),
@@ -233,7 +240,7 @@ class ScoreAnomaly(MacroTool):
                 "sha256": bank.info.get("sha256", "")[:12],
             },
         }
-        return ToolResult(text=text, data=data, artifacts=[art.ref()])
+        return ToolResult(text=text, headline=headline, data=data, artifacts=[art.ref()])
 
 
 def _source_position(cell: tuple[int, int], shape: tuple[int, ...], prep: dict) -> list[int]:

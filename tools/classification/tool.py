@@ -117,7 +117,7 @@ class ClassifyLesion(MacroTool):
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
         if check["in_distribution"] is False:
             text = outside_text("dermoscopy images", check) + f" (model {version['sha256']})"
-            top = None
+            headline, top = outside_text("dermoscopy images", check), None
         else:
             text = (
                 "Lesion class probabilities (calibrated): "
@@ -125,8 +125,12 @@ class ClassifyLesion(MacroTool):
                 + f" (model {version['sha256']})."
             )
             top = ranked[0][0]
+            others = ", ".join(f"{c} {p:.2f}" for c, p in ranked[1:])
+            headline = f"Most likely {top} (calibrated probability {ranked[0][1]:.2f})" + (
+                f"; next {others}." if others else "."
+            )
         data = {"probabilities": probs, "top": top, "model_version": version, **check}
-        return ToolResult(text=text, data=data)
+        return ToolResult(text=text, headline=headline, data=data)
 
 
 class ClassifyFindings(MacroTool):
@@ -157,7 +161,7 @@ class ClassifyFindings(MacroTool):
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
         if check["in_distribution"] is False:
             text = outside_text("chest X-rays", check) + f" (model {version['sha256']})"
-            present = []
+            headline, present = outside_text("chest X-rays", check), []
         else:
             present = [c for c, p in probs.items() if p >= 0.5]
             text = (
@@ -165,5 +169,13 @@ class ClassifyFindings(MacroTool):
                 + ", ".join(f"{c} {p:.2f}" for c, p in ranked)
                 + f"; above 0.5: {', '.join(present) or 'none'} (model {version['sha256']})."
             )
+            best, p_best = ranked[0]
+            headline = (
+                "Findings at calibrated probability 0.5 or above: "
+                + ", ".join(f"{c} {probs[c]:.2f}" for c in sorted(present, key=lambda c: -probs[c]))
+                + "."
+                if present
+                else f"No finding reaches calibrated probability 0.5 (highest {best} {p_best:.2f})."
+            )
         data = {"probabilities": probs, "present": present, "model_version": version, **check}
-        return ToolResult(text=text, data=data)
+        return ToolResult(text=text, headline=headline, data=data)

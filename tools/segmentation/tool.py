@@ -126,4 +126,14 @@ class SegmentBrainTumor(MacroTool):
             "seconds": round(stats["seconds"], 2),
             "stream_position": adapter.volumes,
         }
-        return ToolResult(text=text, data=data, artifacts=[mask.ref(), unc.ref()])
+        headline = (
+            f"Segmented the tumour: whole tumour {volumes['WT']:.2f} mL, tumour core {volumes['TC']:.2f} mL, "
+            f"enhancing tumour {volumes['ET']:.2f} mL."
+        )
+        caveats = []
+        if args.adapt != "none":
+            caveats.append(
+                f"The segmentation model adapted itself to this scanner ({args.adapt.upper()}, {stats['steps']} "
+                f"steps, scan {adapter.volumes} of this thread)."
+            )
+        return ToolResult(text=text, headline=headline, caveats=caveats, data=data, artifacts=[mask.ref(), unc.ref()])

@@ -159,7 +159,8 @@ class AnswerStepwise(MacroTool):
                 f"diagnosis is given. ({args.model} model {version})"
             )
             data = {"steps": [], "diagnosis": None, "model": args.model, "model_version": model_version, **check}
-            return ToolResult(text=text, data=data)
+            headline = "This image is not like the chest radiographs the stepwise models were trained on: no diagnosis."
+            return ToolResult(text=text, headline=headline, data=data)
         focus = steps[focus_step(args.question)]
         lines = [
             f"Step {s['step']} {s['name']}: {s['answer']} ({s['probability']:.2f}). {s['reasoning']}" for s in steps
@@ -178,4 +179,8 @@ class AnswerStepwise(MacroTool):
             "model_version": model_version,
             **check,
         }
-        return ToolResult(text=text, data=data)
+        last = steps[-1]
+        headline = f"Stepwise diagnosis: {last['answer']} (probability {last['probability']:.2f})" + (
+            f"; {focus['name'].lower()}: {focus['answer']} ({focus['probability']:.2f})." if focus is not last else "."
+        )
+        return ToolResult(text=text, headline=headline, data=data)
