@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from macro import imagenet
+from macro import imagenet, weights
 from macro.imagenet import resize
 
 FILE = "ood.safetensors"
@@ -106,6 +106,28 @@ class Density:
             float(info["threshold"]),
             float(info["quantile"]),
         )
+
+
+def result(density: Density | None, feature: np.ndarray) -> dict:
+    """What a tool reports of the check for one image's (1, d) feature: in_distribution (None when the model has
+    no check), distance and threshold."""
+    if density is None:
+        return {"in_distribution": None, "distance": None, "threshold": None}
+    distance, inside = density.check(feature)
+    return {
+        "in_distribution": bool(inside[0]),
+        "distance": round(float(distance[0]), 2),
+        "threshold": round(density.threshold, 2),
+    }
+
+
+def load(folder, regenerate: str) -> Density | None:
+    """The check stored beside a model in ``folder``, or None for weights made before it existed."""
+    manifest = weights.read_manifest(folder, regenerate)
+    if FILE not in manifest["files"]:
+        return None
+    _, states = weights.load_tensors(folder, regenerate, (FILE,))
+    return Density.load(states[FILE], manifest["ood"])
 
 
 def fit_density(train: np.ndarray, held_out: np.ndarray, k: int = 16, quantile: float = 0.99) -> Density:

@@ -170,9 +170,4 @@ def load_classifier(task: str, folder: Path | None = None) -> tuple[Classifier, 
 def load_ood(task: str, folder: Path | None = None) -> ood.Density | None:
     """A task's out-of-distribution check, or None for weights made before it existed."""
     slot = SLOTS[task]
-    folder = folder or slot.active()
-    manifest = weights.read_manifest(folder, slot.regenerate)
-    if ood.FILE not in manifest["files"]:
-        return None
-    _, states = weights.load_tensors(folder, slot.regenerate, (ood.FILE,))
-    return ood.Density.load(states[ood.FILE], manifest["ood"])
+    return ood.load(folder or slot.active(), slot.regenerate)

@@ -64,14 +64,7 @@ def classify(ctx: ToolContext, task: str) -> tuple[dict[str, float], dict, dict]
         "method": manifest.get("method"),
         "unlearned_clients": manifest.get("unlearned_clients", []),
     }
-    check = {"in_distribution": None, "distance": None, "threshold": None}
-    if density is not None:
-        distance, inside = density.check(feature)
-        check = {
-            "in_distribution": bool(inside[0]),
-            "distance": round(float(distance[0]), 2),
-            "threshold": round(density.threshold, 2),
-        }
+    check = ood.result(density, feature)
     return {c: round(float(p), 4) for c, p in zip(manifest["classes"], probs)}, version, check
 
 

@@ -95,12 +95,7 @@ def load_model(kind: str, folder: Path | None = None) -> tuple[torch.nn.Module, 
 
 def load_ood(folder: Path | None = None) -> ood.Density | None:
     """The out-of-distribution check, or None for weights made before it existed."""
-    folder = folder or SLOT.active()
-    manifest = weights.read_manifest(folder, SLOT.regenerate)
-    if ood.FILE not in manifest["files"]:
-        return None
-    _, states = weights.load_tensors(folder, SLOT.regenerate, (ood.FILE,))
-    return ood.Density.load(states[ood.FILE], manifest["ood"])
+    return ood.load(folder or SLOT.active(), SLOT.regenerate)
 
 
 def refit_ood(data_root: Path, folder: Path | None = None, out: Path | None = None) -> dict:

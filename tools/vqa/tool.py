@@ -80,14 +80,7 @@ def answer_chain(pixels, kind: str = "student") -> tuple[list[dict], dict, dict]
     the OOD check (in_distribution, distance, threshold)."""
     encoder, model, manifest, density = models(kind)
     feature, ood_feature = _features(encoder, pixels)
-    check = {"in_distribution": None, "distance": None, "threshold": None}
-    if density is not None:
-        distance, inside = density.check(ood_feature)
-        check = {
-            "in_distribution": bool(inside[0]),
-            "distance": round(float(distance[0]), 2),
-            "threshold": round(density.threshold, 2),
-        }
+    check = ood.result(density, ood_feature)
     with torch.no_grad():
         logits = model(feature)[0]
     steps, answers = [], {}
