@@ -31,7 +31,6 @@ from macro.case import Case, load_case_ref
 from macro.config import Home
 from macro.errors import CaseError
 from macro.skills.library import load_composites
-from macro.tools.base import first_sentence
 from macro.tools.executor import Step, ToolExecutor
 from macro.tools.registry import Registry
 from macro.trajectory import Trajectory, TrajectoryStore
@@ -195,7 +194,7 @@ def compose_answer(
     if prose and not invented:
         lead = prose
     elif lead_step is not None:
-        lead = lead_step.headline or first_sentence(lead_step.summary)
+        lead = lead_step.headline
     else:
         lead = "No tool produced a result."
     caveats = []
@@ -203,7 +202,7 @@ def compose_answer(
         caveats += [c for c in s.caveats if c not in caveats]
         declined = s.data.get("in_distribution") is False or s.data.get("verdict") == "outside"
         if declined and s is not lead_step:
-            caveats.append(s.headline or first_sentence(s.summary))
+            caveats.append(s.headline)
     caveats += [f"{s.tool} failed: {s.error}" for s in steps if not s.ok]
     if invented:
         caveats.append(f"The policy's own text was withheld: it stated {', '.join(invented)}, which no tool produced.")

@@ -118,9 +118,9 @@ def untrained_tools(registry, folder: Path | None = None) -> list[str]:
     ]
 
 
-def coverage_warning(registry, folder: Path | None = None) -> str | None:
-    """One line naming the tools the embedded policy never saw and the command that retrains it, or None."""
-    missing = untrained_tools(registry, folder)
+def coverage_warning(missing: list[str]) -> str | None:
+    """One line naming the tools the embedded policy never saw (:func:`untrained_tools`) and the command that
+    retrains it, or None."""
     if not missing:
         return None
     return (

@@ -59,16 +59,19 @@ def models(home: Home) -> list[dict]:
     return rows
 
 
-def _coverage(warning, registry) -> str:
+def _coverage(registry) -> str:
+    """Whether the embedded policy's adapter was trained on every registered tool, in one line."""
+    from macro.agent.local_llm import coverage_warning, untrained_tools
+
     try:
-        line = warning(registry)
+        line = coverage_warning(untrained_tools(registry))
     except MacroError as exc:
         return f"PROBLEM: {exc}"
     return "trained on every registered tool" if line is None else line.removeprefix("warning: ")
 
 
 def report(home: Home) -> dict:
-    from macro.agent.local_llm import BASE_NAME, coverage_warning, gguf_path
+    from macro.agent.local_llm import BASE_NAME, gguf_path
     from macro.errors import ModelUnavailable
     from macro.skills.library import load_composites
     from macro.tools.registry import Registry
@@ -92,7 +95,7 @@ def report(home: Home) -> dict:
             if converted.is_dir() and not gguf.startswith("missing")
             else ("converts on first use" if not gguf.startswith("missing") else gguf),
             "embedded gguf": gguf,
-            "embedded adapter": _coverage(coverage_warning, registry),
+            "embedded adapter": _coverage(registry),
             "scripted": "ready",
             "hf:PATH": "ready (any local transformers chat model)",
             "openai:URL": "ready" if importlib.util.find_spec("langchain_openai") else "needs langchain-openai",

@@ -6,8 +6,9 @@ would be (``load_case`` with no modality given); a refusal is its verdict. A cas
 the registry offers it, called with default arguments through the agent's executor (so a failing tool is a failed
 step, never a crash). The verdict per tool:
 
-- ``score_anomaly``: its ``verdict`` (normal, anomalous, outside the learnt categories);
-- the classifiers and ``answer_stepwise``: ``in`` or ``outside`` (their out-of-distribution check);
+- a tool that gives a ``verdict`` (``score_anomaly``: normal, anomalous, outside the learnt categories): that;
+- a tool with an out-of-distribution check (``in_distribution`` in its data: the classifiers, ``answer_stepwise``):
+  ``in`` or ``outside``;
 - any other tool: ``ok``; a failed call: ``error``.
 
 The table of verdicts is pinned in ``tests/data/real_scans.json`` and checked in CI; ``--pin`` writes it anew, so
@@ -30,7 +31,6 @@ from macro.tools.executor import ToolExecutor
 from macro.tools.registry import Registry
 
 SUFFIXES = (".dcm", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg")
-OOD_TOOLS = ("classify_lesion", "classify_findings", "answer_stepwise")
 
 
 def wheel_roots() -> dict[str, Path]:
@@ -70,10 +70,10 @@ def wheel_scans() -> dict[str, Path]:
 def verdict(step) -> str:
     if not step.ok:
         return "error"
-    if step.tool == "score_anomaly":
+    if "verdict" in step.data:
         return step.data["verdict"]
-    if step.tool in OOD_TOOLS:
-        return "in" if step.data.get("in_distribution") else "outside"
+    if "in_distribution" in step.data:
+        return "in" if step.data["in_distribution"] else "outside"
     return "ok"
 
 

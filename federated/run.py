@@ -95,13 +95,7 @@ def train_fedlsm(
 def fit_ood(data: LabelledSet, train: np.ndarray, val: np.ndarray) -> ood.Density:
     """The out-of-distribution check of a task's classifier: fitted on its training images, calibrated on val."""
 
-    def load(rows):
-        return data.load_images(IMAGE_SIZE, rows)
-
-    return ood.fit_density(
-        ood.image_features(load, train, IMAGE_SIZE, "OOD check: training images"),
-        ood.image_features(load, val, IMAGE_SIZE, "OOD check: validation images"),
-    )
+    return ood.fit_on_images(lambda rows: data.load_images(IMAGE_SIZE, rows), train, val, IMAGE_SIZE)
 
 
 def train_task(

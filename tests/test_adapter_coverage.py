@@ -38,7 +38,7 @@ def test_a_new_plug_in_is_named_with_the_retraining_command():
     registry = Registry.default()
     registry.add(Ruler())
     assert "measure_ruler" in untrained_tools(registry)
-    line = coverage_warning(registry)
+    line = coverage_warning(untrained_tools(registry))
     assert line.startswith("warning: ") and "measure_ruler" in line and line.endswith("macro train sft")
     assert "\n" not in line
 
@@ -57,7 +57,7 @@ def test_a_changed_spec_version_counts_as_untrained(tmp_path):
 
     folder = _adapter_copy(tmp_path / "all", record_all)
     assert untrained_tools(registry, folder) == []
-    assert coverage_warning(registry, folder) is None
+    assert coverage_warning(untrained_tools(registry, folder)) is None
 
 
 def test_tools_list_and_doctor_warn(home):

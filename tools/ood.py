@@ -130,6 +130,15 @@ def load(folder, regenerate: str) -> Density | None:
     return Density.load(states[FILE], manifest["ood"])
 
 
+def fit_on_images(load: Callable[[np.ndarray], np.ndarray], train: np.ndarray, val: np.ndarray, size: int) -> Density:
+    """The check of a model that reads the trunk at ``size`` px: fitted on images ``train``, calibrated on ``val``
+    (rows that ``load`` turns into (b, 3, H, W) images in [0, 1])."""
+    return fit_density(
+        image_features(load, train, size, "OOD check: training images"),
+        image_features(load, val, size, "OOD check: validation images"),
+    )
+
+
 def fit_density(train: np.ndarray, held_out: np.ndarray, k: int = 16, quantile: float = 0.99) -> Density:
     """Fit on (n, d) training features; calibrate the threshold on held-out in-distribution features."""
     x = np.asarray(train, np.float64)

@@ -110,9 +110,9 @@ def make_agent(policy: str, model: str | None, max_steps: int):
     chat, policy_id = make_policy(policy, model=model)
     agent = Agent(chat, policy_id, max_steps=max_steps)
     if policy == "embedded":
-        from macro.agent.local_llm import coverage_warning
+        from macro.agent.local_llm import coverage_warning, untrained_tools
 
-        line = coverage_warning(agent.registry)
+        line = coverage_warning(untrained_tools(agent.registry))
         if line:
             err(line)
     return agent

@@ -25,7 +25,7 @@ def tools_list(
 
     registry = load_composites(Registry.default())
     tools = registry.for_case(load_scan(case, None)) if case else registry.all()
-    untrained = set(untrained_tools(registry))
+    untrained = untrained_tools(registry)
     rows = [
         {
             "name": t.name,
@@ -43,7 +43,7 @@ def tools_list(
         }
         for t in tools
     ]
-    warning = coverage_warning(registry)
+    warning = coverage_warning(untrained)
     if warning:
         err(warning)
     if as_json:

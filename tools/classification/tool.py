@@ -109,8 +109,8 @@ class ClassifyLesion(MacroTool):
         probs, version, check = classify(ctx, "derm")
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
         if check["in_distribution"] is False:
-            text = outside_text("dermoscopy images", check) + f" (model {version['sha256']})"
             headline, top = outside_text("dermoscopy images", check), None
+            text = headline + f" (model {version['sha256']})"
         else:
             text = (
                 "Lesion class probabilities (calibrated): "
@@ -153,8 +153,8 @@ class ClassifyFindings(MacroTool):
         probs, version, check = classify(ctx, "cxr")
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
         if check["in_distribution"] is False:
-            text = outside_text("chest X-rays", check) + f" (model {version['sha256']})"
             headline, present = outside_text("chest X-rays", check), []
+            text = headline + f" (model {version['sha256']})"
         else:
             present = [c for c, p in probs.items() if p >= 0.5]
             text = (

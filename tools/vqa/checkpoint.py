@@ -32,12 +32,14 @@ def fit_ood(data: StepData) -> ood.Density:
     from macro.data.labelled import _load_rgb
     from macro.tools.vqa.encoders import IMAGE_SIZE
 
-    def features(split: str) -> np.ndarray:
-        files = data.files[split]
-        load = lambda rows: np.stack([_load_rgb(files[i], IMAGE_SIZE) for i in rows])  # noqa: E731
-        return ood.image_features(load, np.arange(len(files)), IMAGE_SIZE, f"OOD check: {split} images")
-
-    return ood.fit_density(features("train"), features("val"))
+    files = data.files["train"] + data.files["val"]
+    n_train = len(data.files["train"])
+    return ood.fit_on_images(
+        lambda rows: np.stack([_load_rgb(files[i], IMAGE_SIZE) for i in rows]),
+        np.arange(n_train),
+        np.arange(n_train, len(files)),
+        IMAGE_SIZE,
+    )
 
 
 def save_models(folder: Path, teacher: Teacher, student: Student, manifest: dict, density: ood.Density) -> dict:
