@@ -36,6 +36,9 @@ from macro.tools.registry import Registry
 from macro.trajectory import Trajectory, TrajectoryStore
 
 MAX_STEPS = 6
+REPEAT_NOTE = "the policy asked to repeat a call it had already made, so the agent answered from the results so far."
+LIMIT_NOTE = "the turn reached the step limit ({max_steps} tool calls); this answers from the results so far."
+STOP_NOTES = (REPEAT_NOTE, LIMIT_NOTE.split(" ({")[0])  # what a loop-guard stop leaves in an answer
 MAX_FORMAT_RETRIES = 2
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 
@@ -118,11 +121,7 @@ def build_graph(
         question = next((m.text for m in reversed(state["messages"]) if isinstance(m, HumanMessage)), "")
         note, closing = "", []
         if isinstance(last, AIMessage) and last.tool_calls:
-            note = (
-                "the policy asked to repeat a call it had already made, so the agent answered from the results so far."
-                if _repeats(state["messages"])
-                else f"the turn reached the step limit ({max_steps} tool calls); this answers from the results so far."
-            )
+            note = REPEAT_NOTE if _repeats(state["messages"]) else LIMIT_NOTE.format(max_steps=max_steps)
         elif state.get("retries") and not prose:
             note = "the policy did not produce a valid tool call or an answer."
         answer = compose_answer(prose, steps, question, note, store.root)

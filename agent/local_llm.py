@@ -145,7 +145,9 @@ def attach_adapter(model, folder: Path):
 class LocalChatModel(BaseChatModel):
     """A transformers causal LM as a langchain chat model speaking the ``<tool_call>`` format.
 
-    Malformed calls come back as ``invalid_tool_calls`` so the graph can ask again instead of crashing.
+    With ``constrained`` (the default) every decision is decoded under the offered tools' grammar
+    (:mod:`macro.agent.grammar`), so a call is always parseable and valid against its schema. Without it (for
+    comparison), malformed calls come back as ``invalid_tool_calls`` so the graph can ask again instead of crashing.
     Generation statistics (prompt tokens, new tokens, seconds) are in ``response_metadata`` for benchmarks.
     """
 
@@ -153,8 +155,10 @@ class LocalChatModel(BaseChatModel):
     adapter: str | None = None
     max_new_tokens: int = 96
     policy_id: str = "local"
+    constrained: bool = True
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
+    _constraint: Any = PrivateAttr(default=None)
     _prefixes: dict = PrivateAttr(default_factory=dict)
 
     @property
@@ -164,6 +168,10 @@ class LocalChatModel(BaseChatModel):
     def load(self) -> "LocalChatModel":
         if self._model is None:
             self._model, self._tokenizer = load_model(self.model_path, self.adapter)
+            if self.constrained:
+                from macro.agent.grammar import Constraint
+
+                self._constraint = Constraint(self._tokenizer)
         return self
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any):
@@ -185,18 +193,22 @@ class LocalChatModel(BaseChatModel):
             chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         start = time.perf_counter()
+        prompt_length = int(ids["input_ids"].shape[1])
+        processors = [self._constraint.processor(tools or [], prompt_length)] if self._constraint else []
+        masks_before = self._constraint.mask_seconds if self._constraint else 0.0
         with torch.inference_mode():
             cache = self._prefix_cache(chat[0], ids["input_ids"]) if chat and chat[0]["role"] == "system" else None
             out = self._model.generate(
                 **ids,
                 cache=cache,
+                logits_processor=processors,
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=self._tokenizer.pad_token_id,
                 eos_token_id=self._tokenizer.eos_token_id,
             )
         seconds = time.perf_counter() - start
-        new = out[0, ids["input_ids"].shape[1] :]
+        new = out[0, prompt_length:]
         text = self._tokenizer.decode(new, skip_special_tokens=True).strip()
         calls, errors = parse_calls(text)
         meta = {
@@ -205,6 +217,8 @@ class LocalChatModel(BaseChatModel):
             "seconds": seconds,
             "raw": text,
             "cached_prefix_tokens": 0 if cache is None else cache.get_seq_length(),
+            "constrained": bool(self._constraint),
+            "mask_seconds": (self._constraint.mask_seconds - masks_before) if self._constraint else 0.0,
         }
         msg = AIMessage(
             content="" if calls else text,

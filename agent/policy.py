@@ -17,8 +17,12 @@ from macro.errors import ModelUnavailable
 BACKENDS = "embedded, hf:PATH, openai:URL, scripted, scripted:PLAN.json"
 
 
-def make_policy(spec: str, home: Home | None = None, model: str | None = None) -> tuple[BaseChatModel, str]:
-    """Return (chat model, policy id). The id names weights precisely enough to reproduce a trajectory."""
+def make_policy(
+    spec: str, home: Home | None = None, model: str | None = None, constrained: bool = True
+) -> tuple[BaseChatModel, str]:
+    """Return (chat model, policy id). The id names weights precisely enough to reproduce a trajectory, and says
+    when a local model decodes without its grammar (``constrained=False``, for comparisons)."""
+    free = "" if constrained else "(unconstrained)"
     if spec == "scripted":
         return ScriptedPolicy(), "scripted"
     if spec.startswith("scripted:"):
@@ -31,16 +35,19 @@ def make_policy(spec: str, home: Home | None = None, model: str | None = None) -
     if spec == "embedded":
         folder = ADAPTER.active(home)
         if not (folder / weights.MANIFEST).is_file():
-            pid = "embedded:smollm2-135m(no adapter)"
-            return LocalChatModel(model_path=str(embedded_base(home)), policy_id=pid), pid
+            pid = "embedded:smollm2-135m(no adapter)" + free
+            return LocalChatModel(model_path=str(embedded_base(home)), policy_id=pid, constrained=constrained), pid
         digest = weights.verify(folder, ADAPTER.regenerate)["sha256"][:8]  # a damaged adapter fails here, not mid-turn
-        pid = f"embedded:smollm2-135m+lora-{digest}"
-        return LocalChatModel(model_path=str(embedded_base(home)), adapter=str(folder), policy_id=pid), pid
+        pid = f"embedded:smollm2-135m+lora-{digest}{free}"
+        chat = LocalChatModel(
+            model_path=str(embedded_base(home)), adapter=str(folder), policy_id=pid, constrained=constrained
+        )
+        return chat, pid
     if spec.startswith("hf:"):
         path = Path(spec[3:]).expanduser()
         if not (path / "config.json").is_file():
             raise ModelUnavailable(f"{path}: not a transformers model folder (no config.json)")
-        return LocalChatModel(model_path=str(path), policy_id=spec), spec
+        return LocalChatModel(model_path=str(path), policy_id=spec + free, constrained=constrained), spec + free
     if spec.startswith("openai:"):
         from langchain_openai import ChatOpenAI
 

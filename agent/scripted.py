@@ -47,12 +47,9 @@ RULES: list[tuple[str, str]] = [
 ]
 
 
-def plan_for(question: str, available: set[str], has_reference_mask: bool = True, fallback: bool = True) -> list[dict]:
-    """Keyword rules → ordered tool calls (by where each intent appears in the question).
-
-    A volume question on a case without a reference mask is answered from a fresh segmentation first. With no
-    rule matching, ``fallback`` describes the scan.
-    """
+def plan_for(question: str, available: set[str], fallback: bool = True) -> list[dict]:
+    """Keyword rules → ordered tool calls (by where each intent appears in the question). With no rule matching,
+    ``fallback`` describes the scan. What a call needs first is added by :func:`with_prerequisites`."""
     q = question.lower()
     hits = []
     for tool, pattern in RULES:
@@ -64,13 +61,6 @@ def plan_for(question: str, available: set[str], has_reference_mask: bool = True
         tools.remove(
             "score_anomaly"
         )  # "abnormal" on an X-ray asks for findings; the anomaly screen needs its own words
-    if (
-        "measure_volume" in tools
-        and "segment_brain_tumor" in available
-        and not has_reference_mask
-        and "segment_brain_tumor" not in tools
-    ):
-        tools.insert(tools.index("measure_volume"), "segment_brain_tumor")
     if not tools and fallback and "describe_scan" in available:
         tools = ["describe_scan"]
     return [{"name": tool, "args": keyword_args(tool, q)} for tool in tools]
@@ -105,6 +95,22 @@ def keyword_args(tool: str, q: str) -> dict:
         mm = re.search(r"(\d+(?:\.\d+)?)\s*mm", q)
         return {"spacing_mm": float(mm.group(1))} if mm else {"crop": True}
     return {}
+
+
+def with_prerequisites(plan: list[dict], tools: list[dict], provided: set[str]) -> list[dict]:
+    """Put before each call the calls its tool's spec says must come first: for an input kind that neither the case
+    (``provided``) nor an earlier call supplies, a call of the offered tool that outputs it."""
+    specs = {t["function"]["name"]: t.get("macro", {}) for t in tools}
+    out, have = [], set(provided)
+    for call in plan:
+        for kind in sorted(set(specs.get(call["name"], {}).get("needs", ())) - have):
+            producer = next((n for n, sp in specs.items() if kind in sp.get("outputs", ())), None)
+            if producer is not None:
+                out.append({"name": producer, "args": {}})
+                have |= set(specs[producer].get("outputs", ()))
+        out.append(call)
+        have |= set(specs.get(call["name"], {}).get("outputs", ()))
+    return out
 
 
 COMPOSITE = re.compile(r"Runs (\S+(?: -> \S+)+) in one call")
@@ -171,7 +177,13 @@ class ScriptedPolicy(BaseChatModel):
         return "macro-scripted"
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any):
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+        """Tools as OpenAI schemas plus, under ``macro``, what their specs say a call needs and makes."""
+        schemas = []
+        for t in tools:
+            spec = getattr(t, "spec", None)
+            extra = {} if spec is None else {"needs": sorted(spec.needs), "outputs": sorted(set(spec.outputs.values()))}
+            schemas.append({**convert_to_openai_tool(t), "macro": extra})
+        return self.bind(tools=schemas, **kwargs)
 
     def _generate(
         self,
@@ -188,10 +200,10 @@ class ScriptedPolicy(BaseChatModel):
         if self.plan is not None:
             plan = self.plan
         else:
-            plan = plan_for(messages[last_user].text, available, reference, fallback=False) or remembered_plan(
-                messages, available
-            )
-            plan = use_composites(plan or plan_for("", available, reference), tools or [])
+            provided = {"image", "mask"} if reference else {"image"}
+            plan = plan_for(messages[last_user].text, available, fallback=False)
+            plan = with_prerequisites(plan, tools or [], provided) or remembered_plan(messages, available)
+            plan = use_composites(plan or plan_for("", available), tools or [])
         if len(done) < len(plan):
             call = plan[len(done)]
             msg = AIMessage(

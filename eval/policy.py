@@ -1,78 +1,173 @@
-"""How well a policy picks its first tool call on held-out requests (wording never seen in SFT training).
+"""How well a policy calls tools on requests written apart from its training data.
 
-Works for any backend: each request goes through ``bind_tools`` + ``invoke`` with the same system message the
-agent uses, so the figure measures the deployed path, not a shortcut.
+The held-out requests (``eval/data/policy_requests.jsonl``) were written by hand, not by the SFT generator, in
+six users' styles (clinician, layperson, terse, typos, another language, verbose), and cover every built-in atomic
+tool on the example cases the tools' specs name. Each row gives the right *first* call: on a case without a mask
+a volume question starts with a segmentation.
+
+Two figures, both through the deployed path (``bind_tools`` + ``invoke`` with the agent's system message, or the
+whole agent): the first decision (parseable, schema-valid, right tool, exact arguments, per tool), and whole
+episodes (the turn ends in an answer with no failed call, no repeated call and no loop-guard stop).
 """
 
 from __future__ import annotations
 
-import random
+import json
 import time
+from collections import defaultdict
+from pathlib import Path
 from typing import Callable, Sequence
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from pydantic import ValidationError
 
+from macro.agent.graph import STOP_NOTES, Agent
 from macro.agent.prompts import system_message
-from macro.case import load_case_ref
+from macro.case import Case
+from macro.data import example_case
+from macro.errors import CaseError
 from macro.tools.executor import INJECTED_NAMES
 from macro.tools.registry import Registry
+
+REQUESTS = Path(__file__).parent / "data" / "policy_requests.jsonl"
+FIRST_CALL_KEYS = ("parseable", "valid", "right_tool", "exact_args")
+
+
+def load_requests(path: Path = REQUESTS) -> list[dict]:
+    """Rows ``{"request", "case", "tool", "args", "style"}``; a malformed line is reported with its number."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append({"request": row["request"], "case": row["case"], "tool": row["tool"], **row})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CaseError(Path(path), f"line {number}: not a request row ({exc})") from None
+    return rows
+
+
+class Cases:
+    """Example cases by name, built once under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._cases: dict[str, Case] = {}
+
+    def __call__(self, name: str) -> Case:
+        if name not in self._cases:
+            self._cases[name] = example_case(name, self.root)
+        return self._cases[name]
+
+
+def _score_call(call: dict | None, row: dict, registry: Registry, offered: set[str]) -> dict:
+    parsed = None
+    if call is not None and call["name"] in offered:
+        try:
+            parsed = registry.get(call["name"]).args_schema(
+                **{k: v for k, v in call["args"].items() if k not in INJECTED_NAMES}
+            )
+        except (ValidationError, TypeError):
+            parsed = None
+    right_tool = call is not None and call["name"] == row["tool"]
+    gold = registry.get(row["tool"]).args_schema(**row.get("args", {})).model_dump()
+    return {
+        "parseable": call is not None,
+        "valid": parsed is not None,
+        "right_tool": right_tool,
+        "exact_args": bool(parsed is not None and right_tool and parsed.model_dump() == gold),
+    }
+
+
+def _percent(rows: Sequence[dict], keys: Sequence[str]) -> dict:
+    count = max(len(rows), 1)
+    return {k: round(100.0 * sum(bool(r[k]) for r in rows) / count, 1) for k in keys}
 
 
 def evaluate_first_calls(
     policy: BaseChatModel,
     rows: Sequence[dict],
-    n: int = 50,
-    seed: int = 0,
+    cases: Cases,
     registry: Registry | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
+    """The first decision on each request: overall and per-tool percentages, seconds per decision, every row."""
     registry = registry or Registry.default()
-    rows = [r for r in rows if r["kind"] == "first_call"]
-    picked = random.Random(seed).sample(rows, min(n, len(rows)))
     results = []
     start = time.perf_counter()
-    for i, row in enumerate(picked):
-        case = load_case_ref(row["case_ref"])
+    for i, row in enumerate(rows):
+        case = cases(row["case"])
         tools = registry.for_case(case)
-        ai = policy.bind_tools(tools).invoke([system_message(case.summary()), HumanMessage(row["user"])])
+        ai = policy.bind_tools(tools).invoke([system_message(case.summary()), HumanMessage(row["request"])])
         call = ai.tool_calls[0] if ai.tool_calls else None
-        parsed = None
-        if call is not None and call["name"] in {t.name for t in tools}:
-            schema = registry.get(call["name"]).args_schema
-            try:
-                parsed = schema(**{k: v for k, v in call["args"].items() if k not in INJECTED_NAMES})
-            except (ValidationError, TypeError):
-                parsed = None
-        valid = parsed is not None
-        right_tool = call is not None and call["name"] == row["tool"]
-        gold = registry.get(row["tool"]).args_schema(**row["args"]).model_dump()
-        exact = bool(valid and right_tool and parsed.model_dump() == gold)
+        scores = _score_call(call, row, registry, {t.name for t in tools})
         results.append(
             {
-                "user": row["user"],
-                "gold_tool": row["tool"],
-                "gold_args": row["args"],
+                **{k: row[k] for k in ("request", "case", "tool", "style") if k in row},
+                "gold_args": row.get("args", {}),
                 "call": call and {"name": call["name"], "args": call["args"]},
-                "parseable": call is not None,
-                "valid": valid,
-                "right_tool": right_tool,
-                "valid_right_tool": valid and right_tool,
-                "exact_args": exact,
+                **scores,
                 "raw": ai.response_metadata.get("raw", ai.text),
+                "seconds": ai.response_metadata.get("seconds"),
             }
         )
         if progress:
-            progress(i + 1, len(picked))
-    count = max(len(results), 1)
-    summary = {
-        k: round(100.0 * sum(r[k] for r in results) / count, 1)
-        for k in ("parseable", "valid", "right_tool", "valid_right_tool", "exact_args")
-    }
+            progress(i + 1, len(rows))
+    by_tool = defaultdict(list)
+    for r in results:
+        by_tool[r["tool"]].append(r)
     return {
         "n": len(results),
-        **summary,
-        "seconds_per_prompt": round((time.perf_counter() - start) / count, 2),
+        **_percent(results, FIRST_CALL_KEYS),
+        "per_tool": {tool: {"n": len(rs), **_percent(rs, FIRST_CALL_KEYS)} for tool, rs in sorted(by_tool.items())},
+        "seconds_per_decision": round((time.perf_counter() - start) / max(len(results), 1), 2),
+        "rows": results,
+    }
+
+
+def clean_episode(steps: Sequence[dict], answer: str, format_errors: Sequence[str]) -> dict:
+    """Whether a turn ended in an answer with no failed call, no repeated call and no loop-guard stop."""
+    keys = [s["tool"] + json.dumps(s.get("args") or {}, sort_keys=True) for s in steps]
+    verdict = {
+        "failed_calls": sum(not s["ok"] for s in steps),
+        "repeated_calls": len(keys) - len(set(keys)),
+        "guard_stop": any(note in answer for note in STOP_NOTES),
+        "format_errors": len(format_errors),
+    }
+    verdict["clean"] = not any(verdict.values())
+    return verdict
+
+
+def evaluate_episodes(
+    agent: Agent, rows: Sequence[dict], cases: Cases, progress: Callable[[int, int], None] | None = None
+) -> dict:
+    """Each request as a whole agent turn on its case (a fresh thread each)."""
+    results = []
+    start = time.perf_counter()
+    for i, row in enumerate(rows):
+        turn = agent.ask(cases(row["case"]), row["request"])
+        traj = turn.trajectory
+        verdict = clean_episode(traj.steps, traj.answer, traj.format_errors)
+        results.append(
+            {
+                "request": row["request"],
+                "tool": row["tool"],
+                "calls": [s["tool"] for s in traj.steps],
+                "first_line": traj.answer.split("\n", 1)[0],
+                "seconds": round(traj.ms / 1000, 2),
+                **verdict,
+            }
+        )
+        if progress:
+            progress(i + 1, len(rows))
+    count = max(len(results), 1)
+    return {
+        "n": len(results),
+        "clean": round(100.0 * sum(r["clean"] for r in results) / count, 1),
+        "failed_calls": sum(r["failed_calls"] for r in results),
+        "repeated_calls": sum(r["repeated_calls"] for r in results),
+        "guard_stops": sum(r["guard_stop"] for r in results),
+        "seconds_per_episode": round((time.perf_counter() - start) / count, 2),
         "rows": results,
     }

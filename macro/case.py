@@ -91,6 +91,11 @@ class Case:
         return self.image[self.channels.index(name)]
 
     @property
+    def provides(self) -> frozenset[str]:
+        """Artifact kinds the case itself supplies to tools: its image, and a mask when it ships a reference one."""
+        return frozenset({"image", "mask"} if self.label_path is not None else {"image"})
+
+    @property
     def voxel_ml(self) -> float:
         return float(np.prod(self.spacing)) / 1000.0
 

@@ -61,12 +61,26 @@ def test_a_changed_spec_version_counts_as_untrained(tmp_path):
 
 
 def test_tools_list_and_doctor_warn(home):
+    """A home adapter trained before score_anomaly existed (its manifest does not list it) is warned about."""
+    from macro.config import Home
+
+    def forget(data):
+        data["tool_versions"].pop("score_anomaly")
+        data["tools"].remove("score_anomaly")
+
+    own = ADAPTER.home_dir(Home.current())
+    own.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(_adapter_copy(home, forget), own)
     runner = CliRunner()
     listed = runner.invoke(app, ["tools", "list", "--json"])
     assert listed.exit_code == 0, listed.output
-    assert "was not trained on answer_stepwise, score_anomaly" in listed.stderr
+    assert "was not trained on score_anomaly" in listed.stderr
     rows = {r["name"]: r for r in json.loads(listed.stdout)["tools"]}
     assert rows["score_anomaly"]["embedded_policy_trained"] is False
     assert rows["measure_volume"]["embedded_policy_trained"] is True
     doctor = runner.invoke(app, ["doctor", "--json"])
-    assert "answer_stepwise, score_anomaly" in json.loads(doctor.stdout)["policies"]["embedded adapter"]
+    assert "score_anomaly" in json.loads(doctor.stdout)["policies"]["embedded adapter"]
+
+
+def test_the_shipped_adapter_knows_every_registered_tool():
+    assert untrained_tools(Registry.default(), ADAPTER.shipped) == []

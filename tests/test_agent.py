@@ -233,11 +233,20 @@ def test_info_commands_print_json(command, home):
 
 
 def test_scripted_segments_first_when_there_is_no_reference_mask():
+    """The segmentation before a volume comes from the specs (measure_volume reads a mask, segmentation makes one),
+    not from a rule naming the tools; with a reference mask the case supplies it."""
+    from macro.agent.scripted import with_prerequisites
+    from macro.tools.registry import Registry
+
+    registry = Registry.default()
     tools = {"describe_scan", "render_slice", "measure_volume", "crop_resample", "segment_brain_tumor"}
-    assert plan_for("How large is the enhancing tumour?", tools, has_reference_mask=False) == [
+    bound = ScriptedPolicy().bind_tools([registry.get(n) for n in sorted(tools)]).kwargs["tools"]
+    plan = plan_for("How large is the enhancing tumour?", tools)
+    assert with_prerequisites(plan, bound, {"image"}) == [
         {"name": "segment_brain_tumor", "args": {}},
         {"name": "measure_volume", "args": {"region": "ET"}},
     ]
+    assert with_prerequisites(plan, bound, {"image", "mask"}) == plan
     assert plan_for("Segment it without adaptation", tools) == [
         {"name": "segment_brain_tumor", "args": {"adapt": "none"}}
     ]

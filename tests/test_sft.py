@@ -16,35 +16,64 @@ from macro.training import sft_data
 
 @pytest.fixture(scope="module")
 def data(demo):
-    return sft_data.build([demo, load_case(get_testdata_file("CT_small.dcm"))], Registry.default(), seed=0)
+    """Dialogues on the demo case (reference mask) and a real CT; without the segmentation tool, whose examples
+    would spend minutes segmenting (the chain rows it starts are covered by the trained adapter's manifest)."""
+    registry = Registry([t for t in Registry.default().all() if t.name != "segment_brain_tumor"])
+    return sft_data.build([demo, load_case(get_testdata_file("CT_small.dcm"))], registry, seed=0)
 
 
 def test_held_out_requests_never_appear_in_training(data):
+    """Spec examples of the test split stay out of every row, and the hand-written held-out requests are new."""
+    from macro.eval.policy import load_requests
+
     registry = Registry.default()
+    users = {r["user"].lower() for r in data}
     for tool in registry.all():
         train = {e.request for e in sft_data.split_examples(tool, "train")}
         test = {e.request for e in sft_data.split_examples(tool, "test")}
         assert test
         assert not train & test
-    train_users = {r["user"] for r in data["train"]}
-    assert not train_users & {r["user"] for r in data["test"]}
+        assert not any(t.lower().rstrip(".?!") in u for t in test for u in users)
+    examples = {e.request.lower() for t in registry.all() for e in t.spec.examples}
+    written = load_requests()
+    assert {r["tool"] for r in written} == set(registry.atomic()), "the held-out set covers every atomic tool"
+    assert not examples & {r["request"].lower() for r in written}
 
 
-def test_rows_are_prompt_completion_in_the_runtime_format(data):
-    kinds = {r["kind"] for r in data["train"]}
-    assert kinds == {"first_call", "answer", "follow_up", "chain", "small_talk"}
-    row = next(r for r in data["train"] if r["kind"] == "first_call")
+def test_rows_cover_whole_conversations_in_the_runtime_format(data):
+    kinds = {r["kind"] for r in data}
+    assert kinds == {"first_call", "answer", "follow_up", "recovery", "no_tool", "small_talk"}
+    row = next(r for r in data if r["kind"] == "first_call")
     assert row["prompt"][0]["role"] == "system"
     assert "Tools:" in row["prompt"][0]["content"]
     assert row["completion"][0]["content"].startswith("<tool_call>")
-    ct_rows = [r for r in data["train"] if r["case_ref"]["modality"] == "ct"]
-    assert ct_rows
+    ct_rows = [r for r in data if r["case_ref"]["modality"] == "ct"]
+    assert {r["tool"] for r in ct_rows} >= {"describe_scan", "score_anomaly"}
     assert all(("measure_volume" not in r["prompt"][0]["content"] for r in ct_rows))
+    recovery = next(r for r in data if r["kind"] == "recovery")
+    assert recovery["prompt"][-1]["role"] == "tool" and "error" in recovery["prompt"][-1]["content"]
+
+
+def test_what_a_call_needs_first_comes_from_the_specs(demo, tmp_path):
+    """measure_volume reads a mask: the case's reference one, one made earlier in the thread, or a segmentation
+    run first; on a scan where nothing can make one it is not offered at all."""
+    import nibabel
+
+    from macro.data import example_case
+
+    registry = Registry.default()
+    measure = registry.get("measure_volume")
+    bare = example_case("lowfield-sequences", tmp_path)
+    assert registry.prerequisites(measure, bare) == ["segment_brain_tumor"]
+    assert registry.prerequisites(measure, bare, frozenset({"mask"})) == []
+    assert registry.prerequisites(measure, demo) == []
+    t1 = load_case(nibabel.__file__.rsplit("/", 1)[0] + "/tests/data/anatomical.nii")
+    assert "measure_volume" not in {t.name for t in registry.for_case(t1)}
 
 
 def test_answers_quote_real_tool_output(data, demo_folder):
     truth = json.loads((demo_folder / "truth.json").read_text())["volumes_ml"]
-    answers = [r["completion"][0]["content"] for r in data["train"] if r["kind"] == "answer"]
+    answers = [r["completion"][0]["content"] for r in data if r["kind"] == "answer"]
     assert any(
         f"{truth['WT']:.2f} mL" in a or f"{truth['ET']:.2f} mL" in a or f"{truth['TC']:.2f} mL" in a for a in answers
     )
@@ -64,6 +93,7 @@ def test_train_sft_on_a_tiny_model_writes_fp16_adapter_and_manifest(tmp_path, ti
     saved = json.loads((out / "manifest.json").read_text())
     assert saved["train"]["steps"] == 2
     assert saved["held_out"]["n"] == 2, "held-out figures are measured on the fp16 adapter as written"
+    assert saved["held_out"]["requests"] == "policy_requests.jsonl"
     assert saved["seed"] == 0
     assert saved["command"] == "pytest"
     assert saved["lora"]["r"] == recipe.lora_r

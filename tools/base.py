@@ -34,6 +34,17 @@ class ToolExample(BaseModel):
 
 
 class ToolSpec(BaseModel):
+    """What the agent, the policy's training data and the evaluations know about a tool, from the tool itself.
+
+    ``inputs`` are the artifact kinds a call reads. One the case does not supply (a mask, unless the case ships a
+    reference one) must come from an earlier call of a tool whose ``outputs`` include it, so that call comes first
+    (:meth:`~macro.tools.registry.Registry.prerequisites`); a tool whose inputs nothing can supply is not offered.
+    ``examples`` are requests a user might make, with the arguments they map to. ``cases`` name the example cases
+    that exercise the tool (:data:`macro.data.EXAMPLES`, ``builder`` names of :mod:`macro.data`, or
+    ``wheel:package/path`` for a real scan shipped in an installed wheel): the SFT dialogues are built on them. How
+    a result answers a question is the tool's :attr:`ToolResult.headline`, which trained answers quote.
+    """
+
     model_config = ConfigDict(frozen=True)
 
     modalities: tuple[str, ...]
@@ -43,6 +54,12 @@ class ToolSpec(BaseModel):
     version: str = "0.1.0"
     weights: str | None = None  # the name of the model's slot in macro.weights (which copy is in use, how to remake it)
     examples: tuple[ToolExample, ...] = ()
+    cases: tuple[str, ...] = ()
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """Input kinds besides the case image."""
+        return frozenset(self.inputs.values()) - {"image"}
 
     def accepts(self, case: Case) -> bool:
         return (ANY_MODALITY in self.modalities or case.modality in self.modalities) and case.dims in self.dims

@@ -84,6 +84,11 @@ class DescribeScan(MacroTool):
         modalities=(ANY_MODALITY,),
         outputs={"summary": "text"},
         version="1.0.0",
+        cases=(
+            "brain-mri-demo",
+            "wheel:nibabel/tests/data/anatomical.nii",
+            "wheel:pydicom/data/test_files/CT_small.dcm",
+        ),
         examples=tuple(
             ToolExample(request=r)
             for r in (
@@ -171,6 +176,7 @@ class RenderSlice(MacroTool):
         modalities=(ANY_MODALITY,),
         outputs={"png": "render"},
         version="1.0.0",
+        cases=("brain-mri-demo", "wheel:nibabel/tests/data/anatomical.nii"),
         examples=(
             ToolExample(request="Show me an axial slice.", args={"axis": "axial"}),
             ToolExample(request="Render the coronal view.", args={"axis": "coronal"}),
@@ -306,6 +312,7 @@ class MeasureVolume(MacroTool):
         inputs={"case": "image", "mask": "mask"},
         outputs={"volume_ml": "scalar"},
         version="1.0.0",
+        cases=("brain-mri-demo", "lowfield-sequences"),
         examples=(
             ToolExample(request="What is the tumour volume?", args={"region": "WT"}),
             ToolExample(request="How big is the whole tumour?", args={"region": "WT"}),
@@ -377,6 +384,7 @@ class CropResample(MacroTool):
         dims=(3,),
         outputs={"volume": "image"},
         version="1.0.0",
+        cases=("brain-mri-demo", "wheel:nibabel/tests/data/anatomical.nii"),
         examples=(
             ToolExample(request="Resample the scan to 1 mm isotropic.", args={"spacing_mm": 1.0}),
             ToolExample(request="Crop away the empty background.", args={"crop": True}),

@@ -72,8 +72,31 @@ class Registry:
         return {name: tool for name, tool in self._tools.items() if kind(tool) == "atomic"}
 
     def for_case(self, case: Case) -> list[MacroTool]:
-        """Only the tools that accept the case's modality and dimensionality."""
-        return [t for t in self._tools.values() if t.offered(case)]
+        """The tools that accept the case's modality and dimensionality and whose inputs the case or another offered
+        tool can supply (no volume measurement on a scan that has no mask and nothing to segment it)."""
+        return [t for t in self._tools.values() if t.offered(case) and self.prerequisites(t, case) is not None]
+
+    def prerequisites(self, tool: MacroTool, case: Case, have: frozenset[str] = frozenset()) -> list[str] | None:
+        """Names of the calls that must run before ``tool`` on ``case`` when the thread already holds artifacts of
+        the kinds in ``have``: for each input kind nobody supplies yet, the first offered atomic tool whose spec
+        outputs it (after its own prerequisites). None when some input cannot be supplied at all."""
+        plan: list[str] = []
+        have = have | case.provides
+        for needed in sorted(tool.spec.needs - have):
+            producer = next(
+                (
+                    t
+                    for t in self.atomic().values()
+                    if t is not tool and needed in t.spec.outputs.values() and t.offered(case)
+                ),
+                None,
+            )
+            before = None if producer is None else self.prerequisites(producer, case, have)
+            if before is None:
+                return None
+            plan += [*before, producer.name]
+            have = have | set(producer.spec.outputs.values())
+        return plan
 
 
 def kind(tool: MacroTool) -> str:

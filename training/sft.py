@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +25,7 @@ from macro import weights
 from macro.agent.local_llm import ADAPTER_FILE, LocalChatModel
 from macro.case import Case
 from macro.config import Home
-from macro.eval.policy import evaluate_first_calls
+from macro.eval.policy import REQUESTS, Cases, evaluate_first_calls, load_requests
 from macro.tools.registry import Registry
 from macro.training import sft_data
 
@@ -43,35 +44,21 @@ class SFTRecipe:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = LORA_TARGETS
-    per_example: int = 1
-    n_answers: int = 20
+    follow_ups: int = 6
     max_length: int = 1024
     max_steps: int = -1
-    eval_prompts: int = 50
-    demo_cases: int = 1
+    eval_prompts: int = 100
     extra: dict = field(default_factory=dict)
 
 
-def training_cases(home: Home, n_demo: int) -> list[Case]:
-    """Real cases: a brain-MRI phantom with a reference mask, a low-field phantom given as four bare sequences (no
-    mask, so volume questions start with a segmentation), a real T1 without a mask, a real 2D CT DICOM, and one
-    dermoscopy and one chest X-ray phantom (so the policy learns the classification tools)."""
-    import nibabel
-    from pydicom.data import get_testdata_file
+def training_cases(home: Home, registry: Registry | None = None) -> list[Case]:
+    """The example cases the registry's tools name in their specs (``ToolSpec.cases``), each built once, in the
+    order the tools list them, so a plug-in that names its own case gets dialogues on it."""
+    from macro.data import example_case
 
-    from macro.case import brats_files, load_case
-    from macro.data import make
-
-    folders = make("brain-mri-demo", home.data / "sft-brain", n=n_demo, seed=100)
-    cases = [load_case(f) for f in folders]
-    shifted = make("brats-phantom", home.data / "sft-lowfield", n=1, seed=200, domain="lowfield")[0]
-    cases.append(load_case(brats_files(shifted)[0]))
-    cases.append(load_case(Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"))
-    cases.append(load_case(get_testdata_file("CT_small.dcm")))
-    cases += [
-        load_case(make(name, home.data / f"sft-{name}", n=1, seed=300)[0]) for name in ("derm-phantom", "cxr-phantom")
-    ]
-    return cases
+    registry = registry or Registry.default()
+    names = list(dict.fromkeys(name for tool in registry.atomic().values() for name in tool.spec.cases))
+    return [example_case(name, home.data / "sft") for name in names]
 
 
 def train_sft(
@@ -91,8 +78,8 @@ def train_sft(
 
     set_seed(recipe.seed)
     registry = registry or Registry.default()
-    data = sft_data.build(cases, registry, seed=recipe.seed, per_example=recipe.per_example, n_answers=recipe.n_answers)
-    train_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in data["train"]]
+    rows = sft_data.build(cases, registry, seed=recipe.seed, follow_ups=recipe.follow_ups)
+    train_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -154,7 +141,7 @@ def train_sft(
         "recipe": asdict(recipe),
         "data": {
             "train_rows": len(train_rows),
-            "held_out_rows": len(data["test"]),
+            "kinds": dict(Counter(r["kind"] for r in rows)),
             "cases": [c.id for c in cases],
             "tools": sorted({t.name for c in cases for t in registry.for_case(c)}),
             "tool_versions": {t.name: t.spec.version for c in cases for t in registry.for_case(c)},
@@ -171,10 +158,10 @@ def train_sft(
     try:
         weights.save_tensors(staging, state, manifest)
         policy = LocalChatModel(model_path=str(base), adapter=str(staging))
-        held_out = evaluate_first_calls(
-            policy, data["test"], n=recipe.eval_prompts, seed=recipe.seed, registry=registry
-        )
+        with tempfile.TemporaryDirectory(prefix="macro-held-out-") as cases:
+            requests = load_requests()[: recipe.eval_prompts]
+            held_out = evaluate_first_calls(policy, requests, Cases(Path(cases)), registry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    manifest["held_out"] = {k: v for k, v in held_out.items() if k != "rows"}
+    manifest["held_out"] = {k: v for k, v in held_out.items() if k != "rows"} | {"requests": REQUESTS.name}
     return weights.save_tensors(out, state, manifest)

@@ -1,9 +1,10 @@
 """Tool-use dialogues for the SFT cold start, generated from the registry's tool specs and real cases.
 
-Each tool carries example requests (``ToolSpec.examples``). Every fifth one is held out, together with its own
-greetings and sign-offs, so the held-out prompts share no wording with training. Dialogues are rendered with the
-same prompt functions the agent uses at run time, and tool results come from really running the tools on the
-cases, so final answers learn to quote real outputs.
+Each tool carries example requests (``ToolSpec.examples``), the cases that exercise it (``ToolSpec.cases``) and
+the kinds its calls read (``ToolSpec.inputs``, whose missing ones another tool must make first); nothing here names
+a tool. Every fifth example is kept out of training (``split_examples(tool, "test")``): a plug-in's own held-out
+phrasings. Dialogues are rendered with the same prompt functions the agent uses at run time, and tool results come
+from really running the tools on the cases, so final answers learn to quote real outputs.
 
 Rows are TRL prompt-completion conversations: ``{"prompt": [...], "completion": [assistant turn], ...}``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,38 +25,29 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from macro.agent.prompts import system_message, to_chat
 from macro.artifacts import ArtifactStore
 from macro.case import Case
-from macro.tools.base import MacroTool, ToolExample
+from macro.tools.base import MacroTool, ToolExample, first_sentence
 from macro.tools.executor import ToolExecutor
 from macro.tools.registry import Registry
 
 HELD_OUT_EVERY = 5
-OPENERS = {
-    "train": ["", "", "", "Hi. ", "Hello, ", "Please: ", "Quick question: ", "Doctor here. ", "OK. "],
-    "test": ["", "Hey there, ", "Good morning. ", "Could you help? ", "Urgent: "],
-}
-CLOSERS = {"train": ["", "", "", " Thanks.", " Please.", " Thank you!"], "test": ["", " Cheers.", " ASAP please."]}
-ANSWER_LEADS = ["", "According to {tool}: ", "Result from {tool}: ", "{tool} reports: ", "Here is what I found. "]
+PER_TOOL = 36  # first-call rows per tool over all cases, so a tool offered on one case is learnt as well as one on six
+ANSWER_EVERY = 3  # every third of those turns also trains the answer that follows the result
+OPENERS = ["", "", "", "Hi. ", "Hello, ", "Please: ", "Quick question: ", "Doctor here. ", "OK. "]
+CLOSERS = ["", "", "", " Thanks.", " Please.", " Thank you!"]
+ANSWER_LEADS = ["", "", "", "Here is what I found. ", "Result: "]
 SMALL_TALK = [
     ("Hello!", "Hello. Ask me about this scan: I can describe, render and measure it."),
     ("Who are you?", "I am MACRO, a medical imaging assistant. I answer from tool results, not guesses."),
     ("Thanks, that's all.", "You're welcome."),
     ("Can you diagnose me?", "I am a research tool, not a doctor. I can measure and describe this scan."),
 ]
-TWO_STEP = [
-    (
-        "Describe the scan and then show me an axial slice.",
-        [("describe_scan", {}), ("render_slice", {"axis": "axial"})],
-    ),
-    ("Measure the whole tumour, then render it.", [("measure_volume", {"region": "WT"}), ("render_slice", {})]),
-    (
-        "Give me the ET volume and the WT volume.",
-        [("measure_volume", {"region": "ET"}), ("measure_volume", {"region": "WT"})],
-    ),
-    (
-        "What is this scan, and how big is the tumour core?",
-        [("describe_scan", {}), ("measure_volume", {"region": "TC"})],
-    ),
-    ("Crop to the head and then describe it.", [("crop_resample", {"crop": True}), ("describe_scan", {})]),
+OUT_OF_SCOPE = [
+    "What's the weather like today?",
+    "Book me an MRI appointment for Tuesday.",
+    "Write a poem about radiology.",
+    "What dose of ibuprofen should I take?",
+    "Translate this report into German.",
+    "Who won the football match yesterday?",
 ]
 
 
@@ -62,9 +55,9 @@ def split_examples(tool: MacroTool, split: str) -> list[ToolExample]:
     return [ex for i, ex in enumerate(tool.spec.examples) if (i % HELD_OUT_EVERY == 2) == (split == "test")]
 
 
-def perturb(text: str, rng: random.Random, split: str) -> str:
+def perturb(text: str, rng: random.Random) -> str:
     """Greeting, sign-off, occasional typos and lower-casing: the noise real users type."""
-    text = rng.choice(OPENERS[split]) + text + rng.choice(CLOSERS[split])
+    text = rng.choice(OPENERS) + text + rng.choice(CLOSERS)
     if rng.random() < 0.3:
         words = text.split(" ")
         for _ in range(rng.randint(1, 2)):
@@ -84,6 +77,7 @@ class Context:
     case: Case
     tools: list[MacroTool]
     executor: ToolExecutor
+    registry: Registry
 
     @property
     def schemas(self) -> list[dict]:
@@ -94,13 +88,12 @@ class Context:
     def names(self) -> set[str]:
         return {t.name for t in self.tools}
 
-    @property
-    def needs_segmentation(self) -> bool:
-        """No reference mask but a segmentation tool: volume questions start with a segmentation."""
-        return "segment_brain_tumor" in self.names() and self.case.label_path is None
-
-    def first_action(self, tool: str, args: dict) -> tuple[str, dict]:
-        return ("segment_brain_tumor", {}) if tool == "measure_volume" and self.needs_segmentation else (tool, args)
+    def plan(self, tool: MacroTool, args: dict, history: Sequence[dict] = ()) -> list[tuple[str, dict]]:
+        """The calls a request for ``tool`` takes on this case given the thread's artifacts so far: what its spec
+        says must come first (a segmentation before a volume when there is no mask), then the tool itself."""
+        have = frozenset(a.get("kind") for a in history)
+        before = self.registry.prerequisites(tool, self.case, have) or []
+        return [(name, {}) for name in before] + [(tool.name, args)]
 
     def run(self, name: str, args: dict, history: list[dict]) -> ToolMessage:
         """Run a tool for real; identical calls on identical inputs are reused (segmentation takes seconds)."""
@@ -117,7 +110,7 @@ class Context:
 
 def contexts(cases: Iterable[Case], registry: Registry, workdir: Path) -> list[Context]:
     executor = ToolExecutor(registry, ArtifactStore(workdir))
-    return [Context(c, registry.for_case(c), executor) for c in cases]
+    return [Context(c, registry.for_case(c), executor, registry) for c in cases]
 
 
 def _row(
@@ -140,89 +133,122 @@ def _call(name: str, args: dict) -> AIMessage:
     return AIMessage("", tool_calls=[{"name": name, "args": args, "id": f"call_{name}", "type": "tool_call"}])
 
 
-def _answer(rng: random.Random, results: list[ToolMessage]) -> AIMessage:
-    parts = [rng.choice(ANSWER_LEADS).format(tool=r.name) + r.text for r in results if r.status != "error"]
-    failed = [f"{r.name} failed ({r.text.removeprefix('error: ')})" for r in results if r.status == "error"]
-    return AIMessage(" ".join(parts + failed))
+def _headline(result: ToolMessage) -> str:
+    art = result.artifact or {}
+    return art.get("headline") or first_sentence(result.text)
 
 
-def first_call_rows(ctxs: Sequence[Context], split: str, rng: random.Random, per_example: int) -> list[dict]:
-    rows = []
+def _answer(rng: random.Random, results: Sequence[ToolMessage]) -> AIMessage:
+    """The reply once the results answer: each asked tool's one-sentence result, a failure said plainly."""
+    parts = [_headline(r) for r in results if r.status != "error"]
+    failed = [f"{r.name} failed: {r.text.removeprefix('error: ')}" for r in results if r.status == "error"]
+    lead = rng.choice(ANSWER_LEADS) if parts else ""
+    return AIMessage(lead + " ".join(parts + failed))
+
+
+def _turn(
+    ctx: Context,
+    rng: random.Random,
+    before: list[BaseMessage],
+    request: str,
+    asks: Sequence[tuple[MacroTool, dict]],
+    history: list[dict],
+    kind: str,
+) -> tuple[list[dict], list[BaseMessage]]:
+    """One user turn asking for ``asks``: a row per call (each given the results so far), then the answer row.
+    Returns the rows and the conversation after the turn (for follow-up turns)."""
+    messages = [*before, HumanMessage(request)]
+    rows, answered = [], []
+    for tool, args in asks:
+        plan = ctx.plan(tool, args, history)
+        for i, (name, call_args) in enumerate(plan):
+            call = _call(name, call_args)
+            rows.append(_row(ctx, messages, call, kind if i == 0 else "chain", name, call_args))
+            result = ctx.run(name, call_args, history)
+            messages += [call, result]
+            if name == tool.name:
+                answered.append(result)
+    if any(r.status == "error" for r in answered):
+        return [], messages  # an example whose arguments do not fit this case (no such sequence) teaches nothing
+    answer = _answer(rng, answered)
+    rows.append(_row(ctx, messages, answer, "answer", None, None))
+    return rows, [*messages, answer]
+
+
+def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: int) -> list[dict]:
+    """Whole conversations on every case, from the tools' specs and real results:
+
+    - first calls for every offered tool, :data:`PER_TOOL` per tool over the cases (its training examples in turn,
+      perturbed), prerequisites first, and every :data:`ANSWER_EVERY` th turn the answer quoting the results;
+    - two requests in one message, answered after both;
+    - follow-up turns in a thread (earlier artifacts reused: no second segmentation);
+    - recovery: after a failed call (a tool the case does not offer, a tool run before its input exists), the
+      right call;
+    - "no offered tool can answer that" for requests of tools the case does not offer and off-topic ones;
+    - small talk.
+    """
+    rows: list[dict] = []
+    all_tools = [t for c in ctxs for t in c.registry.atomic().values()]
+    offering = Counter(t.name for c in ctxs for t in c.tools)
     for ctx in ctxs:
+        train = [(tool, ex) for tool in ctx.tools for ex in split_examples(tool, "train")]
         for tool in ctx.tools:
-            for ex in split_examples(tool, split):
-                name, args = ctx.first_action(tool.name, ex.args)
-                for _ in range(per_example):
-                    user = HumanMessage(perturb(ex.request, rng, split))
-                    rows.append(_row(ctx, [user], _call(name, args), "first_call", name, args))
-    return rows
-
-
-def dialogue_rows(ctxs: Sequence[Context], rng: random.Random, n_answers: int) -> list[dict]:
-    """Answers that quote tool results, second calls of two-step requests, follow-up turns, small talk."""
-    rows = []
-    for _ in range(n_answers):
-        ctx = rng.choice(ctxs)
-        tool = rng.choice(ctx.tools)
-        ex = rng.choice(split_examples(tool, "train"))
-        history: list[dict] = []
-        user = HumanMessage(perturb(ex.request, rng, "train"))
-        name, args = ctx.first_action(tool.name, ex.args)
-        call = _call(name, args)
-        result = ctx.run(name, args, history)
-        answer = _answer(rng, [result])
-        rows.append(_row(ctx, [user, call, result], answer, "answer", None, None))
-        other = rng.choice(ctx.tools)
-        follow = rng.choice(split_examples(other, "train"))
-        has_mask = any(a.get("kind") == "mask" for a in history)
-        name, args = (other.name, follow.args) if has_mask else ctx.first_action(other.name, follow.args)
-        rows.append(
-            _row(
-                ctx,
-                [user, call, result, answer, HumanMessage(perturb(follow.request, rng, "train"))],
-                _call(name, args),
-                "follow_up",
-                name,
-                args,
-            )
+            examples = split_examples(tool, "train")
+            for i in range(-(-PER_TOOL // offering[tool.name])):
+                ex = examples[i % len(examples)]
+                turn, _ = _turn(ctx, rng, [], perturb(ex.request, rng), [(tool, ex.args)], [], "first_call")
+                rows += turn if i % ANSWER_EVERY == 0 else turn[:-1]
+        for _ in range(follow_ups):
+            (t1, e1), (t2, e2) = rng.sample(train, 2)
+            if t1.name != t2.name:
+                request = f"{e1.request.rstrip('.?!')}, and {e2.request[0].lower()}{e2.request[1:]}"
+                turn, _ = _turn(ctx, rng, [], perturb(request, rng), [(t1, e1.args), (t2, e2.args)], [], "first_call")
+                rows += turn
+            history: list[dict] = []
+            _, convo = _turn(ctx, rng, [], perturb(e1.request, rng), [(t1, e1.args)], history, "first_call")
+            second, _ = _turn(ctx, rng, convo, perturb(e2.request, rng), [(t2, e2.args)], history, "follow_up")
+            rows += second
+        rows += _recovery_rows(ctx, rng, train)
+        offered = ctx.names()
+        elsewhere = [
+            ex.request
+            for t in {t.name: t for t in all_tools}.values()
+            if t.name not in offered
+            for ex in split_examples(t, "train")[:3]
+        ]
+        cannot = (
+            "None of the tools offered for this scan can answer that. I can use: " + ", ".join(sorted(offered)) + "."
         )
-    for ctx in [c for c in ctxs if c.needs_segmentation]:
-        measure = next(t for t in ctx.tools if t.name == "measure_volume")
-        for ex in rng.sample(split_examples(measure, "train"), k=min(6, len(split_examples(measure, "train")))):
-            plan = [("segment_brain_tumor", {}), ("measure_volume", ex.args)]
-            rows += _chain_rows(ctx, perturb(ex.request, rng, "train"), plan, rng)
-    for ctx in ctxs:
-        for request, plan in TWO_STEP:
-            if not all(name in ctx.names() for name, _ in plan):
-                continue
-            rows += _chain_rows(ctx, perturb(request, rng, "train"), plan, rng)
+        for request in rng.sample(elsewhere, k=min(4, len(elsewhere))) + rng.sample(OUT_OF_SCOPE, k=2):
+            rows.append(_row(ctx, [HumanMessage(perturb(request, rng))], AIMessage(cannot), "no_tool", None, None))
         for request, reply in SMALL_TALK:
             rows.append(_row(ctx, [HumanMessage(request)], AIMessage(reply), "small_talk", None, None))
     return rows
 
 
-def _chain_rows(ctx: Context, request: str, plan: list[tuple[str, dict]], rng: random.Random) -> list[dict]:
-    """One multi-step request: a row per call (given the results so far), then the answer quoting them."""
-    history: list[dict] = []
-    messages: list[BaseMessage] = [HumanMessage(request)]
-    results, rows = [], []
-    for name, args in plan:
-        rows.append(_row(ctx, messages, _call(name, args), "chain", name, args))
-        results.append(ctx.run(name, args, history))
-        messages += [_call(name, args), results[-1]]
-    rows.append(_row(ctx, messages, _answer(rng, results), "answer", None, None))
+def _recovery_rows(ctx: Context, rng: random.Random, train: Sequence[tuple[MacroTool, ToolExample]]) -> list[dict]:
+    """After a failed call comes the call that works: a real error from the executor, then the right plan."""
+    rows = []
+    other = sorted({t.name for t in ctx.registry.atomic().values()} - ctx.names())
+    for tool, ex in rng.sample(list(train), k=min(3, len(train))):
+        plan = ctx.plan(tool, ex.args)
+        wrong = (plan[-1][0], plan[-1][1]) if len(plan) > 1 else (rng.choice(other), {}) if other else None
+        if wrong is None:
+            continue
+        user = HumanMessage(perturb(ex.request, rng))
+        failed = ctx.run(wrong[0], wrong[1], [])
+        if failed.status != "error":
+            continue
+        name, args = plan[0]
+        rows.append(_row(ctx, [user, _call(*wrong), failed], _call(name, args), "recovery", name, args))
     return rows
 
 
-def build(
-    cases: Sequence[Case], registry: Registry, seed: int = 0, per_example: int = 1, n_answers: int = 20
-) -> dict[str, list[dict]]:
-    """``{"train": rows, "test": rows}``; test rows are first calls on held-out wording only."""
+def build(cases: Sequence[Case], registry: Registry, seed: int = 0, follow_ups: int = 6) -> list[dict]:
+    """Training rows, shuffled. The held-out requests are not generated here: :mod:`macro.eval.policy` reads a
+    hand-written file, so the figure measures new wording, not these templates."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="macro-sft-") as tmp:
-        ctxs = contexts(cases, registry, Path(tmp))
-        train = first_call_rows(ctxs, "train", rng, per_example) + dialogue_rows(ctxs, rng, n_answers)
-        test = first_call_rows(ctxs, "test", rng, 2)
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return {"train": train, "test": test}
+        rows = conversation_rows(contexts(cases, registry, Path(tmp)), rng, follow_ups)
+    rng.shuffle(rows)
+    return rows

@@ -106,38 +106,58 @@ def eval_anomaly(
 def eval_policy(
     policy: str = PolicyOpt,
     model: Optional[str] = ModelOpt,
-    n: int = typer.Option(50, "--n"),
-    seed: int = typer.Option(0),
+    requests: Optional[Path] = typer.Option(None, help="JSONL of held-out requests (default: the hand-written set)"),
+    compare: bool = typer.Option(True, help="local backends: also decode without the grammar, for comparison"),
+    episodes: bool = typer.Option(True, help="also run each request as a whole agent turn"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """First-call accuracy on held-out requests (wording never used in SFT training)."""
+    """First calls and whole episodes on hand-written held-out requests (six users' styles, every atomic tool)."""
+    import tempfile
+
+    from macro.agent.graph import Agent
+    from macro.agent.local_llm import coverage_warning, untrained_tools
     from macro.agent.policy import make_policy
-    from macro.eval.policy import evaluate_first_calls
+    from macro.eval.policy import REQUESTS, Cases, evaluate_episodes, evaluate_first_calls, load_requests
     from macro.tools.registry import Registry
-    from macro.training import sft_data
-    from macro.training.sft import SFTRecipe, training_cases
 
     home = Home.current().ensure()
-    recipe = SFTRecipe(seed=seed)
     registry = Registry.default()
-    rows = sft_data.build(training_cases(home, recipe.demo_cases), registry, seed=seed)["test"]
-    chat_model, policy_id = make_policy(policy, model=model)
-    report = evaluate_first_calls(
-        chat_model,
-        rows,
-        n=n,
-        seed=seed,
-        registry=registry,
-        progress=lambda i, total: err(f"  {i}/{total}") if i % 10 == 0 or i == total else None,
-    )
-    report["policy"] = policy_id
+    rows = load_requests(requests or REQUESTS)
+    cases = Cases(home.data / "policy-eval")
+    local = policy == "embedded" or policy.startswith("hf:")
+    report: dict = {"requests": str(requests or REQUESTS.name), "n": len(rows)}
+    if policy == "embedded" and (line := coverage_warning(untrained_tools(registry))):
+        err(line)
+
+    def tick(label: str):
+        return lambda i, total: err(f"  {label} {i}/{total}") if i % 10 == 0 or i == total else None
+
+    for mode in ("constrained", "unconstrained") if local and compare else ("constrained" if local else "server",):
+        chat, policy_id = make_policy(policy, model=model, constrained=mode != "unconstrained")
+        report.setdefault("policy", policy_id)
+        report[mode] = {"first_call": evaluate_first_calls(chat, rows, cases, registry, tick(f"{mode} first calls"))}
+        if episodes and mode != "unconstrained":
+            with tempfile.TemporaryDirectory(prefix="macro-eval-policy-") as scratch:  # keeps the user's memory clean
+                agent = Agent(chat, policy_id, registry=registry, home=Home(Path(scratch)), memory=False)
+                report[mode]["episodes"] = evaluate_episodes(agent, rows, cases, tick("episodes"))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(f"policy {policy_id}: {report['n']} held-out prompts")
-    for key in ("parseable", "valid", "right_tool", "valid_right_tool", "exact_args"):
-        typer.echo(f"  {key:<17} {report[key]:5.1f} %")
-    typer.echo(f"  seconds/prompt    {report['seconds_per_prompt']}")
+    typer.echo(f"policy {report['policy']}: {len(rows)} held-out requests ({report['requests']})")
+    for mode, part in ((k, v) for k, v in report.items() if isinstance(v, dict)):
+        first = part["first_call"]
+        typer.echo(f"{mode}: {first['seconds_per_decision']} s per decision")
+        typer.echo(f"  {'tool':<20} {'n':>3} {'parse':>6} {'valid':>6} {'tool':>6} {'args':>6}")
+        for tool, r in [*first["per_tool"].items(), ("all", first)]:
+            cells = " ".join(f"{r[k]:5.1f}%" for k in ("parseable", "valid", "right_tool", "exact_args"))
+            typer.echo(f"  {tool:<20} {r['n']:>3} {cells}")
+        if "episodes" in part:
+            e = part["episodes"]
+            typer.echo(
+                f"  episodes: {e['clean']:.1f} % clean (answer, no failed/repeated call, no guard stop); "
+                f"{e['failed_calls']} failed, {e['repeated_calls']} repeated, {e['guard_stops']} guard stops; "
+                f"{e['seconds_per_episode']} s per episode"
+            )
 
 
 @evaluate.command("overhead")

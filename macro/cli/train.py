@@ -28,7 +28,7 @@ def train_sft_cmd(
     epochs: float = typer.Option(1.0),
     max_steps: int = typer.Option(-1, help="stop early (smoke runs)"),
     seed: int = typer.Option(0),
-    eval_prompts: int = typer.Option(50, help="held-out prompts scored after training"),
+    eval_prompts: int = typer.Option(100, help="hand-written held-out requests scored after training (at most)"),
     base: Optional[Path] = typer.Option(None, help="base model folder (default: the converted embedded SmolLM2)"),
 ):
     """LoRA SFT cold start of the local policy on tool-use dialogues (TRL SFTTrainer + PEFT)."""
@@ -37,7 +37,7 @@ def train_sft_cmd(
 
     home = Home.current().ensure()
     recipe = SFTRecipe(seed=seed, epochs=epochs, max_steps=max_steps, eval_prompts=eval_prompts)
-    cases = training_cases(home, recipe.demo_cases)
+    cases = training_cases(home)
     target = ADAPTER.target(out, home)
     manifest = train_sft(target, recipe, base or embedded_base(home), cases, command=invocation())
     err(f"wrote {target}")

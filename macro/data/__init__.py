@@ -32,6 +32,34 @@ def make(name: str, out: str | Path, **options) -> list[Path]:
     return builder(Path(out), **options)
 
 
+def example_case(name: str, root: str | Path):
+    """A named example case (what a tool spec's ``cases`` lists), built under ``root`` on first use.
+
+    ``brain-mri-demo`` is a four-sequence brain MRI phantom with a reference mask; ``lowfield-sequences`` is a
+    low-field phantom given as its four bare sequences (no mask, so a volume needs a segmentation first); any other
+    builder name gives its first case (seed 300); ``wheel:package/path`` is a real scan shipped inside an installed
+    wheel (nibabel, pydicom, nilearn).
+    """
+    import importlib.util
+
+    from macro.case import brats_files, load_case
+
+    root = Path(root)
+    if name.startswith("wheel:"):
+        package, _, rest = name[len("wheel:") :].partition("/")
+        spec = importlib.util.find_spec(package)
+        path = Path(spec.submodule_search_locations[0]) / rest if spec and spec.submodule_search_locations else None
+        if path is None or not path.exists():
+            raise CaseError(path, f"example case {name!r}: the {package} wheel does not ship {rest}")
+        return load_case(path)
+    if name == "brain-mri-demo":
+        return load_case(make(name, root / "example-brain", n=1, seed=100)[0])
+    if name == "lowfield-sequences":
+        folder = make("brats-phantom", root / "example-lowfield", n=1, seed=200, domain="lowfield")[0]
+        return load_case(brats_files(folder)[0])
+    return load_case(make(name, root / f"example-{name}", n=1, seed=300)[0])
+
+
 def demo_case(home_data_dir: Path) -> Path:
     """The ``brain-mri-demo`` case (seed 0), built on first use and reused while its files and truth still match.
 

@@ -159,6 +159,7 @@ class ScoreAnomaly(MacroTool):
         dims=(2,),
         outputs={"heatmap": "heatmap"},
         version="1.0.0",
+        cases=("wheel:pydicom/data/test_files/CT_small.dcm",),
         weights=SLOT.name,
         examples=(
             ToolExample(request="Is anything anomalous in this image?", args={}),

@@ -90,6 +90,7 @@ class ClassifyLesion(MacroTool):
         modalities=("dermoscopy",),
         dims=(2,),
         version="1.0.0",
+        cases=("derm-phantom",),
         weights=SLOTS["derm"].name,
         examples=(
             ToolExample(request="What kind of lesion is this?", args={}),
@@ -134,6 +135,7 @@ class ClassifyFindings(MacroTool):
         modalities=("xray",),
         dims=(2,),
         version="1.0.0",
+        cases=("cxr-phantom",),
         weights=SLOTS["cxr"].name,
         examples=(
             ToolExample(request="What findings are on this chest X-ray?", args={}),

@@ -43,6 +43,7 @@ class SegmentBrainTumor(MacroTool):
         dims=(3,),
         outputs={"mask": "mask", "uncertainty": "heatmap"},
         version="1.0.0",
+        cases=("brain-mri-demo", "lowfield-sequences"),
         weights=SLOT.name,
         examples=(
             ToolExample(request="Segment the tumour.", args={}),

@@ -124,6 +124,7 @@ class AnswerStepwise(MacroTool):
         version="1.0.0",
         weights=SLOT.name,
         outputs={"chain": "text"},
+        cases=("cxr-phantom",),
         examples=(
             ToolExample(request="Walk me through the diagnosis step by step.", args={}),
             ToolExample(request="What is the most likely diagnosis, with your reasoning?", args={}),
