@@ -94,6 +94,7 @@ def embedded_speed(home: Home, case, repeats: int = 3) -> dict:
         "prefill_seconds": prefill,
         "prefill_tokens_per_s": runs[0]["prompt_tokens"] / prefill,
         "decode_tokens_per_s": (new - 1) / max(seconds - prefill, 1e-6),
+        "grammar_ms_per_token": 1000 * statistics.median(r["mask_seconds"] / max(r["new_tokens"], 1) for r in runs),
     }
 
 

@@ -13,7 +13,6 @@ episodes (the turn ends in an answer with no failed call, no repeated call and n
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -80,6 +79,16 @@ def _score_call(call: dict | None, row: dict, registry: Registry, offered: set[s
     }
 
 
+def _p50_p95(values: Sequence[float]) -> dict:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p95": None}
+    return {
+        "p50": round(ordered[len(ordered) // 2], 2),
+        "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+    }
+
+
 def _percent(rows: Sequence[dict], keys: Sequence[str]) -> dict:
     count = max(len(rows), 1)
     return {k: round(100.0 * sum(bool(r[k]) for r in rows) / count, 1) for k in keys}
@@ -95,7 +104,6 @@ def evaluate_first_calls(
     """The first decision on each request: overall and per-tool percentages, seconds per decision, every row."""
     registry = registry or Registry.default()
     results = []
-    start = time.perf_counter()
     for i, row in enumerate(rows):
         case = cases(row["case"])
         tools = registry.for_case(case)
@@ -121,7 +129,7 @@ def evaluate_first_calls(
         "n": len(results),
         **_percent(results, FIRST_CALL_KEYS),
         "per_tool": {tool: {"n": len(rs), **_percent(rs, FIRST_CALL_KEYS)} for tool, rs in sorted(by_tool.items())},
-        "seconds_per_decision": round((time.perf_counter() - start) / max(len(results), 1), 2),
+        "decision_seconds": _p50_p95([r["seconds"] for r in results if r["seconds"] is not None]),
         "rows": results,
     }
 
@@ -144,7 +152,6 @@ def evaluate_episodes(
 ) -> dict:
     """Each request as a whole agent turn on its case (a fresh thread each)."""
     results = []
-    start = time.perf_counter()
     for i, row in enumerate(rows):
         turn = agent.ask(cases(row["case"]), row["request"])
         traj = turn.trajectory
@@ -155,7 +162,7 @@ def evaluate_episodes(
                 "tool": row["tool"],
                 "calls": [s["tool"] for s in traj.steps],
                 "first_line": traj.answer.split("\n", 1)[0],
-                "seconds": round(traj.ms / 1000, 2),
+                "seconds": traj.ms / 1000,
                 **verdict,
             }
         )
@@ -168,6 +175,6 @@ def evaluate_episodes(
         "failed_calls": sum(r["failed_calls"] for r in results),
         "repeated_calls": sum(r["repeated_calls"] for r in results),
         "guard_stops": sum(r["guard_stop"] for r in results),
-        "seconds_per_episode": round((time.perf_counter() - start) / count, 2),
+        "episode_seconds": _p50_p95([r["seconds"] for r in results]),
         "rows": results,
     }

@@ -146,7 +146,8 @@ def eval_policy(
     typer.echo(f"policy {report['policy']}: {len(rows)} held-out requests ({report['requests']})")
     for mode, part in ((k, v) for k, v in report.items() if isinstance(v, dict)):
         first = part["first_call"]
-        typer.echo(f"{mode}: {first['seconds_per_decision']} s per decision")
+        d = first["decision_seconds"]
+        typer.echo(f"{mode}: decision p50 {d['p50']} s, p95 {d['p95']} s")
         typer.echo(f"  {'tool':<20} {'n':>3} {'parse':>6} {'valid':>6} {'tool':>6} {'args':>6}")
         for tool, r in [*first["per_tool"].items(), ("all", first)]:
             cells = " ".join(f"{r[k]:5.1f}%" for k in ("parseable", "valid", "right_tool", "exact_args"))
@@ -156,7 +157,7 @@ def eval_policy(
             typer.echo(
                 f"  episodes: {e['clean']:.1f} % clean (answer, no failed/repeated call, no guard stop); "
                 f"{e['failed_calls']} failed, {e['repeated_calls']} repeated, {e['guard_stops']} guard stops; "
-                f"{e['seconds_per_episode']} s per episode"
+                f"episode p50 {e['episode_seconds']['p50']} s, p95 {e['episode_seconds']['p95']} s"
             )
 
 
@@ -183,7 +184,8 @@ def eval_overhead(
         typer.echo(
             f"  embedded policy: {e['decode_tokens_per_s']:.1f} new tokens/s, {e['prefill_tokens_per_s']:.0f} prompt "
             "tokens/s, "
-            f"{e['seconds_per_call']:.2f} s per tool call ({e['prompt_tokens']} prompt tokens)"
+            f"{e['seconds_per_call']:.2f} s per tool call ({e['prompt_tokens']} prompt tokens), grammar mask "
+            f"{e['grammar_ms_per_token']:.2f} ms per token"
         )
 
 
