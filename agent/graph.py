@@ -2,8 +2,9 @@
 
 One turn: the policy proposes a call; the executor validates and runs it (errors go back as tool messages);
 this repeats until the policy answers in prose, or the step limit is hit. The answer node then writes the final
-answer: the policy's prose only if every number in it comes from a tool result or the question, followed by a
-findings block built from the trajectory. Every turn is recorded as a :class:`~macro.trajectory.Trajectory`.
+answer: the policy's prose only if it quotes the answering tool's sentence and every number in it comes from a tool
+result or the question, followed by a findings block built from the trajectory. Every turn is recorded as a
+:class:`~macro.trajectory.Trajectory`.
 """
 
 from __future__ import annotations
@@ -162,16 +163,17 @@ def checked_question(question: str) -> tuple[str, str]:
     return question[:MAX_QUESTION], f"Your question was cut to its first {MAX_QUESTION} of {len(question)} characters."
 
 
-def _call_key(call: dict) -> str:
+def call_key(call: dict) -> str:
+    """A call's identity for spotting repeats: its name and its arguments in key order."""
     return call["name"] + json.dumps(call.get("args") or {}, sort_keys=True)
 
 
 def _repeats(messages: list) -> bool:
     """The last message only repeats calls already made in this turn: a loop, so answer from what we have."""
     start = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
-    earlier = {_call_key(c) for m in messages[start:-1] if isinstance(m, AIMessage) for c in m.tool_calls}
+    earlier = {call_key(c) for m in messages[start:-1] if isinstance(m, AIMessage) for c in m.tool_calls}
     calls = messages[-1].tool_calls
-    return bool(calls) and all(_call_key(c) in earlier for c in calls)
+    return bool(calls) and all(call_key(c) in earlier for c in calls)
 
 
 def compose_answer(
@@ -179,8 +181,11 @@ def compose_answer(
 ) -> str:
     """The answer a person reads, in three parts.
 
-    First line: the policy's prose when every number in it came from a tool or the question, else the headline of
-    the last successful tool call (each tool states its result in one sentence). Then caveats: what the tools said
+    First line: the headline of the last successful tool call (each tool states its result in one sentence), or the
+    policy's prose when it quotes that headline word for word and every number in it came from a tool or the
+    question. A small model's paraphrase of a tool sentence can drop or change a fact ("2 channels" for "1
+    channel", no modality), so the tool's own sentence wins; without a tool result the prose leads if its numbers are
+    grounded. Then caveats: what the tools said
     the reader must know (adaptation used), tools that declined (outside their training images), failed calls,
     withheld prose and why the turn stopped, then the consistency of tools that spoke about the same finding.
     Then the findings block, naming artifacts by paths a user can open (under ``artifacts``, the store's folder).
@@ -190,7 +195,7 @@ def compose_answer(
     invented = [n for n in _NUMBER.findall(prose) if not any(_same(float(n), g) for g in grounded_numbers)]
     ok_steps = [s for s in steps if s.ok]
     lead_step = ok_steps[-1] if ok_steps else None
-    if prose and not invented:
+    if prose and not invented and (lead_step is None or lead_step.headline in prose):
         lead = prose
     elif lead_step is not None:
         lead = lead_step.headline

@@ -195,7 +195,6 @@ class LocalChatModel(BaseChatModel):
         start = time.perf_counter()
         prompt_length = int(ids["input_ids"].shape[1])
         processors = [self._constraint.processor(tools or [], prompt_length)] if self._constraint else []
-        masks_before = self._constraint.mask_seconds if self._constraint else 0.0
         with torch.inference_mode():
             cache = self._prefix_cache(chat[0], ids["input_ids"]) if chat and chat[0]["role"] == "system" else None
             out = self._model.generate(
@@ -218,7 +217,7 @@ class LocalChatModel(BaseChatModel):
             "raw": text,
             "cached_prefix_tokens": 0 if cache is None else cache.get_seq_length(),
             "constrained": bool(self._constraint),
-            "mask_seconds": (self._constraint.mask_seconds - masks_before) if self._constraint else 0.0,
+            "mask_seconds": processors[0].seconds if processors else 0.0,
         }
         msg = AIMessage(
             content="" if calls else text,

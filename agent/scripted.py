@@ -19,6 +19,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from macro.tools.registry import plan_inputs
+
 AXIS_WORDS = {"coronal": "coronal", "sagittal": "sagittal", "axial": "axial", "transverse": "axial"}
 SEQUENCE_WORDS = [
     ("t1ce", "t1ce"),
@@ -98,18 +100,21 @@ def keyword_args(tool: str, q: str) -> dict:
 
 
 def with_prerequisites(plan: list[dict], tools: list[dict], provided: set[str]) -> list[dict]:
-    """Put before each call the calls its tool's spec says must come first: for an input kind that neither the case
-    (``provided``) nor an earlier call supplies, a call of the offered tool that outputs it."""
-    specs = {t["function"]["name"]: t.get("macro", {}) for t in tools}
-    out, have = [], set(provided)
+    """Put before each call the calls its tool's spec says must come first (:func:`plan_inputs` over the offered
+    tools' ``macro`` specs, given what the case provides and earlier calls output)."""
+    specs = {
+        t["function"]["name"]: (
+            frozenset(t.get("macro", {}).get("needs", ())),
+            frozenset(t.get("macro", {}).get("outputs", ())),
+        )
+        for t in tools
+    }
+    out, have = [], frozenset(provided)
     for call in plan:
-        for kind in sorted(set(specs.get(call["name"], {}).get("needs", ())) - have):
-            producer = next((n for n, sp in specs.items() if kind in sp.get("outputs", ())), None)
-            if producer is not None:
-                out.append({"name": producer, "args": {}})
-                have |= set(specs[producer].get("outputs", ()))
-        out.append(call)
-        have |= set(specs.get(call["name"], {}).get("outputs", ()))
+        needs, outputs = specs.get(call["name"], (frozenset(), frozenset()))
+        before = plan_inputs(needs, {n: s for n, s in specs.items() if n != call["name"]}, have) or []
+        out += [{"name": n, "args": {}} for n in before] + [call]
+        have = have.union(outputs, *(specs[n][1] for n in before))
     return out
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from macro.data.mvtec import AnomalyTask
-from macro.metrics import roc_auc
+from macro.metrics import p50_p95, roc_auc
 from macro.tools.anomaly.continual import Coreset
 
 METHODS = ("cadic", "patchcore_per_task", "fifo", "joint")
@@ -236,8 +236,7 @@ def bench(images: int = 50, seed: int = 0) -> dict:
         times.append(1000.0 * (time.perf_counter() - t0))
     return {
         "images": images,
-        "p50_ms": round(float(np.percentile(times, 50)), 2),
-        "p95_ms": round(float(np.percentile(times, 95)), 2),
+        **{f"{k}_ms": v for k, v in p50_p95(times).items()},
         "bank_size": len(bank.coreset),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),

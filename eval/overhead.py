@@ -13,17 +13,9 @@ import time
 from pathlib import Path
 
 from macro.config import Home
+from macro.metrics import p50_p95
 
 TOOL, ARGS, QUESTION = "measure_volume", {"region": "WT"}, "What is the whole tumour volume?"
-
-
-def _pct(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {
-        "p50": statistics.median(ordered),
-        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-        "n": len(ordered),
-    }
 
 
 def run_overhead(home: Home, calls: int = 40, tokens: bool = True) -> dict:
@@ -60,9 +52,9 @@ def run_overhead(home: Home, calls: int = 40, tokens: bool = True) -> dict:
         "tool": TOOL,
         "case": case.id,
         "calls": calls,
-        "direct_ms": _pct(direct),
-        "agent_ms": _pct(through),
-        "overhead_ms": _pct([a - d for a, d in zip(through, direct)]),
+        "direct_ms": p50_p95(direct),
+        "agent_ms": p50_p95(through),
+        "overhead_ms": p50_p95([a - d for a, d in zip(through, direct)]),
     }
     if tokens:
         report["embedded"] = embedded_speed(home, case)

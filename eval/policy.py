@@ -21,11 +21,12 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from pydantic import ValidationError
 
-from macro.agent.graph import STOP_NOTES, Agent
+from macro.agent.graph import STOP_NOTES, Agent, call_key
 from macro.agent.prompts import system_message
 from macro.case import Case
 from macro.data import example_case
 from macro.errors import CaseError
+from macro.metrics import p50_p95
 from macro.tools.executor import INJECTED_NAMES
 from macro.tools.registry import Registry
 
@@ -41,9 +42,12 @@ def load_requests(path: Path = REQUESTS) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-            rows.append({"request": row["request"], "case": row["case"], "tool": row["tool"], **row})
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CaseError(Path(path), f"line {number}: not a request row ({exc})") from None
+        except ValueError as exc:
+            raise CaseError(Path(path), f"line {number}: not JSON ({exc})") from None
+        missing = [k for k in ("request", "case", "tool") if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise CaseError(Path(path), f"line {number}: a request row needs {', '.join(missing)}")
+        rows.append(row)
     return rows
 
 
@@ -76,16 +80,6 @@ def _score_call(call: dict | None, row: dict, registry: Registry, offered: set[s
         "valid": parsed is not None,
         "right_tool": right_tool,
         "exact_args": bool(parsed is not None and right_tool and parsed.model_dump() == gold),
-    }
-
-
-def _p50_p95(values: Sequence[float]) -> dict:
-    ordered = sorted(values)
-    if not ordered:
-        return {"p50": None, "p95": None}
-    return {
-        "p50": round(ordered[len(ordered) // 2], 2),
-        "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
     }
 
 
@@ -129,14 +123,14 @@ def evaluate_first_calls(
         "n": len(results),
         **_percent(results, FIRST_CALL_KEYS),
         "per_tool": {tool: {"n": len(rs), **_percent(rs, FIRST_CALL_KEYS)} for tool, rs in sorted(by_tool.items())},
-        "decision_seconds": _p50_p95([r["seconds"] for r in results if r["seconds"] is not None]),
+        "decision_seconds": p50_p95([r["seconds"] for r in results if r["seconds"] is not None]),
         "rows": results,
     }
 
 
 def clean_episode(steps: Sequence[dict], answer: str, format_errors: Sequence[str]) -> dict:
     """Whether a turn ended in an answer with no failed call, no repeated call and no loop-guard stop."""
-    keys = [s["tool"] + json.dumps(s.get("args") or {}, sort_keys=True) for s in steps]
+    keys = [call_key({"name": s["tool"], "args": s.get("args")}) for s in steps]
     verdict = {
         "failed_calls": sum(not s["ok"] for s in steps),
         "repeated_calls": len(keys) - len(set(keys)),
@@ -175,6 +169,6 @@ def evaluate_episodes(
         "failed_calls": sum(r["failed_calls"] for r in results),
         "repeated_calls": sum(r["repeated_calls"] for r in results),
         "guard_stops": sum(r["guard_stop"] for r in results),
-        "episode_seconds": _p50_p95([r["seconds"] for r in results]),
+        "episode_seconds": p50_p95([r["seconds"] for r in results]),
         "rows": results,
     }

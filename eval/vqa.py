@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from macro.data.stepcot import ATTRIBUTES, diagnose
+from macro.metrics import p50_p95
 from macro.tools.vqa.data import load_folder, phantom_folder
 from macro.tools.vqa.encoders import IMAGE_SIZE, ImageEncoder
 from macro.tools.vqa.metrics import predict, summary
@@ -61,8 +62,7 @@ def latency(model: torch.nn.Module, encoder: ImageEncoder, runs: int = BENCH_RUN
             if i >= 5:
                 times.append(1000 * (time.perf_counter() - start))
     return {
-        "p50": round(float(np.percentile(times, 50)), 2),
-        "p95": round(float(np.percentile(times, 95)), 2),
+        **p50_p95(times),
         "runs": runs,
         "threads": torch.get_num_threads(),
     }

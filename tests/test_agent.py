@@ -120,7 +120,7 @@ def test_failing_tool_goes_back_to_the_policy_and_into_the_trajectory(demo, home
     assert tool_msgs
     assert tool_msgs[0].status == "error"
     assert "outside" in tool_msgs[0].text
-    assert result.answer.startswith("Here is the axial slice.")
+    assert result.answer.startswith(steps[1]["headline"])  # the tool's sentence, not the paraphrase
     assert steps[1]["outputs"]
 
 
@@ -171,15 +171,19 @@ def test_step_limit_stops_a_looping_policy(demo, home):
     assert "step limit" in result.answer
 
 
-def test_invented_numbers_are_withheld():
+def test_invented_numbers_and_paraphrases_are_withheld():
     step = Step(
         tool="measure_volume",
         args={"region": "WT"},
         ok=True,
         ms=1.0,
         summary="whole tumour (WT) volume: 37.67 mL (4709 voxels).",
+        headline="whole tumour (WT) volume: 37.67 mL (4709 voxels).",
     )
-    assert compose_answer("The tumour is 37.67 mL.", [step]).startswith("The tumour is 37.67 mL.")
+    quoted = "Result: whole tumour (WT) volume: 37.67 mL (4709 voxels)."
+    assert compose_answer(quoted, [step]).startswith(quoted)
+    paraphrase = compose_answer("The tumour is 37.67 mL.", [step])
+    assert paraphrase.startswith(step.headline) and "The tumour is" not in paraphrase
     answer = compose_answer("The tumour is 52 mL and grade 4.", [step])
     assert "withheld" in answer
     assert "52" in answer

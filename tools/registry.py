@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import entry_points
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from macro.case import Case
 from macro.tools.base import MacroTool
@@ -78,25 +78,35 @@ class Registry:
 
     def prerequisites(self, tool: MacroTool, case: Case, have: frozenset[str] = frozenset()) -> list[str] | None:
         """Names of the calls that must run before ``tool`` on ``case`` when the thread already holds artifacts of
-        the kinds in ``have``: for each input kind nobody supplies yet, the first offered atomic tool whose spec
-        outputs it (after its own prerequisites). None when some input cannot be supplied at all."""
-        plan: list[str] = []
-        have = have | case.provides
-        for needed in sorted(tool.spec.needs - have):
-            producer = next(
-                (
-                    t
-                    for t in self.atomic().values()
-                    if t is not tool and needed in t.spec.outputs.values() and t.offered(case)
-                ),
-                None,
-            )
-            before = None if producer is None else self.prerequisites(producer, case, have)
-            if before is None:
-                return None
-            plan += [*before, producer.name]
-            have = have | set(producer.spec.outputs.values())
-        return plan
+        the kinds in ``have`` (see :func:`plan_inputs`); None when some input cannot be supplied at all."""
+        producers = {
+            t.name: (t.spec.needs, frozenset(t.spec.outputs.values()))
+            for t in self.atomic().values()
+            if t is not tool and t.offered(case)
+        }
+        return plan_inputs(tool.spec.needs, producers, frozenset(have | case.provides))
+
+
+Producers = Mapping[str, tuple[frozenset[str], frozenset[str]]]
+
+
+def plan_inputs(needs: frozenset[str], producers: Producers, have: frozenset[str]) -> list[str] | None:
+    """The calls that supply ``needs`` not in ``have``: for each missing kind, in name order, the first producer
+    (``{name: (needs, outputs)}``, in offer order) that outputs it, after its own prerequisites. None when a kind
+    has no producer. A producer is not its own prerequisite, so a cycle in the specs ends in None."""
+    plan: list[str] = []
+    for needed in sorted(needs - have):
+        if needed in have:
+            continue
+        name = next((n for n, (_, outputs) in producers.items() if needed in outputs), None)
+        if name is None:
+            return None
+        before = plan_inputs(producers[name][0], {n: p for n, p in producers.items() if n != name}, have)
+        if before is None:
+            return None
+        plan += [*before, name]
+        have = have.union(*(producers[n][1] for n in [*before, name]))
+    return plan
 
 
 def kind(tool: MacroTool) -> str:

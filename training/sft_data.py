@@ -188,7 +188,6 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
     - small talk.
     """
     rows: list[dict] = []
-    all_tools = [t for c in ctxs for t in c.registry.atomic().values()]
     offering = Counter(t.name for c in ctxs for t in c.tools)
     for ctx in ctxs:
         train = [(tool, ex) for tool in ctx.tools for ex in split_examples(tool, "train")]
@@ -212,7 +211,7 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
         offered = ctx.names()
         elsewhere = [
             ex.request
-            for t in {t.name: t for t in all_tools}.values()
+            for t in ctx.registry.atomic().values()
             if t.name not in offered
             for ex in split_examples(t, "train")[:3]
         ]
