@@ -30,8 +30,7 @@ from macro.tools.executor import ToolExecutor
 from macro.tools.registry import Registry
 
 HELD_OUT_EVERY = 5
-PER_TOOL = 36  # first-call rows per tool over all cases, so a tool offered on one case is learnt as well as one on six
-ANSWER_EVERY = 3  # every third of those turns also trains the answer that follows the result
+PER_TOOL = 30  # first-call rows per tool over all cases, so a tool offered on one case is learnt as well as one on six
 OPENERS = ["", "", "", "Hi. ", "Hello, ", "Please: ", "Quick question: ", "Doctor here. ", "OK. "]
 CLOSERS = ["", "", "", " Thanks.", " Please.", " Thank you!"]
 ANSWER_LEADS = ["", "", "", "Here is what I found. ", "Result: "]
@@ -179,9 +178,10 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
     """Whole conversations on every case, from the tools' specs and real results:
 
     - first calls for every offered tool, :data:`PER_TOOL` per tool over the cases (its training examples in turn,
-      perturbed), prerequisites first, and every :data:`ANSWER_EVERY` th turn the answer quoting the results;
+      perturbed), prerequisites first, then the answer quoting the results;
     - two requests in one message, answered after both;
-    - follow-up turns in a thread (earlier artifacts reused: no second segmentation);
+    - follow-up turns in a thread, on another tool and on the same tool with other arguments (earlier artifacts
+      reused: no second segmentation);
     - recovery: after a failed call (a tool the case does not offer, a tool run before its input exists), the
       right call;
     - "no offered tool can answer that" for requests of tools the case does not offer and off-topic ones;
@@ -196,17 +196,19 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
             for i in range(-(-PER_TOOL // offering[tool.name])):
                 ex = examples[i % len(examples)]
                 turn, _ = _turn(ctx, rng, [], perturb(ex.request, rng), [(tool, ex.args)], [], "first_call")
-                rows += turn if i % ANSWER_EVERY == 0 else turn[:-1]
+                rows += turn  # with the answer: trained on one turn in three, it made unasked calls after results
         for _ in range(follow_ups):
             (t1, e1), (t2, e2) = rng.sample(train, 2)
             if t1.name != t2.name:
                 request = f"{e1.request.rstrip('.?!')}, and {e2.request[0].lower()}{e2.request[1:]}"
                 turn, _ = _turn(ctx, rng, [], perturb(request, rng), [(t1, e1.args), (t2, e2.args)], [], "first_call")
                 rows += turn
-            history: list[dict] = []
-            _, convo = _turn(ctx, rng, [], perturb(e1.request, rng), [(t1, e1.args)], history, "first_call")
-            second, _ = _turn(ctx, rng, convo, perturb(e2.request, rng), [(t2, e2.args)], history, "follow_up")
-            rows += second
+            again = [ex for ex in split_examples(t1, "train") if ex.args != e1.args]
+            for t, e in [(t2, e2)] + ([(t1, rng.choice(again))] if again else []):  # another tool; the same, anew
+                history: list[dict] = []
+                _, convo = _turn(ctx, rng, [], perturb(e1.request, rng), [(t1, e1.args)], history, "first_call")
+                second, _ = _turn(ctx, rng, convo, perturb(e.request, rng), [(t, e.args)], history, "follow_up")
+                rows += second
         rows += _recovery_rows(ctx, rng, train)
         offered = ctx.names()
         elsewhere = [
