@@ -34,7 +34,7 @@ def test_held_out_requests_never_appear_in_training(data):
         assert test
         assert not train & test
         assert not any(t.lower().rstrip(".?!") in u for t in test for u in users)
-    examples = {e.request.lower() for t in registry.all() for e in t.spec.examples}
+    examples = {e.request.lower() for t in registry.all() for e in (*t.spec.examples, *t.spec.follow_ups)}
     written = load_requests()
     assert {r["tool"] for r in written} == set(registry.atomic()), "the held-out set covers every atomic tool"
     assert not examples & {r["request"].lower() for r in written}

@@ -39,7 +39,8 @@ class ToolSpec(BaseModel):
     ``inputs`` are the artifact kinds a call reads. One the case does not supply (a mask, unless the case ships a
     reference one) must come from an earlier call of a tool whose ``outputs`` include it, so that call comes first
     (:meth:`~macro.tools.registry.Registry.prerequisites`); a tool whose inputs nothing can supply is not offered.
-    ``examples`` are requests a user might make, with the arguments they map to. ``cases`` name the example cases
+    ``examples`` are requests a user might make, with the arguments they map to; ``follow_ups`` are requests that
+    only make sense after an earlier call of this tool in the thread ("And the core?"). ``cases`` name the example cases
     that exercise the tool (:data:`macro.data.EXAMPLES`, ``builder`` names of :mod:`macro.data`, or
     ``wheel:package/path`` for a real scan shipped in an installed wheel): the SFT dialogues are built on them. How
     a result answers a question is the tool's :attr:`ToolResult.headline`, which trained answers quote.
@@ -54,6 +55,7 @@ class ToolSpec(BaseModel):
     version: str = "0.1.0"
     weights: str | None = None  # the name of the model's slot in macro.weights (which copy is in use, how to remake it)
     examples: tuple[ToolExample, ...] = ()
+    follow_ups: tuple[ToolExample, ...] = ()
     cases: tuple[str, ...] = ()
 
     @property
@@ -190,5 +192,5 @@ def _validate_definition(cls: type[MacroTool]) -> None:
         raise TypeError(
             f"{where}: weights {spec.weights!r} is not a declared slot (macro.weights.slot): {sorted(SLOTS)}"
         )
-    for example in spec.examples:
+    for example in (*spec.examples, *spec.follow_ups):
         schema(**example.args)

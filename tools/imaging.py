@@ -230,6 +230,14 @@ class RenderSlice(MacroTool):
             ),
             ToolExample(request="See the tumour on a coronal FLAIR.", args={"axis": "coronal", "sequence": "flair"}),
         ),
+        follow_ups=(
+            ToolExample(request="Now the coronal one.", args={"axis": "coronal"}),
+            ToolExample(request="And sagittally?", args={"axis": "sagittal"}),
+            ToolExample(request="Same on the FLAIR.", args={"sequence": "flair"}),
+            ToolExample(request="What about the T2?", args={"sequence": "t2"}),
+            ToolExample(request="And an axial one?", args={"axis": "axial"}),
+            ToolExample(request="Try the post-contrast T1 instead.", args={"sequence": "t1ce"}),
+        ),
     )
 
     def execute(self, ctx: ToolContext, args: RenderArgs) -> ToolResult:
@@ -346,6 +354,16 @@ class MeasureVolume(MacroTool):
             ToolExample(request="How many mL is the non-oedema core?", args={"region": "TC"}),
             ToolExample(request="Quantify the whole abnormality.", args={"region": "WT"}),
             ToolExample(request="Volume of the enhancing tumour only?", args={"region": "ET"}),
+        ),
+        follow_ups=(
+            ToolExample(request="And the core?", args={"region": "TC"}),
+            ToolExample(request="What about the enhancing tumour?", args={"region": "ET"}),
+            ToolExample(request="And the whole lesion?", args={"region": "WT"}),
+            ToolExample(request="Same for the tumour core, please.", args={"region": "TC"}),
+            ToolExample(request="How about the enhancing rim?", args={"region": "ET"}),
+            ToolExample(request="And in total, with the oedema?", args={"region": "WT"}),
+            ToolExample(request="Now the active part.", args={"region": "ET"}),
+            ToolExample(request="What about the necrotic core?", args={"region": "TC"}),
         ),
     )
 

@@ -180,8 +180,9 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
     - first calls for every offered tool, :data:`PER_TOOL` per tool over the cases (its training examples in turn,
       perturbed), prerequisites first, then the answer quoting the results;
     - two requests in one message, answered after both;
-    - follow-up turns in a thread, on another tool and on the same tool with other arguments (earlier artifacts
-      reused: no second segmentation);
+    - follow-up turns in a thread, on another tool and on the same tool with other arguments, in the spec's
+      elliptical ``follow_ups`` ("And the core?") where it has them (earlier artifacts reused: no second
+      segmentation);
     - recovery: after a failed call (a tool the case does not offer, a tool run before its input exists), the
       right call;
     - "no offered tool can answer that" for requests of tools the case does not offer and off-topic ones;
@@ -203,7 +204,7 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
                 request = f"{e1.request.rstrip('.?!')}, and {e2.request[0].lower()}{e2.request[1:]}"
                 turn, _ = _turn(ctx, rng, [], perturb(request, rng), [(t1, e1.args), (t2, e2.args)], [], "first_call")
                 rows += turn
-            again = [ex for ex in split_examples(t1, "train") if ex.args != e1.args]
+            again = [ex for ex in t1.spec.follow_ups or split_examples(t1, "train") if ex.args != e1.args]
             for t, e in [(t2, e2)] + ([(t1, rng.choice(again))] if again else []):  # another tool; the same, anew
                 history: list[dict] = []
                 _, convo = _turn(ctx, rng, [], perturb(e1.request, rng), [(t1, e1.args)], history, "first_call")
