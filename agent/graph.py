@@ -185,9 +185,9 @@ def compose_answer(
     policy's prose when it quotes that headline word for word and every number in it came from a tool or the
     question. A small model's paraphrase of a tool sentence can drop or change a fact ("2 channels" for "1
     channel", no modality), so the tool's own sentence wins; without a tool result the prose leads if its numbers are
-    grounded. Then caveats: what the tools said
-    the reader must know (adaptation used), tools that declined (outside their training images), failed calls,
-    withheld prose and why the turn stopped, then the consistency of tools that spoke about the same finding.
+    grounded. Then caveats: what the tools said the reader must know (adaptation used), tools that declined (outside
+    their training images), failed calls, withheld prose and why the turn stopped, then the consistency of tools
+    that spoke about the same finding.
     Then the findings block, naming artifacts by paths a user can open (under ``artifacts``, the store's folder).
     """
     grounded_numbers = [float(n) for s in steps if s.ok for n in _NUMBER.findall(s.summary)]

@@ -95,8 +95,8 @@ def plan_inputs(needs: frozenset[str], producers: Producers, have: frozenset[str
     (``{name: (needs, outputs)}``, in offer order) that outputs it, after its own prerequisites. None when a kind
     has no producer. A producer is not its own prerequisite, so a cycle in the specs ends in None."""
     plan: list[str] = []
-    for needed in sorted(needs - have):
-        if needed in have:
+    for needed in sorted(needs):
+        if needed in have:  # the case, or a producer planned above, supplies it
             continue
         name = next((n for n, (_, outputs) in producers.items() if needed in outputs), None)
         if name is None:
