@@ -12,7 +12,8 @@ takes 0.7 s once per tokenizer, the grammar over all nine tools compiles in 4 ms
 tokens takes 0.03 ms median (``macro eval overhead`` reports the cost per generated token, unpacking included).
 xgrammar's CPU install pulls triton and a TVM runtime; outlines and lm-format-enforcer were not tried. The mask is
 applied here with plain tensor ops because the library's torch helper compiles a kernel with ``torch.compile``,
-which needs a C toolchain at run time.
+which needs a C toolchain at run time. The tokens the grammar forces are fed to the model in one pass
+(:class:`Guide`), so a constrained call costs fewer forward passes than an unconstrained one.
 
 An answer is prose that starts with neither ``<`` nor ``{`` and contains no ``<`` (so it cannot open a
 half-written call); JSON keys and separators are fixed to the ones :func:`~macro.agent.toolcall.format_call`
@@ -79,40 +80,57 @@ class Constraint:
             self._grammars[lark] = grammar
         return self._grammars[lark]
 
-    def processor(self, tools: Sequence[dict], prompt_length: int) -> "GrammarProcessor":
+    def guide(self, tools: Sequence[dict]) -> "Guide":
         from llguidance import LLMatcher
 
-        matcher = LLMatcher(self.tokenizer, self.grammar(tools), log_level=0)
-        return GrammarProcessor(matcher, self.tokenizer.vocab_size, prompt_length)
+        return Guide(LLMatcher(self.tokenizer, self.grammar(tools), log_level=0), self.tokenizer.vocab_size)
 
 
-class GrammarProcessor:
-    """A transformers logits processor for one generation: feeds each new token to the matcher and masks what the
-    grammar forbids. ``seconds`` is the time it spent doing so."""
+class Guide:
+    """The grammar state of one decision: which tokens may come next, and which the grammar then forces.
 
-    def __init__(self, matcher: Any, vocab_size: int, prompt_length: int):
+    Forced tokens (``{"name": "``, the rest of a tool name once its first token is chosen, ``", "arguments": ``,
+    ``</tool_call>``) need no choice, so the decoder feeds them to the model in one forward pass instead of one
+    pass each: about two thirds of a call's tokens, measured on the shipped adapter's calls. llguidance returns
+    them already tokenized the way the tokenizer splits the whole text, so the model sees the token sequence it
+    was trained on. ``seconds`` is the time spent in the grammar.
+    """
+
+    def __init__(self, matcher: Any, vocab_size: int):
         import numpy as np
 
         self.matcher = matcher
-        self.prompt_length = prompt_length
         self.bitmask = np.full((1, (vocab_size + 31) // 32), -1, dtype=np.int32)
         self.seconds = 0.0
 
-    def __call__(self, input_ids, scores):
+    def allowed(self, n: int):
+        """Boolean tensor over ``n`` logits: True where the grammar admits the token next."""
         import numpy as np
         import torch
         from llguidance.numpy import fill_next_token_bitmask
 
         start = time.perf_counter()
-        if input_ids.shape[1] > self.prompt_length:
-            self.matcher.consume_token(int(input_ids[0, -1]))
+        fill_next_token_bitmask(self.matcher, self.bitmask)
+        bits = np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[:n]
+        allowed = torch.from_numpy(bits.astype(bool))
+        if n > allowed.shape[0]:
+            allowed = torch.cat([allowed, torch.zeros(n - allowed.shape[0], dtype=torch.bool)])
+        self.seconds += time.perf_counter() - start
+        return allowed
+
+    def advance(self, token: int) -> list[int]:
+        """Consume the chosen token; return (and consume) the tokens the grammar forces after it."""
+        start = time.perf_counter()
+        self.matcher.consume_token(token)
+        forced = [] if self.matcher.is_stopped() else list(self.matcher.compute_ff_tokens())
+        if forced:
+            self.matcher.consume_tokens(forced)
         if self.matcher.is_error():
             raise RuntimeError(f"constrained decoding left its grammar: {self.matcher.get_error()}")
-        fill_next_token_bitmask(self.matcher, self.bitmask)
-        bits = np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[: scores.shape[-1]]
-        allowed = torch.from_numpy(bits.astype(bool))
-        if scores.shape[-1] > allowed.shape[0]:
-            allowed = torch.cat([allowed, torch.zeros(scores.shape[-1] - allowed.shape[0], dtype=torch.bool)])
-        scores = scores.masked_fill(~allowed, float("-inf"))
         self.seconds += time.perf_counter() - start
-        return scores
+        return forced
+
+    @property
+    def done(self) -> bool:
+        """The decision is complete: nothing but the end of the turn may follow."""
+        return self.matcher.is_stopped()

@@ -85,7 +85,8 @@ def embedded_base(home: Home | None = None, quiet: bool = False) -> Path:
 
 
 def load_model(path: str | Path, adapter: str | Path | None = None):
-    """Load a causal LM and tokenizer for CPU inference; attach a PEFT adapter when given."""
+    """Load a causal LM and tokenizer for CPU inference; a PEFT adapter, when given, is merged into the weights
+    (inference only, so the LoRA matmuls need not run beside the base ones at every token)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -98,7 +99,7 @@ def load_model(path: str | Path, adapter: str | Path | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if adapter is not None:
-        model = attach_adapter(model, Path(adapter))
+        model = attach_adapter(model, Path(adapter)).merge_and_unload()
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -142,13 +143,45 @@ def attach_adapter(model, folder: Path):
     return model
 
 
+def greedy_decode(model, input_ids, cache, eos: int, limit: int, guide=None) -> tuple[list[int], int]:
+    """Greedy decoding of at most ``limit`` new tokens after ``input_ids``, continuing ``cache`` (a KV cache of a
+    prefix of them, or None); returns the new tokens (end of turn excluded) and the number of forward passes.
+
+    Under a :class:`~macro.agent.grammar.Guide` each step keeps only the tokens the grammar admits, and the tokens
+    it then forces go to the model together in the next pass. Written out rather than ``generate`` because
+    ``generate`` runs one pass per token whatever the grammar forces.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    cache = cache if cache is not None else DynamicCache()
+    feed = input_ids[:, cache.get_seq_length() :]
+    tokens: list[int] = []
+    forwards = 0
+    while len(tokens) < limit:
+        logits = model(input_ids=feed, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        forwards += 1
+        if guide is not None:
+            logits = logits.masked_fill(~guide.allowed(logits.shape[-1]), float("-inf"))
+        token = int(logits.argmax())
+        if token == eos:
+            break
+        step = [token, *(guide.advance(token) if guide is not None else ())]
+        tokens += step
+        if guide is not None and guide.done:
+            break
+        feed = torch.tensor([step], dtype=input_ids.dtype)
+    return tokens[:limit], forwards
+
+
 class LocalChatModel(BaseChatModel):
     """A transformers causal LM as a langchain chat model speaking the ``<tool_call>`` format.
 
     With ``constrained`` (the default) every decision is decoded under the offered tools' grammar
     (:mod:`macro.agent.grammar`), so a call is always parseable and valid against its schema. Without it (for
     comparison), malformed calls come back as ``invalid_tool_calls`` so the graph can ask again instead of crashing.
-    Generation statistics (prompt tokens, new tokens, seconds) are in ``response_metadata`` for benchmarks.
+    Generation statistics (prompt tokens, new tokens, forward passes, seconds) are in ``response_metadata`` for
+    benchmarks.
     """
 
     model_path: str
@@ -194,30 +227,25 @@ class LocalChatModel(BaseChatModel):
         )
         start = time.perf_counter()
         prompt_length = int(ids["input_ids"].shape[1])
-        processors = [self._constraint.processor(tools or [], prompt_length)] if self._constraint else []
+        guide = self._constraint.guide(tools or []) if self._constraint else None
         with torch.inference_mode():
             cache = self._prefix_cache(chat[0], ids["input_ids"]) if chat and chat[0]["role"] == "system" else None
-            out = self._model.generate(
-                **ids,
-                cache=cache,
-                logits_processor=processors,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=self._tokenizer.pad_token_id,
-                eos_token_id=self._tokenizer.eos_token_id,
+            cached = 0 if cache is None else cache.get_seq_length()
+            tokens, forwards = greedy_decode(
+                self._model, ids["input_ids"], cache, self._tokenizer.eos_token_id, self.max_new_tokens, guide
             )
         seconds = time.perf_counter() - start
-        new = out[0, prompt_length:]
-        text = self._tokenizer.decode(new, skip_special_tokens=True).strip()
+        text = self._tokenizer.decode(tokens, skip_special_tokens=True).strip()
         calls, errors = parse_calls(text)
         meta = {
-            "prompt_tokens": int(ids["input_ids"].shape[1]),
-            "new_tokens": int(new.shape[0]),
+            "prompt_tokens": prompt_length,
+            "new_tokens": len(tokens),
+            "forward_passes": forwards,
             "seconds": seconds,
             "raw": text,
-            "cached_prefix_tokens": 0 if cache is None else cache.get_seq_length(),
-            "constrained": bool(self._constraint),
-            "mask_seconds": processors[0].seconds if processors else 0.0,
+            "cached_prefix_tokens": cached,
+            "constrained": guide is not None,
+            "grammar_seconds": guide.seconds if guide else 0.0,
         }
         msg = AIMessage(
             content="" if calls else text,

@@ -3,6 +3,9 @@
 Overhead = (time of a one-call agent turn with the scripted policy) − (time of the same tool called directly),
 both on the demo case, after one warm-up. The agent side includes the graph, argument validation, the SQLite
 checkpoint and the trajectory write: everything a real turn pays apart from the policy's own thinking.
+
+The embedded policy's part: token and forward-pass figures for one first call on the demo case, then what a user
+waits for, p50/p95 seconds per decision and per whole turn on the hand-written held-out requests.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from macro.metrics import p50_p95
 TOOL, ARGS, QUESTION = "measure_volume", {"region": "WT"}, "What is the whole tumour volume?"
 
 
-def run_overhead(home: Home, calls: int = 40, tokens: bool = True) -> dict:
+def run_overhead(home: Home, calls: int = 40, tokens: bool = True, episodes: int = 12) -> dict:
     from macro.agent.graph import Agent
     from macro.agent.scripted import ScriptedPolicy
     from macro.artifacts import ArtifactStore
@@ -58,6 +61,7 @@ def run_overhead(home: Home, calls: int = 40, tokens: bool = True) -> dict:
     }
     if tokens:
         report["embedded"] = embedded_speed(home, case)
+        report["embedded"].update(embedded_latency(home, episodes))
     return report
 
 
@@ -77,16 +81,19 @@ def embedded_speed(home: Home, case, repeats: int = 3) -> dict:
     seconds = statistics.median(r["seconds"] for r in runs)
     prefill = _prefill_seconds(policy, messages, bound)
     new = statistics.median(r["new_tokens"] for r in runs)
+    forwards = statistics.median(r["forward_passes"] for r in runs)
     return {
         "policy": policy_id,
         "prompt_tokens": runs[0]["prompt_tokens"],
         "new_tokens": new,
+        "forward_passes": forwards,
         "seconds_per_call": seconds,
         "tokens_per_s": new / seconds,
         "prefill_seconds": prefill,
         "prefill_tokens_per_s": runs[0]["prompt_tokens"] / prefill,
         "decode_tokens_per_s": (new - 1) / max(seconds - prefill, 1e-6),
-        "grammar_ms_per_token": 1000 * statistics.median(r["mask_seconds"] / max(r["new_tokens"], 1) for r in runs),
+        "ms_per_forward_pass": 1000 * (seconds - prefill) / max(forwards - 1, 1),
+        "grammar_ms_per_token": 1000 * statistics.median(r["grammar_seconds"] / max(r["new_tokens"], 1) for r in runs),
     }
 
 
@@ -98,3 +105,26 @@ def _prefill_seconds(policy, messages, bound) -> float:
         return statistics.median(bound.invoke(messages).response_metadata["seconds"] for _ in range(3))
     finally:
         policy.max_new_tokens = limit
+
+
+def embedded_latency(home: Home, episodes: int) -> dict:
+    """What a user waits for with the embedded policy: seconds per first decision over every hand-written held-out
+    request, and per whole turn (tools and answer included) over ``episodes`` of them spread across the file."""
+    from macro.agent.graph import Agent
+    from macro.agent.policy import make_policy
+    from macro.eval.policy import Cases, evaluate_episodes, evaluate_first_calls, load_requests
+
+    rows = load_requests()
+    policy, policy_id = make_policy("embedded", home)
+    cases = Cases(home.data / "policy-eval")
+    decisions = evaluate_first_calls(policy, rows, cases)
+    spread = rows[:: max(len(rows) // max(episodes, 1), 1)][:episodes]
+    with tempfile.TemporaryDirectory(prefix="macro-overhead-") as scratch:
+        agent = Agent(policy, policy_id, home=Home(Path(scratch)), memory=False)
+        turns = evaluate_episodes(agent, spread, cases)
+    return {
+        "decisions": decisions["n"],
+        "decision_seconds": decisions["decision_seconds"],
+        "episodes": turns["n"],
+        "episode_seconds": turns["episode_seconds"],
+    }

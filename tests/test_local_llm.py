@@ -1,4 +1,5 @@
-"""The local chat-model backend: prompt rendering in the tool-call format, and prefix KV reuse that changes nothing."""
+"""The local chat-model backend: prompt rendering in the tool-call format, prefix KV reuse that changes nothing,
+and the greedy decoder (same tokens as `generate`, forced tokens fed together)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pydicom.data import get_testdata_file
 
 from macro.agent.local_llm import LocalChatModel
 from macro.agent.prompts import system_message, to_chat
+from macro.agent.toolcall import parse_calls
 from macro.case import load_case
 from macro.tools.registry import Registry
 
@@ -53,3 +55,30 @@ def test_to_chat_renders_tools_calls_and_results_for_a_local_model():
     assert "<tool_call>" in chat[0]["content"]
     assert chat[2]["content"] == '<tool_call>{"name": "render_slice", "arguments": {"axis": "axial"}}</tool_call>'
     assert chat[3]["content"] == "render_slice: Rendered 2D image."
+
+
+@pytest.mark.slow
+def test_greedy_decode_matches_generate_and_feeds_forced_tokens_in_one_pass(tiny_model):
+    import torch
+
+    from macro.agent.grammar import Constraint
+    from macro.agent.local_llm import greedy_decode, load_model
+
+    model, tokenizer = load_model(tiny_model)
+    ids = tokenizer("Describe this scan.", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        reference = model.generate(input_ids=ids, max_new_tokens=10, min_new_tokens=10, do_sample=False)
+        tokens, forwards = greedy_decode(model, ids, None, eos=-1, limit=10)
+    assert tokens == reference[0, ids.shape[1] :].tolist()
+    assert forwards == 10
+    case = load_case(get_testdata_file("CT_small.dcm"))
+    tools = [convert_to_openai_tool(t) for t in Registry.default().for_case(case)]
+    guide = Constraint(tokenizer).guide(tools)
+    opening = tokenizer("<", add_special_tokens=False)["input_ids"]  # a call, not an answer, from here on
+    opening += guide.advance(opening[0])
+    with torch.inference_mode():
+        tokens, forwards = greedy_decode(model, ids.new_tensor([ids[0].tolist() + opening]), None, -1, 200, guide)
+    text = tokenizer.decode(opening + tokens)
+    (parsed,), errors = parse_calls(text)
+    assert not errors and parsed["name"] in {t["function"]["name"] for t in tools}
+    assert forwards < len(tokens) / 2

@@ -164,13 +164,15 @@ def eval_policy(
 @evaluate.command("overhead")
 def eval_overhead(
     calls: int = typer.Option(40, help="tool calls to time"),
-    tokens: bool = typer.Option(True, help="also time the embedded policy's tokens/s"),
+    tokens: bool = typer.Option(True, help="also time the embedded policy (decisions and whole turns)"),
+    episodes: int = typer.Option(12, help="whole embedded-policy turns to time"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Agent overhead per tool call (scripted policy vs a direct call) and the embedded policy's tokens/s."""
+    """Agent overhead per tool call (scripted policy vs a direct call) and the embedded policy's seconds per
+    decision and per turn."""
     from macro.eval.overhead import run_overhead
 
-    report = run_overhead(Home.current().ensure(), calls=calls, tokens=tokens)
+    report = run_overhead(Home.current().ensure(), calls=calls, tokens=tokens, episodes=episodes)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -182,11 +184,13 @@ def eval_overhead(
     if "embedded" in report:
         e = report["embedded"]
         typer.echo(
-            f"  embedded policy: {e['decode_tokens_per_s']:.1f} new tokens/s, {e['prefill_tokens_per_s']:.0f} prompt "
-            "tokens/s, "
-            f"{e['seconds_per_call']:.2f} s per tool call ({e['prompt_tokens']} prompt tokens), grammar mask "
-            f"{e['grammar_ms_per_token']:.2f} ms per token"
+            f"  embedded policy: {e['seconds_per_call']:.2f} s per tool call ({e['prompt_tokens']} prompt tokens, "
+            f"{e['new_tokens']:.0f} new tokens in {e['forward_passes']:.0f} forward passes of "
+            f"{e['ms_per_forward_pass']:.0f} ms), grammar {e['grammar_ms_per_token']:.2f} ms per token"
         )
+        d, t = e["decision_seconds"], e["episode_seconds"]
+        typer.echo(f"  per decision     p50 {d['p50']:.2f} s  p95 {d['p95']:.2f} s  ({e['decisions']} requests)")
+        typer.echo(f"  per turn         p50 {t['p50']:.2f} s  p95 {t['p95']:.2f} s  ({e['episodes']} whole turns)")
 
 
 @evaluate.command("skills")
