@@ -83,11 +83,13 @@ class DescribeScan(MacroTool):
     spec = ToolSpec(
         modalities=(ANY_MODALITY,),
         outputs={"summary": "text"},
-        version="1.0.0",
+        version="1.1.0",
         cases=(
             "brain-mri-demo",
             "wheel:nibabel/tests/data/anatomical.nii",
             "wheel:pydicom/data/test_files/CT_small.dcm",
+            "cxr-phantom",
+            "derm-phantom",
         ),
         examples=tuple(
             ToolExample(request=r)
@@ -116,6 +118,16 @@ class DescribeScan(MacroTool):
                 "Before anything else, describe the data.",
                 "What resolution was this acquired at?",
                 "Give me shape, spacing and modality.",
+                "what is this file?",
+                "scan info",
+                "Modality?",
+                "Was für eine Aufnahme ist das?",
+                "¿Qué tipo de estudio es este?",
+                "Quelles sont les dimensions et la résolution ?",
+                "Descrivi questa immagine.",
+                "Tell me what kind of picture this is.",
+                "Voxel size and shape?",
+                "Is it 2D or 3D?",
             )
         ),
     )
@@ -175,8 +187,12 @@ class RenderSlice(MacroTool):
     spec = ToolSpec(
         modalities=(ANY_MODALITY,),
         outputs={"png": "render"},
-        version="1.0.0",
-        cases=("brain-mri-demo", "wheel:nibabel/tests/data/anatomical.nii"),
+        version="1.1.0",
+        cases=(
+            "brain-mri-demo",
+            "wheel:nibabel/tests/data/anatomical.nii",
+            "wheel:pydicom/data/test_files/CT_small.dcm",
+        ),
         examples=(
             ToolExample(request="Show me an axial slice.", args={"axis": "axial"}),
             ToolExample(request="Render the coronal view.", args={"axis": "coronal"}),
@@ -229,6 +245,16 @@ class RenderSlice(MacroTool):
                 request="Show me the axial T2 at index 47.", args={"axis": "axial", "index": 47, "sequence": "t2"}
             ),
             ToolExample(request="See the tumour on a coronal FLAIR.", args={"axis": "coronal", "sequence": "flair"}),
+            ToolExample(request="show it", args={}),
+            ToolExample(request="axial pic", args={"axis": "axial"}),
+            ToolExample(request="Open the image for me.", args={}),
+            ToolExample(request="let me see the scan", args={}),
+            ToolExample(request="Zeig mir ein Schnittbild.", args={}),
+            ToolExample(request="Montre-moi une coupe sagittale.", args={"axis": "sagittal"}),
+            ToolExample(request="Fammi vedere la FLAIR.", args={"sequence": "flair"}),
+            ToolExample(request="Enséñame la imagen.", args={}),
+            ToolExample(request="Centre slice, please.", args={}),
+            ToolExample(request="sagittal", args={"axis": "sagittal"}),
         ),
         follow_ups=(
             ToolExample(request="Now the coronal one.", args={"axis": "coronal"}),
@@ -319,7 +345,7 @@ class MeasureVolume(MacroTool):
         dims=(3,),
         inputs={"case": "image", "mask": "mask"},
         outputs={"volume_ml": "scalar"},
-        version="1.0.0",
+        version="1.1.0",
         cases=("brain-mri-demo", "lowfield-sequences"),
         examples=(
             ToolExample(request="What is the tumour volume?", args={"region": "WT"}),
@@ -354,6 +380,14 @@ class MeasureVolume(MacroTool):
             ToolExample(request="How many mL is the non-oedema core?", args={"region": "TC"}),
             ToolExample(request="Quantify the whole abnormality.", args={"region": "WT"}),
             ToolExample(request="Volume of the enhancing tumour only?", args={"region": "ET"}),
+            ToolExample(request="How big is it?", args={"region": "WT"}),
+            ToolExample(request="tumour size", args={"region": "WT"}),
+            ToolExample(request="WT mL", args={"region": "WT"}),
+            ToolExample(request="Wie viele Milliliter hat der Tumorkern?", args={"region": "TC"}),
+            ToolExample(request="Quel est le volume de la tumeur ?", args={"region": "WT"}),
+            ToolExample(request="¿Cuánto mide la parte que realza?", args={"region": "ET"}),
+            ToolExample(request="how much space does the tumour take up?", args={"region": "WT"}),
+            ToolExample(request="core vol", args={"region": "TC"}),
         ),
         follow_ups=(
             ToolExample(request="And the core?", args={"region": "TC"}),
@@ -401,7 +435,7 @@ class CropResample(MacroTool):
         modalities=VOLUME_MODALITIES,
         dims=(3,),
         outputs={"volume": "image"},
-        version="1.0.0",
+        version="1.1.0",
         cases=("brain-mri-demo", "wheel:nibabel/tests/data/anatomical.nii"),
         examples=(
             ToolExample(request="Resample the scan to 1 mm isotropic.", args={"spacing_mm": 1.0}),
@@ -422,6 +456,12 @@ class CropResample(MacroTool):
             ToolExample(
                 request="Resample at 1.25 mm but keep the full field of view.", args={"spacing_mm": 1.25, "crop": False}
             ),
+            ToolExample(request="1 mm iso", args={"spacing_mm": 1.0}),
+            ToolExample(request="Auf 2 mm resampeln.", args={"spacing_mm": 2.0}),
+            ToolExample(request="Recorta el fondo.", args={"crop": True}),
+            ToolExample(request="make the voxels bigger, 3 mm", args={"spacing_mm": 3.0}),
+            ToolExample(request="Ricampiona a 1.5 mm.", args={"spacing_mm": 1.5}),
+            ToolExample(request="strip the empty border", args={"crop": True}),
         ),
     )
 

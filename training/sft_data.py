@@ -205,10 +205,10 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
                 turn, _ = _turn(ctx, rng, [], perturb(request, rng), [(t1, e1.args), (t2, e2.args)], [], "first_call")
                 rows += turn
             again = [ex for ex in t1.spec.follow_ups or split_examples(t1, "train") if ex.args != e1.args]
+            history: list[dict] = []
+            _, convo = _turn(ctx, rng, [], perturb(e1.request, rng), [(t1, e1.args)], history, "first_call")
             for t, e in [(t2, e2)] + ([(t1, rng.choice(again))] if again else []):  # another tool; the same, anew
-                history: list[dict] = []
-                _, convo = _turn(ctx, rng, [], perturb(e1.request, rng), [(t1, e1.args)], history, "first_call")
-                second, _ = _turn(ctx, rng, convo, perturb(e.request, rng), [(t, e.args)], history, "follow_up")
+                second, _ = _turn(ctx, rng, convo, perturb(e.request, rng), [(t, e.args)], list(history), "follow_up")
                 rows += second
         rows += _recovery_rows(ctx, rng, train)
         offered = ctx.names()

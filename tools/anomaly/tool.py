@@ -158,7 +158,7 @@ class ScoreAnomaly(MacroTool):
         modalities=(ANY_MODALITY,),
         dims=(2,),
         outputs={"heatmap": "heatmap"},
-        version="1.0.0",
+        version="1.1.0",
         cases=("wheel:pydicom/data/test_files/CT_small.dcm",),
         weights=SLOT.name,
         examples=(
@@ -167,6 +167,18 @@ class ScoreAnomaly(MacroTool):
             ToolExample(request="Does this scan look normal?", args={}),
             ToolExample(request="Show me where the image deviates from normal anatomy.", args={}),
             ToolExample(request="Give me an anomaly score for this image.", args={}),
+            ToolExample(request="Is this image normal?", args={}),
+            ToolExample(request="anomaly score?", args={}),
+            ToolExample(request="Flag anything unusual.", args={}),
+            ToolExample(request="Anything out of the ordinary?", args={}),
+            ToolExample(request="Run the anomaly detector.", args={}),
+            ToolExample(request="How abnormal is this slice?", args={}),
+            ToolExample(request="Give me an anomaly heatmap.", args={}),
+            ToolExample(request="Ist auf diesem Bild etwas auffällig?", args={}),
+            ToolExample(request="¿Hay algo anormal en esta imagen?", args={}),
+            ToolExample(request="Cette coupe est-elle normale ?", args={}),
+            ToolExample(request="Quick normality check on this slice.", args={}),
+            ToolExample(request="see anything strange?", args={}),
         ),
     )
 

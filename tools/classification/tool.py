@@ -89,7 +89,7 @@ class ClassifyLesion(MacroTool):
     spec = ToolSpec(
         modalities=("dermoscopy",),
         dims=(2,),
-        version="1.0.0",
+        version="1.1.0",
         cases=("derm-phantom",),
         weights=SLOTS["derm"].name,
         examples=(
@@ -103,6 +103,14 @@ class ClassifyLesion(MacroTool):
             ToolExample(request="List all class probabilities for the lesion.", args={"top_k": 7}),
             ToolExample(request="Could this be a basal cell carcinoma?", args={}),
             ToolExample(request="Most likely diagnosis only.", args={"top_k": 1}),
+            ToolExample(request="Is this skin cancer?", args={}),
+            ToolExample(request="lesion dx", args={}),
+            ToolExample(request="does this mole look dangerous?", args={}),
+            ToolExample(request="Ist das ein Melanom?", args={}),
+            ToolExample(request="Est-ce un mélanome ?", args={}),
+            ToolExample(request="¿Es maligno este lunar?", args={}),
+            ToolExample(request="Top 3 for this lesion.", args={"top_k": 3}),
+            ToolExample(request="Benign or malignant?", args={}),
         ),
     )
 
@@ -134,7 +142,7 @@ class ClassifyFindings(MacroTool):
     spec = ToolSpec(
         modalities=("xray",),
         dims=(2,),
-        version="1.0.0",
+        version="1.1.0",
         cases=("cxr-phantom",),
         weights=SLOTS["cxr"].name,
         examples=(
@@ -148,6 +156,21 @@ class ClassifyFindings(MacroTool):
             ToolExample(request="Which finding is most likely?", args={"top_k": 1}),
             ToolExample(request="List the probability of every finding.", args={"top_k": 14}),
             ToolExample(request="Does the film show consolidation?", args={}),
+            ToolExample(request="Pneumonia on this X-ray?", args={}),
+            ToolExample(request="Is the heart enlarged?", args={}),
+            ToolExample(request="do my lungs look healthy on this x-ray?", args={}),
+            ToolExample(request="CXR read", args={}),
+            ToolExample(request="Check the radiograph for atelectasis.", args={}),
+            ToolExample(request="Any fluid around the lungs?", args={}),
+            ToolExample(request="Is there a collapsed lung?", args={}),
+            ToolExample(request="What does the chest X-ray show?", args={}),
+            ToolExample(request="Zeigt das Röntgenbild eine Lungenentzündung?", args={}),
+            ToolExample(request="Y a-t-il une cardiomégalie sur la radio ?", args={}),
+            ToolExample(request="¿Hay derrame pleural en la radiografía?", args={}),
+            ToolExample(request="Ci sono reperti patologici in questa radiografia?", args={}),
+            ToolExample(request="Probability of oedema on this film?", args={}),
+            ToolExample(request="Which three findings are most probable?", args={"top_k": 3}),
+            ToolExample(request="chest film abnormal?", args={}),
         ),
     )
 

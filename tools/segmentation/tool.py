@@ -42,7 +42,7 @@ class SegmentBrainTumor(MacroTool):
         modalities=("mri-multiseq",),
         dims=(3,),
         outputs={"mask": "mask", "uncertainty": "heatmap"},
-        version="1.0.0",
+        version="1.1.0",
         cases=("brain-mri-demo", "lowfield-sequences"),
         weights=SLOT.name,
         examples=(
@@ -71,6 +71,14 @@ class SegmentBrainTumor(MacroTool):
             ToolExample(request="Segment, resetting the adapted model first.", args={"reset": True}),
             ToolExample(request="Label the tumour sub-regions.", args={}),
             ToolExample(request="Where exactly is the tumour? Segment it.", args={}),
+            ToolExample(request="segment", args={}),
+            ToolExample(request="mask the tumour", args={}),
+            ToolExample(request="can you mark where the cancer is?", args={}),
+            ToolExample(request="Tumor segmentieren, bitte mit VISTA.", args={"adapt": "vista"}),
+            ToolExample(request="Segmente la tumeur.", args={}),
+            ToolExample(request="Segmenta el tumor sin adaptación.", args={"adapt": "none"}),
+            ToolExample(request="seg w/ tent", args={"adapt": "tent"}),
+            ToolExample(request="Draw the tumour regions.", args={}),
         ),
     )
 

@@ -121,7 +121,7 @@ class AnswerStepwise(MacroTool):
     spec = ToolSpec(
         modalities=("xray",),
         dims=(2,),
-        version="1.0.0",
+        version="1.1.0",
         weights=SLOT.name,
         outputs={"chain": "text"},
         cases=("cxr-phantom",),
@@ -139,6 +139,19 @@ class AnswerStepwise(MacroTool):
             ),
             ToolExample(request="Reason through the seven diagnostic steps.", args={}),
             ToolExample(request="Diagnose this radiograph and show each step.", args={}),
+            ToolExample(request="Talk me through how you reach the diagnosis.", args={}),
+            ToolExample(request="Step-by-step reasoning, please.", args={}),
+            ToolExample(request="reasoning chain", args={}),
+            ToolExample(request="Why do you think that? Show the steps.", args={}),
+            ToolExample(request="Wie kommst du zu deiner Diagnose? Zeig die einzelnen Schritte.", args={}),
+            ToolExample(request="Explique ton raisonnement étape par étape.", args={}),
+            ToolExample(request="Razona paso a paso el diagnóstico.", args={}),
+            ToolExample(
+                request="What is the distribution of the opacity? Reason it through.",
+                args={"question": "What is the distribution of the opacity?"},
+            ),
+            ToolExample(request="Use the student model for a quick stepwise read.", args={"model": "student"}),
+            ToolExample(request="Teacher model, step by step, please.", args={"model": "teacher"}),
         ),
     )
 
