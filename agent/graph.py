@@ -66,6 +66,19 @@ class TurnResult:
     trajectory: Trajectory
 
 
+def decide(
+    policy: BaseChatModel, registry: Registry, case: Case, messages: list, have: frozenset[str] = frozenset()
+) -> AIMessage:
+    """One decision of the policy on ``case`` with the case's tools offered. A policy that decodes under a grammar
+    (``constrained``) is told which of them can run now, given the artifact kinds the thread has (``have``): a
+    call whose input nothing has made yet (a volume before any mask) then cannot be written, so it cannot fail."""
+    tools = registry.for_case(case)
+    options = {}
+    if getattr(policy, "constrained", False):
+        options["ready"] = [t.name for t in tools if registry.prerequisites(t, case, have) == []]
+    return policy.bind_tools(tools).invoke(messages, **options)
+
+
 def build_graph(
     policy: BaseChatModel,
     registry: Registry,
@@ -80,9 +93,9 @@ def build_graph(
 
     def policy_node(state: AgentState) -> dict:
         case = load_case_ref(state["case"])
-        tools = registry.for_case(case)
         messages = [system_message(case.summary(), state.get("hints") or ()), *state["messages"]]
-        ai = policy.bind_tools(tools).invoke(messages)
+        have = frozenset(a.get("kind") for a in state.get("artifacts", []))
+        ai = decide(policy, registry, case, messages, have)
         if ai.tool_calls or not ai.invalid_tool_calls:
             return {"messages": [ai]}
         error = "; ".join(c.get("error") or "malformed tool call" for c in ai.invalid_tool_calls)

@@ -216,8 +216,11 @@ class LocalChatModel(BaseChatModel):
         stop: list[str] | None = None,
         run_manager: Any = None,
         tools: list[dict] | None = None,
+        ready: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        """``ready``: names of the offered tools that can run now (all when None); the grammar admits calls of
+        these only, while the prompt still lists every offered tool, as in training."""
         import torch
 
         self.load()
@@ -227,7 +230,8 @@ class LocalChatModel(BaseChatModel):
         )
         start = time.perf_counter()
         prompt_length = int(ids["input_ids"].shape[1])
-        guide = self._constraint.guide(tools or []) if self._constraint else None
+        callable_now = [t for t in tools or [] if ready is None or t["function"]["name"] in ready]
+        guide = self._constraint.guide(callable_now) if self._constraint else None
         with torch.inference_mode():
             cache = self._prefix_cache(chat[0], ids["input_ids"]) if chat and chat[0]["role"] == "system" else None
             cached = 0 if cache is None else cache.get_seq_length()

@@ -21,7 +21,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from pydantic import ValidationError
 
-from macro.agent.graph import STOP_NOTES, Agent, call_key
+from macro.agent.graph import STOP_NOTES, Agent, call_key, decide
 from macro.agent.prompts import system_message
 from macro.case import Case
 from macro.data import example_case
@@ -100,10 +100,9 @@ def evaluate_first_calls(
     results = []
     for i, row in enumerate(rows):
         case = cases(row["case"])
-        tools = registry.for_case(case)
-        ai = policy.bind_tools(tools).invoke([system_message(case.summary()), HumanMessage(row["request"])])
+        ai = decide(policy, registry, case, [system_message(case.summary()), HumanMessage(row["request"])])
         call = ai.tool_calls[0] if ai.tool_calls else None
-        scores = _score_call(call, row, registry, {t.name for t in tools})
+        scores = _score_call(call, row, registry, {t.name for t in registry.for_case(case)})
         results.append(
             {
                 **{k: row[k] for k in ("request", "case", "tool", "style") if k in row},

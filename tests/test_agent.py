@@ -277,3 +277,33 @@ def test_a_repeated_call_ends_the_turn_instead_of_looping(demo, home):
     assert all(c["id"] in answered for m in messages if m.type == "ai" for c in m.tool_calls)
     assert messages[-1].type == "ai"
     assert messages[-1].text == lead  # the policy's history holds what it should imitate, not the findings block
+
+
+class Recording(Replay):
+    """A policy that says it decodes under a grammar, and records the options each decision gets."""
+
+    constrained: bool = True
+    options: list[dict] = []
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.options.append(kwargs)
+        return super()._generate(messages, stop, run_manager)
+
+
+def test_a_constrained_policy_may_only_call_tools_whose_inputs_exist(tmp_path, demo):
+    from macro.agent.graph import decide
+    from macro.data import example_case
+    from macro.tools.registry import Registry
+
+    registry = Registry.default()
+    bare = example_case("lowfield-sequences", tmp_path)  # no mask: a volume needs a segmentation first
+    policy = Recording(replies=["The answer."], options=[])
+    decide(policy, registry, bare, [HumanMessage("How big is the tumour?")])
+    decide(policy, registry, bare, [HumanMessage("And now?")], frozenset({"mask"}))
+    decide(policy, registry, demo, [HumanMessage("How big is the tumour?")])
+    before, after, reference = (set(o["ready"]) for o in policy.options)
+    assert "segment_brain_tumor" in before and "measure_volume" not in before
+    assert "measure_volume" in after and "measure_volume" in reference
+    plain = Recording(replies=["The answer."], constrained=False, options=[])
+    decide(plain, registry, bare, [HumanMessage("How big is the tumour?")])
+    assert plain.options == [{}]  # a server-side backend is not sent an option it does not know

@@ -73,10 +73,6 @@ def test_three_piped_chat_turns_each_get_an_answer(model_env, demo_folder):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 open: after describe_scan the shipped adapter makes an unasked render_slice on standard.nii.gz",
-)
 def test_describe_real_scans_it_never_trained_on(model_env):
     import importlib.util
 

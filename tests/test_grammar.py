@@ -75,3 +75,17 @@ def test_a_random_model_under_the_grammar_only_writes_valid_calls_or_answers(tin
             registry.get(call["name"]).args_schema(**call["args"])
         else:
             assert not ai.invalid_tool_calls and not raw.startswith(("<", "{")), raw
+
+
+@pytest.mark.slow
+def test_only_the_tools_that_can_run_now_may_be_called(tiny_model):
+    """``ready`` narrows the grammar, not the prompt: with none ready the reply is an answer, with one ready any
+    call is of that tool."""
+    case = load_case(get_testdata_file("CT_small.dcm"))
+    tools = Registry.default().for_case(case)
+    model = LocalChatModel(model_path=str(tiny_model), max_new_tokens=40)
+    for ready in ([], ["describe_scan"]):
+        for question in ("Is anything anomalous?", "Show me the image.", "Describe it."):
+            messages = [system_message(case.summary()), HumanMessage(question)]
+            ai = model.bind_tools(tools).invoke(messages, ready=ready)
+            assert {c["name"] for c in ai.tool_calls} <= set(ready), ai.response_metadata["raw"]
