@@ -32,12 +32,45 @@ ANSWER = r"/[^<{\s][^<]*/"
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
+MAX_STRING = 64  # characters of a free-text argument
+MAX_ITEMS = 16
+MAX_MAGNITUDE = 10**6  # of a number the schema leaves unbounded
+DECIMALS = 1e-4  # the finest step of a number the schema gives none
+
+
+def bounded(schema: dict) -> dict:
+    """``schema`` with every free value given a finite size, so a call always ends within the decoder's token budget:
+    a random or confused model could otherwise write an integer or a string forever and never close the call. Only
+    limits a schema leaves open are added; what it states is kept. An object admits only its named properties; a
+    free-form object (no ``properties``) is left as it is."""
+    schema = dict(schema)
+    kind = schema.get("type")
+    if "anyOf" in schema:
+        schema["anyOf"] = [bounded(branch) for branch in schema["anyOf"]]
+    if kind == "string" and "enum" not in schema and "const" not in schema:
+        schema["maxLength"] = min(schema.get("maxLength", MAX_STRING), MAX_STRING)
+    if kind in ("integer", "number"):
+        if "minimum" not in schema and "exclusiveMinimum" not in schema:
+            schema["minimum"] = -MAX_MAGNITUDE
+        if "maximum" not in schema and "exclusiveMaximum" not in schema:
+            schema["maximum"] = MAX_MAGNITUDE
+    if kind == "number":
+        schema.setdefault("multipleOf", DECIMALS)
+    if kind == "array":
+        schema["maxItems"] = min(schema.get("maxItems", MAX_ITEMS), MAX_ITEMS)
+        if isinstance(schema.get("items"), dict):
+            schema["items"] = bounded(schema["items"])
+    if "properties" in schema:
+        schema["properties"] = {k: bounded(v) for k, v in schema["properties"].items()}
+        schema["additionalProperties"] = False
+    return schema
+
+
 def call_schema(tool: dict) -> dict:
-    """The JSON schema of one call ``{"name": <this tool>, "arguments": <its parameters>}``."""
+    """The JSON schema of one call ``{"name": <this tool>, "arguments": <its parameters>}``, its free values
+    :func:`bounded`."""
     fn = tool.get("function", tool)
-    params = dict(fn.get("parameters") or {"type": "object", "properties": {}})
-    params.setdefault("properties", {})
-    params["additionalProperties"] = False
+    params = bounded({"type": "object", "properties": {}, **(fn.get("parameters") or {})})
     return {
         "type": "object",
         "properties": {"name": {"const": fn["name"]}, "arguments": params},

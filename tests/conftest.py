@@ -42,10 +42,12 @@ def model_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, model_home):
     """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template: real code paths, fast."""
+    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from macro.agent.local_llm import BASE_NAME
 
+    torch.manual_seed(0)  # the same random model on every machine, so what it writes is reproducible
     folder = tmp_path_factory.mktemp("tiny-llm")
     tok = AutoTokenizer.from_pretrained(model_home.models / BASE_NAME)
     model = LlamaForCausalLM(

@@ -12,6 +12,7 @@ from macro.agent.local_llm import LocalChatModel
 from macro.agent.prompts import system_message
 from macro.agent.toolcall import format_call, parse_calls
 from macro.case import load_case
+from macro.tools.base import admits
 from macro.tools.registry import Registry
 
 
@@ -89,3 +90,45 @@ def test_only_the_tools_that_can_run_now_may_be_called(tiny_model):
             messages = [system_message(case.summary()), HumanMessage(question)]
             ai = model.bind_tools(tools).invoke(messages, ready=ready)
             assert {c["name"] for c in ai.tool_calls} <= set(ready), ai.response_metadata["raw"]
+
+
+def test_free_values_are_bounded_so_every_call_can_end(constraint):
+    """An integer, a string or a number the schema leaves open cannot run on forever (an untrained model wrote
+    ``"index": -1111…`` until the token budget ran out); what the schema states is kept."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "probe",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "n": {"type": "integer"},
+                    "text": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                    "x": {"type": "number", "maximum": 10},
+                },
+            },
+        },
+    }
+    assert accepts(constraint, [tool], format_call("probe", {"n": 52, "text": "the T2 signal", "x": 2.5}))
+    for args in ({"n": 10**7}, {"text": "a" * 65}, {"x": 2.123456}, {"x": 11}):
+        assert not accepts(constraint, [tool], format_call("probe", args)), args
+
+
+def test_a_case_narrows_what_render_slice_offers(constraint, demo_folder):
+    """A one-channel 2D image offers no orientation, slice or sequence; a multi-sequence volume offers exactly its
+    own sequences and slices within its size."""
+    registry = Registry.default()
+    ct = load_case(get_testdata_file("CT_small.dcm"))
+    flat = next(t for t in registry.for_case(ct) if t.name == "render_slice")
+    assert convert_to_openai_tool(flat)["function"]["parameters"]["properties"] == {}
+    demo = load_case(demo_folder)
+    offered = [convert_to_openai_tool(t) for t in registry.for_case(demo)]
+    assert accepts(constraint, offered, format_call("render_slice", {"index": 40, "sequence": "flair"}))
+    assert not accepts(constraint, offered, format_call("render_slice", {"sequence": "dwi"}))
+    assert not accepts(constraint, offered, format_call("render_slice", {"index": max(demo.shape)}))
+    ct_offered = [convert_to_openai_tool(t) for t in registry.for_case(ct)]
+    assert not accepts(constraint, ct_offered, format_call("render_slice", {"axis": "coronal"}))
+    schema = convert_to_openai_tool(flat)["function"]["parameters"]
+    assert admits(schema, {}) and not admits(schema, {"sequence": "t2"})
+    # execution is unchanged: the offered copy runs with the tool's own argument model
+    assert flat.args_schema is registry.get("render_slice").args_schema

@@ -8,6 +8,7 @@ tool fails at import, not in the middle of a conversation.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Callable, ClassVar
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from macro.artifacts import KINDS, Artifact, ArtifactStore
 from macro.case import MODALITIES, Case, load_case
@@ -82,6 +83,26 @@ class ToolResult(BaseModel):
     children: list[dict] = Field(default_factory=list)
 
 
+def admits(parameters: dict, args: dict) -> bool:
+    """Whether ``args`` fit a (narrowed) JSON schema's names, enums and bounds: what a constrained policy can write.
+    Used to keep training examples that a case's schema rules out (a sequence on a one-channel scan) out of its
+    dialogues."""
+    properties = parameters.get("properties", {})
+    return all(name in properties and _fits(properties[name], value) for name, value in args.items())
+
+
+def _fits(prop: dict, value: Any) -> bool:
+    if "anyOf" in prop:
+        return any(_fits(branch, value) for branch in prop["anyOf"])
+    if value is None:
+        return prop.get("type") == "null"
+    if "enum" in prop and value not in prop["enum"]:
+        return False
+    return (
+        prop.get("minimum", value) <= value <= prop.get("maximum", value) if isinstance(value, (int, float)) else True
+    )
+
+
 def first_sentence(text: str) -> str:
     """Up to the first full stop that ends a sentence (not a decimal point)."""
     match = re.search(r"[.!?](\s|$)", text)
@@ -132,6 +153,7 @@ class MacroTool(BaseTool):
 
     spec: ClassVar[ToolSpec]
     response_format: str = "content_and_artifact"
+    _narrowed: dict | None = PrivateAttr(default=None)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -142,6 +164,28 @@ class MacroTool(BaseTool):
         """Whether the tool is offered for ``case`` (the registry and the executor ask); by default its spec decides,
         a tool whose competence is learnt at run time (the anomaly bank) narrows it."""
         return self.spec.accepts(case)
+
+    def narrow(self, case: Case, parameters: dict) -> dict:
+        """The arguments' JSON schema as it applies to ``case`` (a copy the tool may edit): a tool whose valid values
+        depend on the scan (its channels, its slice count) narrows them here, so a policy is shown only what this
+        case admits and a constrained one cannot write anything else. By default nothing changes."""
+        return parameters
+
+    def for_case(self, case: Case) -> "MacroTool":
+        """This tool as offered on ``case``: the same tool, showing the policy the schema :meth:`narrow` gives (its
+        execution and validation are unchanged)."""
+        base = super().tool_call_schema
+        parameters = base if isinstance(base, dict) else base.model_json_schema()
+        narrowed = self.narrow(case, copy.deepcopy(parameters))
+        if narrowed == parameters:
+            return self
+        offered = self.model_copy()
+        offered._narrowed = narrowed
+        return offered
+
+    @property
+    def tool_call_schema(self):
+        return self._narrowed if self._narrowed is not None else super().tool_call_schema
 
     def execute(self, ctx: ToolContext, args: BaseModel) -> ToolResult:
         raise NotImplementedError

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from macro.case import Case
 from macro.data.brats import convention_for, region_masks
 from macro.errors import CaseError
 from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolExample, ToolFailure, ToolResult, ToolSpec
@@ -128,6 +129,30 @@ class DescribeScan(MacroTool):
                 "Tell me what kind of picture this is.",
                 "Voxel size and shape?",
                 "Is it 2D or 3D?",
+                "What type of imaging is this?",
+                "Tell me the acquisition details.",
+                "Which modality, and what's the field of view?",
+                "How many slices are there?",
+                "what's in this file",
+                "what sort of picture is this",
+                "dims + spacing",
+                "metadata pls",
+                "Basic image stats?",
+                "Is this a volume or a single image?",
+                "Give me the technical details of this study.",
+                "Describe the data you have.",
+                "Can you tell me about this image file?",
+                "I have just been sent this study; what is it?",
+                "Welche Modalität ist das?",
+                "Was ist das für ein Bild und wie groß ist es?",
+                "Qu'est-ce que c'est comme examen ?",
+                "Dime la resolución y el tamaño de la imagen.",
+                "Che tipo di esame è questo?",
+                "Quick summary of the scan parameters before I start reading.",
+                "Intensity range?",
+                "What's the pixel spacing?",
+                "Number of channels and their names?",
+                "What format and size is this image?",
             )
         ),
     )
@@ -255,6 +280,46 @@ class RenderSlice(MacroTool):
             ToolExample(request="Enséñame la imagen.", args={}),
             ToolExample(request="Centre slice, please.", args={}),
             ToolExample(request="sagittal", args={"axis": "sagittal"}),
+            ToolExample(request="Show me the scan.", args={}),
+            ToolExample(request="I want to see it.", args={}),
+            ToolExample(request="Can I have a look at the image?", args={}),
+            ToolExample(request="Put up an image of the brain.", args={}),
+            ToolExample(request="Bring up a slice.", args={}),
+            ToolExample(request="Show a slice through the tumour.", args={}),
+            ToolExample(request="Give me a view of the middle of the volume.", args={}),
+            ToolExample(request="Picture please", args={}),
+            ToolExample(request="show me pls", args={}),
+            ToolExample(request="Display the image.", args={}),
+            ToolExample(request="visualize it", args={}),
+            ToolExample(request="draw it for me", args={}),
+            ToolExample(request="Can you show me what it looks like?", args={}),
+            ToolExample(request="I'd like a picture of the lesion.", args={}),
+            ToolExample(request="Render an image I can look at.", args={}),
+            ToolExample(request="Let me have a look.", args={}),
+            ToolExample(request="Show me a picture so I can check it myself.", args={}),
+            ToolExample(request="Show the coronal plane through the lesion.", args={"axis": "coronal"}),
+            ToolExample(request="A sagittal view, please.", args={"axis": "sagittal"}),
+            ToolExample(request="axial", args={"axis": "axial"}),
+            ToolExample(request="coronal image", args={"axis": "coronal"}),
+            ToolExample(request="sagittal image pls", args={"axis": "sagittal"}),
+            ToolExample(request="Go to slice 20.", args={"index": 20}),
+            ToolExample(request="slice 70", args={"index": 70}),
+            ToolExample(request="Show slice number 25 of the FLAIR.", args={"index": 25, "sequence": "flair"}),
+            ToolExample(request="Open the T1 post contrast.", args={"sequence": "t1ce"}),
+            ToolExample(request="T2 image please", args={"sequence": "t2"}),
+            ToolExample(request="Can I see the FLAIR sequence?", args={"sequence": "flair"}),
+            ToolExample(request="I'd like to look at the T1.", args={"sequence": "t1"}),
+            ToolExample(
+                request="Coronal slice 44 of the T1, please.", args={"axis": "coronal", "index": 44, "sequence": "t1"}
+            ),
+            ToolExample(request="Zeig mir das Bild.", args={}),
+            ToolExample(request="Zeig mir die koronare Ebene.", args={"axis": "coronal"}),
+            ToolExample(request="Montre-moi l'image.", args={}),
+            ToolExample(request="Affiche la coupe axiale.", args={"axis": "axial"}),
+            ToolExample(request="Muestra la imagen en el plano sagital.", args={"axis": "sagittal"}),
+            ToolExample(request="Mostrami una sezione assiale.", args={"axis": "axial"}),
+            ToolExample(request="Vorrei vedere l'immagine.", args={}),
+            ToolExample(request="Zeig mir die T2.", args={"sequence": "t2"}),
         ),
         follow_ups=(
             ToolExample(request="Now the coronal one.", args={"axis": "coronal"}),
@@ -265,6 +330,21 @@ class RenderSlice(MacroTool):
             ToolExample(request="Try the post-contrast T1 instead.", args={"sequence": "t1ce"}),
         ),
     )
+
+    def narrow(self, case: Case, parameters: dict) -> dict:
+        """A 2D image has no orientation or slice to choose; a 3D one has as many slices as its longest side; a
+        one-channel scan has no sequence to choose, a multi-sequence one exactly its own."""
+        props = parameters["properties"]
+        if case.dims == 2:
+            del props["axis"], props["index"]
+        else:
+            props["index"]["anyOf"][0].update(minimum=0, maximum=max(case.shape) - 1)
+        if len(case.channels) < 2:
+            del props["sequence"]
+        else:
+            props["sequence"]["anyOf"][0]["enum"] = list(case.channels)
+            props["sequence"]["description"] = "channel to show"
+        return parameters
 
     def execute(self, ctx: ToolContext, args: RenderArgs) -> ToolResult:
         case = ctx.case
@@ -388,6 +468,23 @@ class MeasureVolume(MacroTool):
             ToolExample(request="¿Cuánto mide la parte que realza?", args={"region": "ET"}),
             ToolExample(request="how much space does the tumour take up?", args={"region": "WT"}),
             ToolExample(request="core vol", args={"region": "TC"}),
+            ToolExample(request="What's the size of the tumour in millilitres?", args={"region": "WT"}),
+            ToolExample(request="Total tumour volume?", args={"region": "WT"}),
+            ToolExample(request="how large is the cancer", args={"region": "WT"}),
+            ToolExample(request="volume of the lesion", args={"region": "WT"}),
+            ToolExample(request="How big is the mass in cc?", args={"region": "WT"}),
+            ToolExample(request="Give me the enhancing volume.", args={"region": "ET"}),
+            ToolExample(request="enhancing tumour mL", args={"region": "ET"}),
+            ToolExample(request="Volume of the contrast-enhancing part, please.", args={"region": "ET"}),
+            ToolExample(request="necrotic core size", args={"region": "TC"}),
+            ToolExample(request="What does the core measure?", args={"region": "TC"}),
+            ToolExample(request="Wie groß ist der kontrastmittelaufnehmende Anteil?", args={"region": "ET"}),
+            ToolExample(request="Quel est le volume du noyau tumoral ?", args={"region": "TC"}),
+            ToolExample(request="¿Cuál es el volumen total del tumor?", args={"region": "WT"}),
+            ToolExample(request="Qual è il volume della lesione?", args={"region": "WT"}),
+            ToolExample(request="How much of it enhances?", args={"region": "ET"}),
+            ToolExample(request="Measure the tumour.", args={"region": "WT"}),
+            ToolExample(request="Size of the whole abnormal area including swelling?", args={"region": "WT"}),
         ),
         follow_ups=(
             ToolExample(request="And the core?", args={"region": "TC"}),
@@ -462,6 +559,25 @@ class CropResample(MacroTool):
             ToolExample(request="make the voxels bigger, 3 mm", args={"spacing_mm": 3.0}),
             ToolExample(request="Ricampiona a 1.5 mm.", args={"spacing_mm": 1.5}),
             ToolExample(request="strip the empty border", args={"crop": True}),
+            ToolExample(request="Resample it to 2 mm.", args={"spacing_mm": 2.0}),
+            ToolExample(request="isotropic 1.5 mm please", args={"spacing_mm": 1.5}),
+            ToolExample(request="Can you change the voxel size to 1 mm?", args={"spacing_mm": 1.0}),
+            ToolExample(request="Reslice at 2 mm.", args={"spacing_mm": 2.0}),
+            ToolExample(request="Crop off the background.", args={"crop": True}),
+            ToolExample(request="Remove the empty space around the patient.", args={"crop": True}),
+            ToolExample(request="trim the borders", args={"crop": True}),
+            ToolExample(request="Resample to 3 mm isotropic voxels.", args={"spacing_mm": 3.0}),
+            ToolExample(request="Make it 2 mm isotropic, no crop.", args={"spacing_mm": 2.0, "crop": False}),
+            ToolExample(request="downsample to 4mm", args={"spacing_mm": 4.0}),
+            ToolExample(request="Zuschneiden auf den Kopf, bitte.", args={"crop": True}),
+            ToolExample(request="Rogner le fond vide.", args={"crop": True}),
+            ToolExample(request="Remuestrear a 1 mm.", args={"spacing_mm": 1.0}),
+            ToolExample(request="Ritaglia lo sfondo.", args={"crop": True}),
+            ToolExample(
+                request="I need the volume at 2 mm isotropic resolution for another program.", args={"spacing_mm": 2.0}
+            ),
+            ToolExample(request="Get rid of the black margins.", args={"crop": True}),
+            ToolExample(request="Interpolate the scan onto a 1.5 mm grid.", args={"spacing_mm": 1.5}),
         ),
     )
 

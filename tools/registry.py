@@ -74,7 +74,11 @@ class Registry:
     def for_case(self, case: Case) -> list[MacroTool]:
         """The tools that accept the case's modality and dimensionality and whose inputs the case or another offered
         tool can supply (no volume measurement on a scan that has no mask and nothing to segment it)."""
-        return [t for t in self._tools.values() if t.offered(case) and self.prerequisites(t, case) is not None]
+        return [
+            t.for_case(case)
+            for t in self._tools.values()
+            if t.offered(case) and self.prerequisites(t, case) is not None
+        ]
 
     def prerequisites(self, tool: MacroTool, case: Case, have: frozenset[str] = frozenset()) -> list[str] | None:
         """Names of the calls that must run before ``tool`` on ``case`` when the thread already holds artifacts of
@@ -82,7 +86,7 @@ class Registry:
         producers = {
             t.name: (t.spec.needs, frozenset(t.spec.outputs.values()))
             for t in self.atomic().values()
-            if t is not tool and t.offered(case)
+            if t.name != tool.name and t.offered(case)
         }
         return plan_inputs(tool.spec.needs, producers, frozenset(have | case.provides))
 

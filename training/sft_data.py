@@ -25,12 +25,14 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from macro.agent.prompts import system_message, to_chat
 from macro.artifacts import ArtifactStore
 from macro.case import Case
-from macro.tools.base import MacroTool, ToolExample, first_sentence
+from macro.tools.base import MacroTool, ToolExample, admits, first_sentence
 from macro.tools.executor import ToolExecutor
 from macro.tools.registry import Registry
 
 HELD_OUT_EVERY = 5
-PER_TOOL = 30  # first-call rows per tool over all cases, so a tool offered on one case is learnt as well as one on six
+PER_CASE = 24  # first-call rows per tool on every case that offers it: on each case every offered tool is as likely
+# a first call as another, so the request decides the tool, not the case (with 30 rows per tool spread over the
+# cases, brain MRI requests collapsed to the segmentation, which the most rows there began with)
 OPENERS = ["", "", "", "Hi. ", "Hello, ", "Please: ", "Quick question: ", "Doctor here. ", "OK. "]
 CLOSERS = ["", "", "", " Thanks.", " Please.", " Thank you!"]
 ANSWER_LEADS = ["", "", "", "Here is what I found. ", "Result: "]
@@ -87,6 +89,14 @@ class Context:
     def names(self) -> set[str]:
         return {t.name for t in self.tools}
 
+    def examples(self, tool: MacroTool, split: str = "train", follow_ups: bool = False) -> list[ToolExample]:
+        """The tool's examples whose arguments this case admits (no sequence on a one-channel scan, no axis on a 2D
+        image): what the constrained policy can write here."""
+        offered = next(t for t in self.tools if t.name == tool.name)
+        parameters = convert_to_openai_tool(offered)["function"]["parameters"]
+        pool = offered.spec.follow_ups if follow_ups else split_examples(offered, split)
+        return [ex for ex in pool if admits(parameters, ex.args)]
+
     def plan(self, tool: MacroTool, args: dict, history: Sequence[dict] = ()) -> list[tuple[str, dict]]:
         """The calls a request for ``tool`` takes on this case given the thread's artifacts so far: what its spec
         says must come first (a segmentation before a volume when there is no mask), then the tool itself."""
@@ -128,7 +138,10 @@ def _row(
     }
 
 
-def _call(name: str, args: dict) -> AIMessage:
+def _call(ctx: Context, name: str, args: dict) -> AIMessage:
+    """A call with its arguments in the schema's order, the only order the decoding grammar admits."""
+    order = list(ctx.registry.get(name).args_schema.model_fields)
+    args = dict(sorted(args.items(), key=lambda kv: order.index(kv[0])))
     return AIMessage("", tool_calls=[{"name": name, "args": args, "id": f"call_{name}", "type": "tool_call"}])
 
 
@@ -161,7 +174,7 @@ def _turn(
     for tool, args in asks:
         plan = ctx.plan(tool, args, history)
         for i, (name, call_args) in enumerate(plan):
-            call = _call(name, call_args)
+            call = _call(ctx, name, call_args)
             rows.append(_row(ctx, messages, call, kind if i == 0 else "chain", name, call_args))
             result = ctx.run(name, call_args, history)
             messages += [call, result]
@@ -177,8 +190,8 @@ def _turn(
 def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: int) -> list[dict]:
     """Whole conversations on every case, from the tools' specs and real results:
 
-    - first calls for every offered tool, :data:`PER_TOOL` per tool over the cases (its training examples in turn,
-      perturbed), prerequisites first, then the answer quoting the results;
+    - first calls: :data:`PER_CASE` for every tool the case offers (its training examples that fit the case, in
+      turn from a random start, perturbed), prerequisites first, then the answer quoting the results;
     - two requests in one message, answered after both;
     - follow-up turns in a thread, on another tool and on the same tool with other arguments, in the spec's
       elliptical ``follow_ups`` ("And the core?") where it has them (earlier artifacts reused: no second
@@ -189,13 +202,13 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
     - small talk.
     """
     rows: list[dict] = []
-    offering = Counter(t.name for c in ctxs for t in c.tools)
     for ctx in ctxs:
-        train = [(tool, ex) for tool in ctx.tools for ex in split_examples(tool, "train")]
+        train = [(tool, ex) for tool in ctx.tools for ex in ctx.examples(tool)]
         for tool in ctx.tools:
-            examples = split_examples(tool, "train")
-            for i in range(-(-PER_TOOL // offering[tool.name])):
-                ex = examples[i % len(examples)]
+            examples = ctx.examples(tool)
+            start = rng.randrange(len(examples)) if examples else 0
+            for i in range(PER_CASE if examples else 0):
+                ex = examples[(start + i) % len(examples)]
                 turn, _ = _turn(ctx, rng, [], perturb(ex.request, rng), [(tool, ex.args)], [], "first_call")
                 rows += turn  # with the answer: trained on one turn in three, it made unasked calls after results
         for _ in range(follow_ups):
@@ -204,11 +217,11 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
                 request = f"{e1.request.rstrip('.?!')}, and {e2.request[0].lower()}{e2.request[1:]}"
                 turn, _ = _turn(ctx, rng, [], perturb(request, rng), [(t1, e1.args), (t2, e2.args)], [], "first_call")
                 rows += turn
-            again = [ex for ex in t1.spec.follow_ups or split_examples(t1, "train") if ex.args != e1.args]
+            again = [ex for ex in ctx.examples(t1, follow_ups=True) or ctx.examples(t1) if ex.args != e1.args]
             history: list[dict] = []
             _, convo = _turn(ctx, rng, [], perturb(e1.request, rng), [(t1, e1.args)], history, "first_call")
             for t, e in [(t2, e2)] + ([(t1, rng.choice(again))] if again else []):  # another tool; the same, anew
-                second, _ = _turn(ctx, rng, convo, perturb(e.request, rng), [(t, e.args)], list(history), "follow_up")
+                second, convo = _turn(ctx, rng, convo, perturb(e.request, rng), [(t, e.args)], history, "follow_up")
                 rows += second
         rows += _recovery_rows(ctx, rng, train)
         offered = ctx.names()
@@ -242,7 +255,7 @@ def _recovery_rows(ctx: Context, rng: random.Random, train: Sequence[tuple[Macro
         if failed.status != "error":
             continue
         name, args = plan[0]
-        rows.append(_row(ctx, [user, _call(*wrong), failed], _call(name, args), "recovery", name, args))
+        rows.append(_row(ctx, [user, _call(ctx, *wrong), failed], _call(ctx, name, args), "recovery", name, args))
     return rows
 
 

@@ -152,6 +152,32 @@ class AnswerStepwise(MacroTool):
             ),
             ToolExample(request="Use the student model for a quick stepwise read.", args={"model": "student"}),
             ToolExample(request="Teacher model, step by step, please.", args={"model": "teacher"}),
+            ToolExample(request="Explain how you got to the diagnosis.", args={}),
+            ToolExample(request="Step by step, what's the diagnosis?", args={}),
+            ToolExample(request="Reason it out step by step.", args={}),
+            ToolExample(request="Think through this X-ray step by step.", args={}),
+            ToolExample(request="Show your reasoning.", args={}),
+            ToolExample(request="How did you reach that conclusion? Go step by step.", args={}),
+            ToolExample(request="Give a stepwise analysis of the film.", args={}),
+            ToolExample(request="Chain of reasoning for the diagnosis, please.", args={}),
+            ToolExample(request="Go through density, distribution and pattern, then diagnose.", args={}),
+            ToolExample(request="Break the diagnosis down into steps for me.", args={}),
+            ToolExample(request="stepwise", args={}),
+            ToolExample(request="step by step pls", args={}),
+            ToolExample(request="What's your reasoning here?", args={}),
+            ToolExample(request="Use the teacher model.", args={"model": "teacher"}),
+            ToolExample(request="Reason with the teacher network.", args={"model": "teacher"}),
+            ToolExample(request="Raisonne étape par étape sur cette radio.", args={}),
+            ToolExample(request="Explícame el diagnóstico paso a paso.", args={}),
+            ToolExample(request="Ragiona passo passo sulla diagnosi.", args={}),
+            ToolExample(
+                request="Where is the abnormality? Think it through.", args={"question": "Where is the abnormality?"}
+            ),
+            ToolExample(
+                request="What's the density of the lesion, step by step?",
+                args={"question": "What's the density of the lesion?"},
+            ),
+            ToolExample(request="Justify the diagnosis with each diagnostic step.", args={}),
         ),
     )
 
