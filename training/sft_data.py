@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
