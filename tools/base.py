@@ -55,6 +55,7 @@ class ToolSpec(BaseModel):
     outputs: dict[str, str] = Field(default_factory=dict)
     version: str = "0.1.0"
     weights: str | None = None  # the name of the model's slot in macro.weights (which copy is in use, how to remake it)
+    deterministic: bool = False  # same inputs, same result: the executor may reuse a cached one (macro.tools.cache)
     examples: tuple[ToolExample, ...] = ()
     follow_ups: tuple[ToolExample, ...] = ()
     cases: tuple[str, ...] = ()
@@ -186,6 +187,14 @@ class MacroTool(BaseTool):
     @property
     def tool_call_schema(self):
         return self._narrowed if self._narrowed is not None else super().tool_call_schema
+
+    def cache_state(self, ctx: ToolContext, args: BaseModel) -> str | None:
+        """The thread state (``ctx.session``) this call's result depends on, as a string for the result cache, or
+        None to never cache this call. A stateless tool returns ""."""
+        return ""
+
+    def on_cache_hit(self, ctx: ToolContext, args: BaseModel) -> None:
+        """A cached result stood in for this call: update the thread state as running it would have."""
 
     def execute(self, ctx: ToolContext, args: BaseModel) -> ToolResult:
         raise NotImplementedError

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from macro.artifacts import ArtifactStore
 from macro.case import Case
 from macro.errors import CaseError, MacroError
-from macro.tools.base import ToolContext, ToolFailure, first_sentence
+from macro.tools.base import ToolContext, ToolFailure, ToolResult, first_sentence
+from macro.tools.cache import ResultCache
 from macro.tools.registry import Registry
 
 # Arguments a model may add out of habit; the executor supplies these itself.
@@ -41,15 +42,18 @@ class Step:
     outputs: list[str] = field(default_factory=list)
     version: str | None = None
     children: list[dict] = field(default_factory=list)
+    cached: bool = False  # the result came from the result cache, not a run
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class ToolExecutor:
-    def __init__(self, registry: Registry, store: ArtifactStore):
+    def __init__(self, registry: Registry, store: ArtifactStore, cache: bool = True):
+        """``cache``: reuse results of deterministic tools (:mod:`macro.tools.cache`, kept in the store's root)."""
         self.registry = registry
         self.store = store
+        self.cache = ResultCache(store.root) if cache else None
 
     def run(
         self, call: dict, case: Case, history: list[dict], session: dict | None = None
@@ -84,8 +88,19 @@ class ToolExecutor:
 
         ctx = ToolContext(case=case, store=self.store, history=history, session=session, call=nested)
         version = tool.spec.version
+        key = hit = None
+        if self.cache is not None and tool.spec.deterministic:
+            state = tool.cache_state(ctx, parsed)
+            if state is not None:
+                key = ResultCache.key(tool, case, parsed.model_dump(mode="json"), history, state)
+                hit = self.cache.get(key)
         try:
-            result = tool.execute(ctx, parsed)
+            if hit is not None:
+                result = ToolResult(**hit["result"])
+                ctx.used.update(hit["used"])
+                tool.on_cache_hit(ctx, parsed)
+            else:
+                result = tool.execute(ctx, parsed)
         except ToolFailure as exc:
             return self._fail(name, parsed.model_dump(), call_id, start, str(exc), version, exc.children, exc.artifacts)
         except CaseError as exc:  # the policy needs the problem, not the full path
@@ -96,6 +111,8 @@ class ToolExecutor:
         except Exception as exc:  # the agent survives any tool bug; the policy sees what happened
             error = f"{name} failed: {type(exc).__name__}: {exc}"
             return self._fail(name, parsed.model_dump(), call_id, start, error, version)
+        if key is not None and hit is None:
+            self.cache.put(key, result.model_dump(mode="json"), ctx.used)
         ms = (time.perf_counter() - start) * 1000
         text = result.text  # the policy is told about arguments it invented; the person reading the answer is not
         if ignored and not set(ignored) <= INJECTED_NAMES:
@@ -113,6 +130,7 @@ class ToolExecutor:
             outputs=[a["id"] for a in result.artifacts],
             version=version,
             children=result.children,
+            cached=hit is not None,
         )
         msg = ToolMessage(text, name=name, tool_call_id=call_id, artifact=result.model_dump())
         return msg, step, result.artifacts

@@ -84,7 +84,8 @@ class DescribeScan(MacroTool):
     spec = ToolSpec(
         modalities=(ANY_MODALITY,),
         outputs={"summary": "text"},
-        version="1.1.0",
+        version="1.2.0",
+        deterministic=True,
         cases=(
             "brain-mri-demo",
             "wheel:nibabel/tests/data/anatomical.nii",
@@ -212,7 +213,8 @@ class RenderSlice(MacroTool):
     spec = ToolSpec(
         modalities=(ANY_MODALITY,),
         outputs={"png": "render"},
-        version="1.1.0",
+        version="1.2.0",
+        deterministic=True,
         cases=(
             "brain-mri-demo",
             "wheel:nibabel/tests/data/anatomical.nii",
@@ -425,7 +427,8 @@ class MeasureVolume(MacroTool):
         dims=(3,),
         inputs={"case": "image", "mask": "mask"},
         outputs={"volume_ml": "scalar"},
-        version="1.1.0",
+        version="1.2.0",
+        deterministic=True,
         cases=("brain-mri-demo", "lowfield-sequences"),
         examples=(
             ToolExample(request="What is the tumour volume?", args={"region": "WT"}),
@@ -532,7 +535,8 @@ class CropResample(MacroTool):
         modalities=VOLUME_MODALITIES,
         dims=(3,),
         outputs={"volume": "image"},
-        version="1.1.0",
+        version="1.2.0",
+        deterministic=True,
         cases=("brain-mri-demo", "wheel:nibabel/tests/data/anatomical.nii"),
         examples=(
             ToolExample(request="Resample the scan to 1 mm isotropic.", args={"spacing_mm": 1.0}),

@@ -11,10 +11,9 @@ Rows are TRL prompt-completion conversations: ``{"prompt": [...], "completion": 
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -83,8 +82,6 @@ class Context:
     def schemas(self) -> list[dict]:
         return [convert_to_openai_tool(t) for t in self.tools]
 
-    memo: dict = field(default_factory=dict)
-
     def names(self) -> set[str]:
         return {t.name for t in self.tools}
 
@@ -104,14 +101,11 @@ class Context:
         return [(name, {}) for name in before] + [(tool.name, args)]
 
     def run(self, name: str, args: dict, history: list[dict]) -> ToolMessage:
-        """Run a tool for real; identical calls on identical inputs are reused (segmentation takes seconds)."""
-        key = (name, json.dumps(args, sort_keys=True), tuple(a["id"] for a in history))
-        if key not in self.memo:
-            msg, _, produced = self.executor.run(
-                {"name": name, "args": args, "id": f"call_{name}"}, self.case, list(history)
-            )
-            self.memo[key] = (msg, produced)
-        msg, produced = self.memo[key]
+        """Run a tool for real; identical calls on identical inputs come from the executor's result cache
+        (segmentation takes seconds)."""
+        msg, _, produced = self.executor.run(
+            {"name": name, "args": args, "id": f"call_{name}"}, self.case, list(history)
+        )
         history.extend(produced)
         return msg
 

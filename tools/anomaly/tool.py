@@ -158,7 +158,8 @@ class ScoreAnomaly(MacroTool):
         modalities=(ANY_MODALITY,),
         dims=(2,),
         outputs={"heatmap": "heatmap"},
-        version="1.1.0",
+        version="1.2.0",
+        deterministic=True,
         cases=("wheel:pydicom/data/test_files/CT_small.dcm",),
         weights=SLOT.name,
         examples=(

@@ -89,7 +89,8 @@ class ClassifyLesion(MacroTool):
     spec = ToolSpec(
         modalities=("dermoscopy",),
         dims=(2,),
-        version="1.1.0",
+        version="1.2.0",
+        deterministic=True,
         cases=("derm-phantom",),
         weights=SLOTS["derm"].name,
         examples=(
@@ -158,7 +159,8 @@ class ClassifyFindings(MacroTool):
     spec = ToolSpec(
         modalities=("xray",),
         dims=(2,),
-        version="1.1.0",
+        version="1.2.0",
+        deterministic=True,
         cases=("cxr-phantom",),
         weights=SLOTS["cxr"].name,
         examples=(

@@ -42,7 +42,8 @@ class SegmentBrainTumor(MacroTool):
         modalities=("mri-multiseq",),
         dims=(3,),
         outputs={"mask": "mask", "uncertainty": "heatmap"},
-        version="1.1.0",
+        version="1.2.0",
+        deterministic=True,
         cases=("brain-mri-demo", "lowfield-sequences"),
         weights=SLOT.name,
         examples=(
@@ -98,6 +99,25 @@ class SegmentBrainTumor(MacroTool):
         ),
     )
 
+    @staticmethod
+    def _stream(ctx: ToolContext, args: SegmentArgs) -> dict:
+        """This thread's adaptation stream for the method: the adapted model (built on first use), the cases adapted
+        on so far, and those a cached result stood in for that the model has not yet seen. ``reset`` starts anew."""
+        key = f"segmentation:{args.adapt}"
+        if args.reset or key not in ctx.session:
+            ctx.session[key] = {"adapter": None, "seen": [], "pending": []}
+        return ctx.session[key]
+
+    def cache_state(self, ctx: ToolContext, args: SegmentArgs) -> str:
+        """The result depends on the volumes this thread's stream adapted on before (none after a reset)."""
+        stream = ctx.session.get(f"segmentation:{args.adapt}")
+        return "" if args.reset or stream is None else ",".join(stream["seen"])
+
+    def on_cache_hit(self, ctx: ToolContext, args: SegmentArgs) -> None:
+        stream = self._stream(ctx, args)
+        stream["seen"].append(ctx.case.id)
+        stream["pending"].append(ctx.case)
+
     def execute(self, ctx: ToolContext, args: SegmentArgs) -> ToolResult:
         import torch
 
@@ -106,14 +126,18 @@ class SegmentBrainTumor(MacroTool):
         from macro.tools.segmentation.tta import Adapter, TTAConfig, binary_entropy, hierarchy_fix
 
         model, cfg, manifest = source_model()
-        key = f"segmentation:{args.adapt}"
-        adapter = ctx.session.get(key)
-        if adapter is None or args.reset:
+        stream = self._stream(ctx, args)
+        if stream["adapter"] is None:
             import copy
 
-            adapter = ctx.session[key] = Adapter(copy.deepcopy(model), TTAConfig(method=args.adapt))
+            stream["adapter"] = Adapter(copy.deepcopy(model), TTAConfig(method=args.adapt))
+        adapter = stream["adapter"]
+        for earlier in stream["pending"]:  # volumes whose results came from the cache: adapt on them as a run would
+            adapter(torch.from_numpy(prepare(earlier.image, cfg.grid)[0])[None])
+        stream["pending"] = []
         image, window = prepare(ctx.case.image, cfg.grid)
         probs, stats = adapter(torch.from_numpy(image)[None])
+        stream["seen"].append(ctx.case.id)
         regions = to_regions(probs, window)
         labels = gli_labels(*regions)
         entropy = from_grid(binary_entropy(hierarchy_fix(probs))[0].mean(0, keepdim=True).numpy(), window)[0]

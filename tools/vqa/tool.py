@@ -121,7 +121,8 @@ class AnswerStepwise(MacroTool):
     spec = ToolSpec(
         modalities=("xray",),
         dims=(2,),
-        version="1.1.0",
+        version="1.2.0",
+        deterministic=True,
         weights=SLOT.name,
         outputs={"chain": "text"},
         cases=("cxr-phantom",),
