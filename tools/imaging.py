@@ -208,7 +208,9 @@ class RenderArgs(BaseModel):
 
 class RenderSlice(MacroTool):
     name: str = "render_slice"
-    description: str = "Render a slice to PNG with the tumour overlaid."
+    description: str = (
+        "Show the scan as a picture: a PNG of one slice (or the 2D image), the tumour overlaid when a mask exists."
+    )
     args_schema: type[BaseModel] = RenderArgs
     spec = ToolSpec(
         modalities=(ANY_MODALITY,),
