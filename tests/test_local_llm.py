@@ -48,7 +48,7 @@ def test_to_chat_renders_tools_calls_and_results_for_a_local_model():
         schemas,
     )
     assert [m["role"] for m in chat] == ["system", "user", "assistant", "tool"]
-    assert "- render_slice(): Show the scan as a picture" in chat[0]["content"]  # a one-channel 2D image: nothing to choose
+    assert "- render_slice(): Show the scan as a picture" in chat[0]["content"]  # 2D, one channel: no arguments
     assert "measure_volume" not in chat[0]["content"]
     assert "<tool_call>" in chat[0]["content"]
     assert chat[2]["content"] == '<tool_call>{"name": "render_slice", "arguments": {"axis": "axial"}}</tool_call>'
