@@ -86,9 +86,11 @@ def build_graph(
     max_steps: int = MAX_STEPS,
     checkpointer: Any = None,
     sessions: dict[str, dict] | None = None,
+    cache: bool = True,
 ):
-    """``sessions`` maps thread id → in-memory tool state (adapted models), kept for the life of the process."""
-    executor = ToolExecutor(registry, store)
+    """``sessions`` maps thread id → in-memory tool state (adapted models), kept for the life of the process;
+    ``cache``: reuse results of deterministic tools (:mod:`macro.tools.cache`)."""
+    executor = ToolExecutor(registry, store, cache)
     sessions = {} if sessions is None else sessions
 
     def policy_node(state: AgentState) -> dict:
@@ -252,8 +254,10 @@ class Agent:
         home: Home | None = None,
         max_steps: int = MAX_STEPS,
         memory: bool = True,
+        cache: bool = True,
     ):
-        """``memory``: give the policy hints from similar verified cases in the home's image memory, when it has any."""
+        """``memory``: give the policy hints from similar verified cases in the home's image memory, when it has any;
+        ``cache``: reuse results of deterministic tools kept under the home's artifacts."""
         self.home = (home or Home.current()).ensure()
         self.policy_id = policy_id
         self.registry = registry or load_composites(Registry.default(), self.home)
@@ -267,6 +271,7 @@ class Agent:
         self.checkpointer = SqliteSaver(conn)
         self.policy = policy
         self.max_steps = max_steps
+        self.cache = cache
         self.sessions: dict[str, dict] = {}
 
     def thread_case(self, thread_id: str) -> dict | None:
@@ -274,7 +279,9 @@ class Agent:
         return snapshot.values.get("case") if snapshot and snapshot.values else None
 
     def _graph(self, store: ArtifactStore):
-        return build_graph(self.policy, self.registry, store, self.max_steps, self.checkpointer, self.sessions)
+        return build_graph(
+            self.policy, self.registry, store, self.max_steps, self.checkpointer, self.sessions, self.cache
+        )
 
     def hints(self, case: Case, family: str) -> list[str]:
         if not self.use_memory or not self.home.memory.exists():

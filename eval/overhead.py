@@ -1,7 +1,8 @@
 """Agent overhead per tool call, and the embedded policy's generation speed on this CPU.
 
-Overhead = (time of a one-call agent turn with the scripted policy) − (time of the same tool called directly),
-both on the demo case, after one warm-up. The agent side includes the graph, argument validation, the SQLite
+Overhead = (time of a one-call agent turn with the scripted policy, result cache off) − (time of the same tool
+called directly), both on the demo case, after one warm-up; the same turn answered from the result cache is
+reported beside it. The agent side includes the graph, argument validation, the SQLite
 checkpoint and the trajectory write: everything a real turn pays apart from the policy's own thinking.
 
 The embedded policy's part: token and forward-pass figures for one first call on the demo case, then what a user
@@ -42,15 +43,16 @@ def run_overhead(home: Home, calls: int = 40, tokens: bool = True, episodes: int
             start = time.perf_counter()
             tool.execute(ctx, tool.args_schema(**ARGS))
             direct.append((time.perf_counter() - start) * 1000)
-        agent = Agent(
-            ScriptedPolicy(plan=[{"name": TOOL, "args": ARGS}]), "scripted", registry=registry, home=bench_home
-        )
-        through = []
-        for _ in range(calls + 1):
-            start = time.perf_counter()
-            agent.ask(case, QUESTION)
-            through.append((time.perf_counter() - start) * 1000)
-    direct, through = direct[1:], through[1:]
+        plan = ScriptedPolicy(plan=[{"name": TOOL, "args": ARGS}])
+        timings = {}
+        for cache in (False, True):  # the tool run every time, like the direct call; then its cached result
+            agent = Agent(plan, "scripted", registry=registry, home=bench_home, cache=cache)
+            timings[cache] = []
+            for _ in range(calls + 1):
+                start = time.perf_counter()
+                agent.ask(case, QUESTION)
+                timings[cache].append((time.perf_counter() - start) * 1000)
+    direct, through, cached = direct[1:], timings[False][1:], timings[True][1:]
     report = {
         "tool": TOOL,
         "case": case.id,
@@ -58,6 +60,7 @@ def run_overhead(home: Home, calls: int = 40, tokens: bool = True, episodes: int
         "direct_ms": p50_p95(direct),
         "agent_ms": p50_p95(through),
         "overhead_ms": p50_p95([a - d for a, d in zip(through, direct)]),
+        "agent_cached_ms": p50_p95(cached),
     }
     if tokens:
         report["embedded"] = embedded_speed(home, case)

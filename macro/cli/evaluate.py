@@ -181,6 +181,8 @@ def eval_overhead(
     typer.echo(f"  direct call      p50 {report['direct_ms']['p50']:.2f} ms  p95 {report['direct_ms']['p95']:.2f} ms")
     typer.echo(f"  through agent    p50 {report['agent_ms']['p50']:.2f} ms  p95 {report['agent_ms']['p95']:.2f} ms")
     typer.echo(f"  overhead/call    p50 {o['p50']:.2f} ms  p95 {o['p95']:.2f} ms")
+    c = report["agent_cached_ms"]
+    typer.echo(f"  agent, cached    p50 {c['p50']:.2f} ms  p95 {c['p95']:.2f} ms  (result from the tool cache)")
     if "embedded" in report:
         e = report["embedded"]
         typer.echo(
