@@ -115,13 +115,15 @@ def evaluate_first_calls(
         )
         if progress:
             progress(i + 1, len(rows))
-    by_tool = defaultdict(list)
+    by_tool, by_style = defaultdict(list), defaultdict(list)
     for r in results:
         by_tool[r["tool"]].append(r)
+        by_style[r.get("style", "")].append(r)
     return {
         "n": len(results),
         **_percent(results, FIRST_CALL_KEYS),
         "per_tool": {tool: {"n": len(rs), **_percent(rs, FIRST_CALL_KEYS)} for tool, rs in sorted(by_tool.items())},
+        "per_style": {s: {"n": len(rs), **_percent(rs, FIRST_CALL_KEYS)} for s, rs in sorted(by_style.items()) if s},
         "decision_seconds": p50_p95([r["seconds"] for r in results if r["seconds"] is not None]),
         "rows": results,
     }

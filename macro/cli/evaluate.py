@@ -152,6 +152,8 @@ def eval_policy(
         for tool, r in [*first["per_tool"].items(), ("all", first)]:
             cells = " ".join(f"{r[k]:5.1f}%" for k in ("parseable", "valid", "right_tool", "exact_args"))
             typer.echo(f"  {tool:<20} {r['n']:>3} {cells}")
+        styles = ", ".join(f"{s} {r['right_tool']:.0f}/{r['exact_args']:.0f}" for s, r in first["per_style"].items())
+        typer.echo(f"  by style (right tool / exact args %): {styles}")
         if "episodes" in part:
             e = part["episodes"]
             typer.echo(
