@@ -70,13 +70,21 @@ def decide(
     policy: BaseChatModel, registry: Registry, case: Case, messages: list, have: frozenset[str] = frozenset()
 ) -> AIMessage:
     """One decision of the policy on ``case`` with the case's tools offered. A policy that decodes under a grammar
-    (``constrained``) is told which of them can run now, given the artifact kinds the thread has (``have``): a
-    call whose input nothing has made yet (a volume before any mask) then cannot be written, so it cannot fail."""
+    (``constrained``) is told which of them must wait for another call, given the artifact kinds the thread has
+    (``have``): a call whose input nothing has made yet (a volume before any mask) then cannot be written, so it
+    cannot fail, and the prompt says which call comes first."""
     tools = registry.for_case(case)
     options = {}
     if getattr(policy, "constrained", False):
-        options["ready"] = [t.name for t in tools if registry.prerequisites(t, case, have) == []]
+        options["waiting"] = waiting(registry, case, tools, have)
     return policy.bind_tools(tools).invoke(messages, **options)
+
+
+def waiting(registry: Registry, case: Case, tools: list, have: frozenset[str]) -> dict[str, list[str]]:
+    """The offered tools that cannot run yet on ``case`` given the artifact kinds ``have``, each with the calls that
+    must come first."""
+    plans = {t.name: registry.prerequisites(t, case, have) for t in tools}
+    return {name: plan for name, plan in plans.items() if plan}
 
 
 def build_graph(

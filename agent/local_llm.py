@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -216,21 +216,22 @@ class LocalChatModel(BaseChatModel):
         stop: list[str] | None = None,
         run_manager: Any = None,
         tools: list[dict] | None = None,
-        ready: Sequence[str] | None = None,
+        waiting: Mapping[str, Sequence[str]] | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        """``ready``: names of the offered tools that can run now (all when None); the grammar admits calls of
-        these only, while the prompt still lists every offered tool, as in training."""
+        """``waiting``: offered tools whose input does not exist yet, each with the calls that make it; the prompt
+        lists them with those calls (as in training) and the grammar admits no call of them."""
         import torch
 
+        waiting = waiting or {}
         self.load()
-        chat = to_chat(messages, tools)
+        chat = to_chat(messages, tools, waiting)
         ids = self._tokenizer.apply_chat_template(
             chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         start = time.perf_counter()
         prompt_length = int(ids["input_ids"].shape[1])
-        callable_now = [t for t in tools or [] if ready is None or t["function"]["name"] in ready]
+        callable_now = [t for t in tools or [] if t["function"]["name"] not in waiting]
         guide = self._constraint.guide(callable_now) if self._constraint else None
         with torch.inference_mode():
             cache = self._prefix_cache(chat[0], ids["input_ids"]) if chat and chat[0]["role"] == "system" else None

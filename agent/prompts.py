@@ -7,7 +7,7 @@ trained on exactly the text it later sees. Only tools that accept the case are l
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
@@ -26,8 +26,9 @@ def system_message(case_summary: str, hints: Sequence[str] = ()) -> SystemMessag
     return SystemMessage("\n".join(lines))
 
 
-def tool_line(schema: dict) -> str:
-    """``- name(arg: a|b = a, n: int): description`` from an OpenAI-style function schema."""
+def tool_line(schema: dict, first: Sequence[str] = ()) -> str:
+    """``- name(arg: a|b = a, n: int): description`` from an OpenAI-style function schema; ``first`` names the calls
+    that must run before this tool can (its input does not exist yet), said at the end of the line."""
     fn = schema.get("function", schema)
     params = []
     for arg, prop in (fn.get("parameters") or {}).get("properties", {}).items():
@@ -35,7 +36,8 @@ def tool_line(schema: dict) -> str:
         kind = "|".join(map(str, prop["enum"])) if "enum" in prop else prop.get("type", "any")
         default = f" = {json.dumps(prop['default'])}" if prop.get("default") is not None else ""
         params.append(f"{arg}: {kind}{default}")
-    return f"- {fn['name']}({', '.join(params)}): {fn.get('description', '')}"
+    line = f"- {fn['name']}({', '.join(params)}): {fn.get('description', '')}"
+    return line + (f" First run: {', '.join(first)}." if first else "")
 
 
 def _collapse(prop: dict) -> dict:
@@ -46,14 +48,19 @@ def _collapse(prop: dict) -> dict:
     return prop
 
 
-def to_chat(messages: Sequence[BaseMessage], tools: Sequence[dict] | None) -> list[dict[str, Any]]:
-    """LangChain messages -> role/content dicts in the local tool-call format, tools inside the system turn."""
+def to_chat(
+    messages: Sequence[BaseMessage], tools: Sequence[dict] | None, waiting: Mapping[str, Sequence[str]] | None = None
+) -> list[dict[str, Any]]:
+    """LangChain messages -> role/content dicts in the local tool-call format, tools inside the system turn.
+    ``waiting`` maps an offered tool whose input does not exist yet to the calls that make it (shown on its line)."""
+    waiting = waiting or {}
     chat: list[dict[str, Any]] = []
     for msg in messages:
         if isinstance(msg, SystemMessage):
             content = msg.text
             if tools:
-                content += "\nTools:\n" + "\n".join(tool_line(t) for t in tools) + "\n" + CALL_RULE
+                lines = [tool_line(t, waiting.get(t.get("function", t)["name"], ())) for t in tools]
+                content += "\nTools:\n" + "\n".join(lines) + "\n" + CALL_RULE
             chat.append({"role": "system", "content": content})
         elif isinstance(msg, HumanMessage):
             chat.append({"role": "user", "content": msg.text})

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from macro.agent.graph import Agent, compose_answer
 from macro.agent.scripted import ScriptedPolicy, plan_for
+from macro.artifacts import ArtifactStore
 from macro.cli import app
 from macro.config import Home
 from macro.tools.executor import Step
@@ -196,7 +197,9 @@ def test_threads_resume_after_restart_and_trajectories_are_stored(demo, home):
     assert restarted.thread_case(first.thread_id)["id"] == demo.id
     second = restarted.ask(None, "Now describe the scan.", thread_id=first.thread_id)
     assert [s["tool"] for s in second.trajectory.steps] == ["describe_scan"]
-    snapshot = restarted._graph(None).get_state({"configurable": {"thread_id": first.thread_id}})
+    snapshot = restarted._graph(ArtifactStore(restarted.home.artifacts)).get_state(
+        {"configurable": {"thread_id": first.thread_id}}
+    )
     assert sum(isinstance(m, HumanMessage) for m in snapshot.values["messages"]) == 2
     stored = TrajectoryStore(Home(home).trajectories_db).list(thread_id=first.thread_id)
     assert [t.question for t in stored] == ["What is the enhancing tumour volume?", "Now describe the scan."]
@@ -272,7 +275,11 @@ def test_a_repeated_call_ends_the_turn_instead_of_looping(demo, home):
     assert lead.startswith("Here is the axial slice")  # the last result first, never the loop guard's note
     assert rest[0].startswith("Caveat: the policy asked to repeat a call it had already made")
     assert "mri-multiseq" in result.answer
-    messages = agent._graph(None).get_state({"configurable": {"thread_id": result.thread_id}}).values["messages"]
+    messages = (
+        agent._graph(ArtifactStore(agent.home.artifacts))
+        .get_state({"configurable": {"thread_id": result.thread_id}})
+        .values["messages"]
+    )
     answered = {m.tool_call_id for m in messages if m.type == "tool"}
     assert all(c["id"] in answered for m in messages if m.type == "ai" for c in m.tool_calls)
     assert messages[-1].type == "ai"
@@ -301,9 +308,9 @@ def test_a_constrained_policy_may_only_call_tools_whose_inputs_exist(tmp_path, d
     decide(policy, registry, bare, [HumanMessage("How big is the tumour?")])
     decide(policy, registry, bare, [HumanMessage("And now?")], frozenset({"mask"}))
     decide(policy, registry, demo, [HumanMessage("How big is the tumour?")])
-    before, after, reference = (set(o["ready"]) for o in policy.options)
-    assert "segment_brain_tumor" in before and "measure_volume" not in before
-    assert "measure_volume" in after and "measure_volume" in reference
+    before, after, reference = (o["waiting"] for o in policy.options)
+    assert before == {"measure_volume": ["segment_brain_tumor"]}
+    assert after == {} and reference == {}
     plain = Recording(replies=["The answer."], constrained=False, options=[])
     decide(plain, registry, bare, [HumanMessage("How big is the tumour?")])
     assert plain.options == [{}]  # a server-side backend is not sent an option it does not know

@@ -9,7 +9,7 @@ from pydicom.data import get_testdata_file
 
 from macro.agent.grammar import Constraint
 from macro.agent.local_llm import LocalChatModel
-from macro.agent.prompts import system_message
+from macro.agent.prompts import system_message, to_chat
 from macro.agent.toolcall import format_call, parse_calls
 from macro.case import load_case
 from macro.tools.base import admits
@@ -80,16 +80,23 @@ def test_a_random_model_under_the_grammar_only_writes_valid_calls_or_answers(tin
 
 @pytest.mark.slow
 def test_only_the_tools_that_can_run_now_may_be_called(tiny_model):
-    """``ready`` narrows the grammar, not the prompt: with none ready the reply is an answer, with one ready any
-    call is of that tool."""
+    """``waiting`` narrows the grammar and says on the tool's line which call comes first: with every tool waiting
+    the reply is an answer, with one left any call is of that tool."""
     case = load_case(get_testdata_file("CT_small.dcm"))
     tools = Registry.default().for_case(case)
     model = LocalChatModel(model_path=str(tiny_model), max_new_tokens=40)
-    for ready in ([], ["describe_scan"]):
+    names = [t.name for t in tools]
+    for left in ([], ["describe_scan"]):
+        waiting = {name: ["describe_scan"] for name in names if name not in left}
         for question in ("Is anything anomalous?", "Show me the image.", "Describe it."):
             messages = [system_message(case.summary()), HumanMessage(question)]
-            ai = model.bind_tools(tools).invoke(messages, ready=ready)
-            assert {c["name"] for c in ai.tool_calls} <= set(ready), ai.response_metadata["raw"]
+            ai = model.bind_tools(tools).invoke(messages, waiting=waiting)
+            assert {c["name"] for c in ai.tool_calls} <= set(left), ai.response_metadata["raw"]
+    chat = to_chat(
+        [system_message(case.summary())], [convert_to_openai_tool(t) for t in tools], {"render_slice": ["x"]}
+    )
+    assert "- render_slice(): Show the scan as a picture: a PNG of one slice" in chat[0]["content"]
+    assert "the tumour overlaid when a mask exists. First run: x." in chat[0]["content"]
 
 
 def test_free_values_are_bounded_so_every_call_can_end(constraint):

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from macro.agent.graph import waiting
 from macro.agent.prompts import system_message, to_chat
 from macro.artifacts import ArtifactStore
 from macro.case import Case
@@ -28,7 +29,7 @@ from macro.tools.executor import ToolExecutor
 from macro.tools.registry import Registry
 
 HELD_OUT_EVERY = 5
-PER_CASE = 24  # first-call rows per tool on every case that offers it: on each case every offered tool is as likely
+PER_CASE = 32  # first-call rows per tool on every case that offers it: on each case every offered tool is as likely
 # a first call as another, so the request decides the tool, not the case (with 30 rows per tool spread over the
 # cases, brain MRI requests collapsed to the segmentation, which the most rows there began with)
 OPENERS = ["", "", "", "Hi. ", "Hello, ", "Please: ", "Quick question: ", "Doctor here. ", "OK. "]
@@ -116,9 +117,19 @@ def contexts(cases: Iterable[Case], registry: Registry, workdir: Path) -> list[C
 
 
 def _row(
-    ctx: Context, messages: Sequence[BaseMessage], target: AIMessage, kind: str, tool: str | None, args: dict | None
+    ctx: Context,
+    messages: Sequence[BaseMessage],
+    target: AIMessage,
+    kind: str,
+    tool: str | None,
+    args: dict | None,
+    history: Sequence[dict] = (),
 ) -> dict:
-    chat = to_chat([system_message(ctx.case.summary()), *messages, target], ctx.schemas)
+    """One training row: the conversation so far rendered as at run time (tools waiting for an input the thread's
+    artifacts ``history`` lacks say which call comes first), and the reply to learn."""
+    have = frozenset(a.get("kind") for a in history)
+    waits = waiting(ctx.registry, ctx.case, ctx.tools, have)
+    chat = to_chat([system_message(ctx.case.summary()), *messages, target], ctx.schemas, waits)
     user = next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
     return {
         "prompt": chat[:-1],
@@ -168,7 +179,7 @@ def _turn(
         plan = ctx.plan(tool, args, history)
         for i, (name, call_args) in enumerate(plan):
             call = _call(ctx, name, call_args)
-            rows.append(_row(ctx, messages, call, kind if i == 0 else "chain", name, call_args))
+            rows.append(_row(ctx, messages, call, kind if i == 0 else "chain", name, call_args, history))
             result = ctx.run(name, call_args, history)
             messages += [call, result]
             if name == tool.name:
@@ -176,7 +187,7 @@ def _turn(
     if any(r.status == "error" for r in answered):
         return [], messages  # an example whose arguments do not fit this case (no such sequence) teaches nothing
     answer = _answer(rng, answered)
-    rows.append(_row(ctx, messages, answer, "answer", None, None))
+    rows.append(_row(ctx, messages, answer, "answer", None, None, history))
     return rows, [*messages, answer]
 
 

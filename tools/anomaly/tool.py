@@ -195,6 +195,12 @@ class ScoreAnomaly(MacroTool):
             ToolExample(request="Quelque chose d'inhabituel sur cette coupe ?", args={}),
             ToolExample(request="¿Se ve algo raro?", args={}),
             ToolExample(request="C'è qualcosa di anomalo?", args={}),
+            ToolExample(request="does anything look strange here?", args={}),
+            ToolExample(request="is something off with this image?", args={}),
+            ToolExample(request="anything odd?", args={}),
+            ToolExample(request="Sieht das Bild normal aus?", args={}),
+            ToolExample(request="Est-ce que quelque chose cloche ?", args={}),
+            ToolExample(request="¿Es normal esta imagen?", args={}),
         ),
     )
 

@@ -128,6 +128,12 @@ class ClassifyLesion(MacroTool):
             ToolExample(request="È un melanoma?", args={}),
             ToolExample(request="classify this mole pls", args={}),
             ToolExample(request="Is it benign?", args={}),
+            ToolExample(request="is this mole bad?", args={}),
+            ToolExample(request="should i get this spot checked?", args={}),
+            ToolExample(request="is this skin cancer or just a mole", args={}),
+            ToolExample(request="what is this dark spot", args={}),
+            ToolExample(request="Ist dieser Leberfleck gefährlich?", args={}),
+            ToolExample(request="Ce grain de beauté est-il inquiétant ?", args={}),
         ),
     )
 
@@ -209,6 +215,12 @@ class ClassifyFindings(MacroTool):
             ToolExample(request="C'è un versamento?", args={}),
             ToolExample(request="Probabilities for each thoracic finding, please.", args={"top_k": 14}),
             ToolExample(request="Classify the findings on this film.", args={}),
+            ToolExample(request="are my lungs ok?", args={}),
+            ToolExample(request="anything wrong on my x-ray?", args={}),
+            ToolExample(request="do i have pneumonia?", args={}),
+            ToolExample(request="is the radiograph normal?", args={}),
+            ToolExample(request="Sind die Lungen frei?", args={}),
+            ToolExample(request="¿Hay neumonía?", args={}),
         ),
     )
 

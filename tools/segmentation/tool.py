@@ -96,6 +96,10 @@ class SegmentBrainTumor(MacroTool):
             ToolExample(request="Segmenta il tumore.", args={}),
             ToolExample(request="Reset the adaptation before segmenting.", args={"reset": True}),
             ToolExample(request="Show me where the tumour is with a mask.", args={}),
+            ToolExample(request="Segment with the plain source model, no adaptation.", args={"adapt": "none"}),
+            ToolExample(request="Just run the base model without adapting.", args={"adapt": "none"}),
+            ToolExample(request="find the tumor for me", args={}),
+            ToolExample(request="Segmentá el tumor, por favor.", args={}),
         ),
     )
 

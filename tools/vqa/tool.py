@@ -179,6 +179,10 @@ class AnswerStepwise(MacroTool):
                 args={"question": "What's the density of the lesion?"},
             ),
             ToolExample(request="Justify the diagnosis with each diagnostic step.", args={}),
+            ToolExample(request="how did you figure out the diagnosis? show me the steps", args={}),
+            ToolExample(request="talk me through it step by step", args={}),
+            ToolExample(request="Zeig mir deinen Gedankengang zur Diagnose.", args={}),
+            ToolExample(request="Étape par étape, quel est le diagnostic ?", args={}),
         ),
     )
 
