@@ -164,6 +164,12 @@ class DescribeScan(MacroTool):
                 "Describe it for me.",
                 "Welche Auflösung hat das Bild?",
                 "¿Qué modalidad es?",
+                "Beschreiben Sie bitte die Untersuchung.",
+                "Was zeigt diese Aufnahme? Bitte beschreiben.",
+                "Décrivez cet examen.",
+                "Fais-moi une description de l'image.",
+                "Descríbeme este estudio.",
+                "Descrivimi la scansione.",
             )
         ),
     )
@@ -349,6 +355,13 @@ class RenderSlice(MacroTool):
             ToolExample(request="sagittal view of the T1", args={"axis": "sagittal", "sequence": "t1"}),
             ToolExample(request="Show me the coronal.", args={"axis": "coronal"}),
             ToolExample(request="Just the FLAIR, please.", args={"sequence": "flair"}),
+            ToolExample(request="middle slice please", args={}),
+            ToolExample(request="Show the central slice.", args={}),
+            ToolExample(request="Quiero ver un corte coronal.", args={"axis": "coronal"}),
+            ToolExample(request="Enséñame el corte central.", args={}),
+            ToolExample(request="Montre-moi la coupe coronale.", args={"axis": "coronal"}),
+            ToolExample(request="Let me view the FLAIR.", args={"sequence": "flair"}),
+            ToolExample(request="Can I look at the T1?", args={"sequence": "t1"}),
         ),
         follow_ups=(
             ToolExample(request="Now the coronal one.", args={"axis": "coronal"}),

@@ -40,7 +40,7 @@ class SFTRecipe:
     """Every hyperparameter of the cold start in one place (recorded in the manifest)."""
 
     seed: int = 0
-    epochs: float = 1.0
+    epochs: float = 2.0
     learning_rate: float = 1e-3
     batch_size: int = 2  # packed sequences per optimizer step (each holds many rows, see pack_tokens)
     pack_tokens: int = 1024  # tokens per packed sequence: one system turn + the rows that share it

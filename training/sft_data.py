@@ -39,7 +39,6 @@ SMALL_TALK = [
     ("Hello!", "Hello. Ask me about this scan: I can describe, render and measure it."),
     ("Who are you?", "I am MACRO, a medical imaging assistant. I answer from tool results, not guesses."),
     ("Thanks, that's all.", "You're welcome."),
-    ("Can you diagnose me?", "I am a research tool, not a doctor. I can measure and describe this scan."),
 ]
 OUT_OF_SCOPE = [
     "What's the weather like today?",
@@ -202,7 +201,9 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
       segmentation);
     - recovery: after a failed call (a tool the case does not offer, a tool run before its input exists), the
       right call;
-    - "no offered tool can answer that" for requests of tools the case does not offer and off-topic ones;
+    - "no offered tool can answer that" for off-topic requests (not for requests of tools other cases offer: "Is
+      this malignant?" is another tool's request on a chest film but this case's on a skin lesion, and trained
+      both ways the policy refused the skin lesion's own question);
     - small talk.
     """
     rows: list[dict] = []
@@ -228,17 +229,12 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
                 second, convo = _turn(ctx, rng, convo, perturb(e.request, rng), [(t, e.args)], history, "follow_up")
                 rows += second
         rows += _recovery_rows(ctx, rng, train)
-        offered = ctx.names()
-        elsewhere = [
-            ex.request
-            for t in ctx.registry.atomic().values()
-            if t.name not in offered
-            for ex in split_examples(t, "train")[:3]
-        ]
         cannot = (
-            "None of the tools offered for this scan can answer that. I can use: " + ", ".join(sorted(offered)) + "."
+            "None of the tools offered for this scan can answer that. I can use: "
+            + ", ".join(sorted(ctx.names()))
+            + "."
         )
-        for request in rng.sample(elsewhere, k=min(4, len(elsewhere))) + rng.sample(OUT_OF_SCOPE, k=2):
+        for request in rng.sample(OUT_OF_SCOPE, k=3):
             rows.append(_row(ctx, [HumanMessage(perturb(request, rng))], AIMessage(cannot), "no_tool", None, None))
         for request, reply in SMALL_TALK:
             rows.append(_row(ctx, [HumanMessage(request)], AIMessage(reply), "small_talk", None, None))

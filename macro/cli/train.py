@@ -25,13 +25,14 @@ OUT_HELP = (
 @train.command("sft")
 def train_sft_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
-    epochs: float = typer.Option(1.0),
+    epochs: float = typer.Option(2.0),
     max_steps: int = typer.Option(-1, help="stop early (smoke runs)"),
     seed: int = typer.Option(0),
     eval_prompts: int = typer.Option(100, help="hand-written held-out requests scored after training (at most)"),
     base: Optional[Path] = typer.Option(None, help="base model folder (default: the converted embedded SmolLM2)"),
 ):
-    """LoRA SFT cold start of the local policy on tool-use dialogues (TRL SFTTrainer + PEFT)."""
+    """LoRA SFT cold start of the local policy on tool-use dialogues (PEFT; a case's rows packed behind their
+    shared system turn)."""
     from macro.agent.local_llm import ADAPTER, embedded_base
     from macro.training.sft import SFTRecipe, train_sft, training_cases
 

@@ -100,6 +100,9 @@ class SegmentBrainTumor(MacroTool):
             ToolExample(request="Just run the base model without adapting.", args={"adapt": "none"}),
             ToolExample(request="find the tumor for me", args={}),
             ToolExample(request="Segmentá el tumor, por favor.", args={}),
+            ToolExample(request="segment it using tent", args={"adapt": "tent"}),
+            ToolExample(request="TENT adaptation, then segment.", args={"adapt": "tent"}),
+            ToolExample(request="Give me the unadapted source model's segmentation.", args={"adapt": "none"}),
         ),
     )
 
