@@ -66,8 +66,9 @@ def test_greedy_decode_matches_generate_and_feeds_forced_tokens_in_one_pass(tiny
     ids = tokenizer("Describe this scan.", return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         reference = model.generate(input_ids=ids, max_new_tokens=10, min_new_tokens=10, do_sample=False)
-        tokens, forwards = greedy_decode(model, ids, None, eos=-1, limit=10)
-    assert tokens == reference[0, ids.shape[1] :].tolist()
+        tokens, forwards = greedy_decode(model, ids, None, eos=-1, limit=10, lookup=False)
+        drafted, _ = greedy_decode(model, ids, None, eos=-1, limit=10)
+    assert tokens == drafted == reference[0, ids.shape[1] :].tolist()
     assert forwards == 10
     case = load_case(get_testdata_file("CT_small.dcm"))
     tools = [convert_to_openai_tool(t) for t in Registry.default().for_case(case)]
@@ -80,3 +81,56 @@ def test_greedy_decode_matches_generate_and_feeds_forced_tokens_in_one_pass(tiny
     (parsed,), errors = parse_calls(text)
     assert not errors and parsed["name"] in {t["function"]["name"] for t in tools}
     assert forwards < len(tokens) / 2
+
+
+class _Cache:
+    """Stands in for a KV cache: only its length matters to the decoder."""
+
+    def __init__(self):
+        self.length = 0
+
+    def get_seq_length(self):
+        return self.length
+
+    def crop(self, n):  # transformers' convention: a negative count of tokens to drop
+        assert n < 0 and -n <= self.length
+        self.length += n
+
+
+class _Copier:
+    """A scripted model: after token t it predicts ``follow[t]`` (the end, 0, for tokens it has no rule for)."""
+
+    def __init__(self, follow: dict[int, int], vocab: int = 32):
+        self.follow, self.vocab = follow, vocab
+        self.fed: list[list[int]] = []
+
+    def __call__(self, input_ids, cache, use_cache, logits_to_keep):
+        import torch
+
+        ids = input_ids[0].tolist()
+        self.fed.append(ids)
+        cache.length += len(ids)
+        logits = torch.zeros(len(ids), self.vocab)
+        for row, token in enumerate(ids):
+            logits[row, self.follow.get(token, 0)] = 1.0
+        return type("Out", (), {"logits": logits[-logits_to_keep:].unsqueeze(0)})()
+
+
+def test_prompt_lookup_copies_a_quoted_sentence_in_few_passes_with_the_same_tokens():
+    import torch
+
+    from macro.agent.local_llm import greedy_decode
+
+    sentence = list(range(5, 25))  # the tool's sentence in the prompt, which the answer then repeats
+    follow = {t: t + 1 for t in sentence[:-1]} | {3: 5}
+    prompt = torch.tensor([[1, 2, *sentence, 4, 3]])
+    plain = _Copier(follow)
+    tokens, passes = greedy_decode(plain, prompt, _Cache(), eos=0, limit=40, lookup=False)
+    assert tokens == sentence and passes == len(sentence) + 1
+    copier = _Copier(follow)
+    drafted, fewer = greedy_decode(copier, prompt, _Cache(), eos=0, limit=40)
+    assert drafted == sentence
+    assert fewer <= 5
+    wrong = _Copier(follow | {9: 20})  # the model leaves the quoted text: the rest of the draft is dropped
+    tokens, _ = greedy_decode(_Copier(follow | {9: 20}), prompt, _Cache(), eos=0, limit=40, lookup=False)
+    assert greedy_decode(wrong, prompt, _Cache(), eos=0, limit=40)[0] == tokens == [5, 6, 7, 8, 9, 20, 21, 22, 23, 24]
