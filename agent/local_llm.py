@@ -226,8 +226,8 @@ class LocalChatModel(BaseChatModel):
     With ``constrained`` (the default) every decision is decoded under the offered tools' grammar
     (:mod:`macro.agent.grammar`), so a call is always parseable and valid against its schema. Without it (for
     comparison), malformed calls come back as ``invalid_tool_calls`` so the graph can ask again instead of crashing.
-    ``lookup`` (the default) drafts from the prompt (:func:`greedy_decode`): same tokens, fewer passes. Generation statistics (prompt tokens, new tokens, forward passes, seconds) are in ``response_metadata`` for
-    benchmarks.
+    ``lookup`` (the default) drafts from the prompt (:func:`greedy_decode`): same tokens, fewer passes. Generation
+    statistics (prompt tokens, new tokens, forward passes, seconds) are in ``response_metadata`` for benchmarks.
     """
 
     model_path: str
@@ -284,7 +284,13 @@ class LocalChatModel(BaseChatModel):
             cache = self._prefix_cache(chat[0], ids["input_ids"]) if chat and chat[0]["role"] == "system" else None
             cached = 0 if cache is None else cache.get_seq_length()
             tokens, forwards = greedy_decode(
-                self._model, ids["input_ids"], cache, self._tokenizer.eos_token_id, self.max_new_tokens, guide, self.lookup
+                self._model,
+                ids["input_ids"],
+                cache,
+                self._tokenizer.eos_token_id,
+                self.max_new_tokens,
+                guide,
+                self.lookup,
             )
         seconds = time.perf_counter() - start
         text = self._tokenizer.decode(tokens, skip_special_tokens=True).strip()
