@@ -210,7 +210,6 @@ def greedy_decode(
         tokens += new
         if stop:
             break
-        matched = min(matched, len(draft))
         while matched < len(new) and matched < len(draft) and new[matched] == draft[matched]:
             matched += 1
         stale = len(draft) - matched  # keys of drafted tokens that did not stand
