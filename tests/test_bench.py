@@ -145,6 +145,11 @@ def test_bench_slice_writes_the_report_and_resumes_without_rerunning(tmp_path, h
     assert report["agents"]["static"]["held_out"]["tool_selection"] == 100.0
     assert "macro" in report["skipped"]["agents"]
     assert "claim" in report["analysis"]
+    static = report["analysis"]["components"]["held_out"]["static"]
+    assert static["tasks"] == 6 and static["ci"][0] <= static["delta"] <= static["ci"][1]
+    assert 0 <= static["p_mcnemar"] <= 1 and static["min_detectable"] is None  # 6 pairs detect nothing
+    size = report["analysis"]["size"]
+    assert size["tasks_per_split"] == 6 and size["n_eval_for_claim"] * 6 >= size["needed_for_claim"] > 6
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 12 + 3 * 12
     again = CliRunner().invoke(app, args)

@@ -1,29 +1,22 @@
 """MACRO-Bench figures: per agent and split, success with a seed-stratified 95 % bootstrap CI and MedCTA-style
-process metrics; per family success; and the component analysis the issue asks for (what memory, composites
-and their combination change against zero-shot ReAct, with paired bootstrap CIs), stated plainly.
+process metrics; per family success; and the component analysis (what every other agent, memory and composites
+included, changes against zero-shot ReAct on the same tasks: paired bootstrap CI, McNemar p, and the smallest
+difference the run's size can detect), stated plainly. The statistics are :mod:`macro.stats`.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-BOOTSTRAP = 2000
+from macro.stats import bootstrap_ci, min_detectable_difference, paired, pairs_needed
+
 CLAIM_POINTS = 10.0
-
-
-def _bootstrap(values_by_seed: dict[int, list[float]], rng: np.random.Generator) -> tuple[float, float]:
-    """Resample episodes within each seed (stratified), 2.5/97.5 percentiles of the pooled mean, in points."""
-    groups = [np.asarray(v, dtype=float) for v in values_by_seed.values() if v]
-    if not groups:
-        return (0.0, 0.0)
-    means = []
-    for _ in range(BOOTSTRAP):
-        means.append(np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups]).mean())
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return (round(100 * lo, 2), round(100 * hi, 2))
+PLANNING_DISCORDANCE = 0.2  # share of tasks two agents disagree on, assumed for the detectable difference when a run
+# shows fewer (identical agents disagree on none, which says nothing about the benchmark's size)
 
 
 def _mean(values) -> float | None:
@@ -31,14 +24,15 @@ def _mean(values) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
-def _cell(rows: list[dict], rng: np.random.Generator) -> dict:
+def _cell(rows: list[dict]) -> dict:
     by_seed = defaultdict(list)
     for r in rows:
         by_seed[r["seed"]].append(float(r["success"]))
     solved = [r for r in rows if r["success"]]
+    ci = bootstrap_ci([float(r["success"]) for r in rows], strata=[r["seed"] for r in rows])
     return {
         "success": round(100 * float(np.mean([r["success"] for r in rows])), 2),
-        "ci": list(_bootstrap(by_seed, rng)),
+        "ci": [round(100 * v, 2) for v in ci],
         "per_seed": {str(s): round(100 * float(np.mean(v)), 2) for s, v in sorted(by_seed.items())},
         "tool_selection": round(100 * _mean(r["tool_selection"] for r in rows), 2),
         "arg_validity": _points(_mean(r.get("arg_validity") for r in rows)),
@@ -56,19 +50,23 @@ def _points(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 2)
 
 
-def _paired_delta(rows: list[dict], a: str, b: str, split: str, rng: np.random.Generator) -> dict | None:
-    """Success of agent ``a`` minus agent ``b`` on the same tasks, with a paired bootstrap CI, in points."""
+def _paired_delta(rows: list[dict], a: str, b: str, split: str) -> dict | None:
+    """Success of agent ``a`` minus agent ``b`` on the same tasks, in points: paired bootstrap CI, exact McNemar p, and
+    the smallest difference this many pairs detect (80 % power, two-sided 5 %) at the discordance seen, or at
+    :data:`PLANNING_DISCORDANCE` when fewer tasks differ."""
     wins = {r["task"]: float(r["success"]) for r in rows if r["agent"] == a and r["split"] == split}
     base = {r["task"]: float(r["success"]) for r in rows if r["agent"] == b and r["split"] == split}
     common = sorted(set(wins) & set(base))
     if not common:
         return None
-    diffs = np.asarray([wins[t] - base[t] for t in common])
-    boots = [diffs[rng.integers(0, len(diffs), len(diffs))].mean() for _ in range(BOOTSTRAP)]
-    lo, hi = np.percentile(boots, [2.5, 97.5])
+    d = paired([wins[t] for t in common], [base[t] for t in common])
+    mdd = min_detectable_difference(len(common), max(d["discordant"], PLANNING_DISCORDANCE))
     return {
-        "delta": round(100 * float(diffs.mean()), 2),
-        "ci": [round(100 * lo, 2), round(100 * hi, 2)],
+        "delta": round(100 * d["delta"], 2),
+        "ci": [round(100 * v, 2) for v in d["ci"]],
+        "p_mcnemar": round(d["p_mcnemar"], 4),
+        "discordant": round(100 * d["discordant"], 2),
+        "min_detectable": round(100 * mdd, 2) if np.isfinite(mdd) else None,
         "tasks": len(common),
     }
 
@@ -76,7 +74,6 @@ def _paired_delta(rows: list[dict], a: str, b: str, split: str, rng: np.random.G
 def summarise(
     rows: list[dict], train_rows: list[dict], cfg: dict, evolution: dict, skipped: dict, seconds: float
 ) -> dict:
-    rng = np.random.default_rng(0)
     agents = list(dict.fromkeys(r["agent"] for r in rows))
     report: dict = {
         "agents": {},
@@ -94,7 +91,7 @@ def summarise(
     }
     for agent in agents:
         report["agents"][agent] = {
-            split: _cell([r for r in rows if r["agent"] == agent and r["split"] == split], rng)
+            split: _cell([r for r in rows if r["agent"] == agent and r["split"] == split])
             for split in ("held_out", "ood")
             if any(r["agent"] == agent and r["split"] == split for r in rows)
         }
@@ -109,12 +106,19 @@ def summarise(
     analysis = {"full_agent": full, "components": {}}
     for split in ("held_out", "ood"):
         analysis["components"][split] = {
-            name: _paired_delta(rows, name, "react", split, rng)
-            for name in agents
-            if name.startswith(("react+", "macro"))
+            name: _paired_delta(rows, name, "react", split) for name in agents if name != "react"
         }
     held = report["agents"].get(full, {}).get("held_out")
     base = report["agents"].get("react", {}).get("held_out")
+    if base:
+        needed = math.ceil(pairs_needed(CLAIM_POINTS / 100, PLANNING_DISCORDANCE))
+        per_task = base["episodes"] / cfg["n_eval"]  # tasks a split gains per unit of n_eval (families x seeds)
+        analysis["size"] = {
+            "tasks_per_split": base["episodes"],
+            "needed_for_claim": needed,
+            "n_eval_for_claim": math.ceil(needed / per_task),
+            "planning_discordance": PLANNING_DISCORDANCE,
+        }
     if held and base:
         gain = round(held["success"] - base["success"], 2)
         fewer = (held["calls_per_solved"] or float("inf")) < (base["calls_per_solved"] or float("inf"))
@@ -175,8 +179,18 @@ def markdown(report: dict) -> str:
             if d:
                 lines.append(
                     f"* {split}, {name}: {d['delta']:+.1f} points [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}] over "
-                    f"{d['tasks']} tasks"
+                    f"{d['tasks']} tasks (McNemar p = {d['p_mcnemar']:.3f}; {d['discordant']:.0f} % of tasks differ; "
+                    f"smallest difference detectable at this size: {_fmt(d['min_detectable'])} points)"
                 )
+    size = analysis.get("size")
+    if size:
+        lines += [
+            "",
+            f"Size: {size['tasks_per_split']} paired tasks per split. Detecting a {CLAIM_POINTS:.0f}-point paired "
+            f"difference (80 % power, two-sided 5 %, {100 * size['planning_discordance']:.0f} % of tasks differing) "
+            f"takes {size['needed_for_claim']} (`--n-eval {size['n_eval_for_claim']}`)"
+            + (": this run can detect it." if size["tasks_per_split"] >= size["needed_for_claim"] else "."),
+        ]
     claim = analysis.get("claim")
     if claim:
         verdict = "holds" if claim["holds"] else "does NOT hold"
