@@ -32,6 +32,7 @@ from macro.case import Case, load_case_ref
 from macro.config import Home
 from macro.errors import CaseError
 from macro.skills.library import load_composites
+from macro.tools.base import case_artifacts
 from macro.tools.executor import Step, ToolExecutor
 from macro.tools.registry import Registry
 from macro.trajectory import Trajectory, TrajectoryStore
@@ -104,7 +105,7 @@ def build_graph(
     def policy_node(state: AgentState) -> dict:
         case = load_case_ref(state["case"])
         messages = [system_message(case.summary(), state.get("hints") or ()), *state["messages"]]
-        have = frozenset(a.get("kind") for a in state.get("artifacts", []))
+        have = frozenset(a.get("kind") for a in case_artifacts(state.get("artifacts", []), case.id))
         ai = decide(policy, registry, case, messages, have)
         if ai.tool_calls or not ai.invalid_tool_calls:
             return {"messages": [ai]}

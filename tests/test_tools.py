@@ -200,3 +200,31 @@ def test_crop_never_enlarges_a_real_volume_and_keeps_its_world_position(name, tm
     index = np.round(np.linalg.inv(case.affine) @ world).astype(int)[:3]
     assert all(0 <= i < n for i, n in zip(index, case.shape))
     assert case.image[0][tuple(index)] == pytest.approx(corner)
+
+
+def test_a_tool_never_reads_another_cases_artifacts(tmp_path):
+    """Two patients of the same shape in one thread: patient A's mask is used for A only; B is measured on its own
+    reference segmentation and rendered without A's overlay; refs of unknown case are not trusted."""
+    from macro.data import make
+    from macro.tools.executor import ToolExecutor
+
+    a, b = (load_case(f) for f in make("brain-mri-demo", tmp_path / "data", n=2, seed=0))
+    assert a.shape == b.shape and a.id != b.id
+    store = ArtifactStore(tmp_path / "artifacts")
+    executor = ToolExecutor(Registry.default(), store, cache=False)
+    mask_a = store.save_nifti(np.ones(a.shape, np.int16), None, "mask", "segmentation-of-a")
+    thread = [{**mask_a.ref(), "case": a.id}]
+
+    def run(case, name, args, history):
+        _, step, produced = executor.run({"name": name, "args": args, "id": "c"}, case, history)
+        return step, produced
+
+    on_a, _ = run(a, "measure_volume", {"region": "WT"}, thread)
+    assert on_a.ok and on_a.inputs["mask"] == mask_a.id
+    on_b, _ = run(b, "measure_volume", {"region": "WT"}, thread)
+    assert on_b.ok and "mask" not in on_b.inputs and "reference segmentation" in on_b.summary
+    assert on_b.data["volume_ml"] != on_a.data["volume_ml"]
+    shown, produced = run(b, "render_slice", {}, thread)
+    assert shown.ok and "mask" not in shown.inputs and all(ref["case"] == b.id for ref in produced)
+    unknown, _ = run(a, "measure_volume", {"region": "WT"}, [mask_a.ref()])
+    assert "mask" not in unknown.inputs

@@ -104,6 +104,13 @@ def _fits(prop: dict, value: Any) -> bool:
     )
 
 
+def case_artifacts(history: list[dict], case_id: str) -> list[dict]:
+    """The thread's artifacts made from this case. A thread may hold several cases, and a mask of one patient must
+    never be measured or overlaid on another, even when their shapes agree; a ref without a case (written before
+    refs carried one) has unknown provenance and is left out too."""
+    return [ref for ref in history if ref.get("case") == case_id]
+
+
 def first_sentence(text: str) -> str:
     """Up to the first full stop that ends a sentence (not a decimal point)."""
     match = re.search(r"[.!?](\s|$)", text)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from macro.artifacts import ArtifactStore
 from macro.case import Case
 from macro.errors import CaseError, MacroError
-from macro.tools.base import ToolContext, ToolFailure, ToolResult, first_sentence
+from macro.tools.base import ToolContext, ToolFailure, ToolResult, case_artifacts, first_sentence
 from macro.tools.cache import ResultCache
 from macro.tools.registry import Registry
 
@@ -64,6 +64,7 @@ class ToolExecutor:
         """
         name, raw_args, call_id = call.get("name") or "", dict(call.get("args") or {}), call.get("id") or "call"
         session = {} if session is None else session
+        history = case_artifacts(history, case.id)
         start = time.perf_counter()
         offered = self.registry.for_case(case)
         tool = next((t for t in offered if t.name == name), None)
@@ -102,7 +103,8 @@ class ToolExecutor:
             else:
                 result = tool.execute(ctx, parsed)
         except ToolFailure as exc:
-            return self._fail(name, parsed.model_dump(), call_id, start, str(exc), version, exc.children, exc.artifacts)
+            failure = (str(exc), version, exc.children, exc.artifacts, case.id)
+            return self._fail(name, parsed.model_dump(), call_id, start, *failure)
         except CaseError as exc:  # the policy needs the problem, not the full path
             where = f"{Path(exc.path).name}: " if exc.path else ""
             return self._fail(name, parsed.model_dump(), call_id, start, where + exc.problem, version)
@@ -133,13 +135,13 @@ class ToolExecutor:
             cached=hit is not None,
         )
         msg = ToolMessage(text, name=name, tool_call_id=call_id, artifact=result.model_dump())
-        return msg, step, result.artifacts
+        return msg, step, [{**ref, "case": case.id} for ref in result.artifacts]
 
-    def _fail(self, name, args, call_id, start, error, version=None, children=(), artifacts=()):
+    def _fail(self, name, args, call_id, start, error, version=None, children=(), artifacts=(), case_id=None):
         ms = (time.perf_counter() - start) * 1000
         step = Step(tool=name, args=args, ok=False, ms=ms, error=error, version=version, children=list(children))
         message = ToolMessage(f"error: {error}", name=name or "unknown", tool_call_id=call_id, status="error")
-        return message, step, list(artifacts)
+        return message, step, [{**ref, "case": case_id} for ref in artifacts]
 
 
 def _explain(name: str, exc: ValidationError) -> str:
