@@ -430,7 +430,37 @@ def _dcmread(path: Path, header_only: bool):
         raise CaseError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
 
 
+def _header(path: Path, ds, keyword: str, default, cast=float):
+    """A numeric header attribute (each value of a multi-valued one), ``default`` when absent or empty, or a
+    :class:`CaseError` naming the file and the attribute: a damaged header never escapes as a bare ValueError."""
+    try:
+        value = getattr(ds, keyword, None)
+        if value is None or value == "":
+            return default
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            return [cast(v) for v in value]
+        return cast(value)
+    except (TypeError, ValueError, OverflowError):
+        shown = str(ds.get(keyword, "")) if hasattr(ds, "get") else ""
+        raise CaseError(path, f"malformed DICOM header: {keyword} {shown[:40]!r} is not a number") from None
+
+
 def _from_dicom(paths: list[Path], modality: str | None, origin: Path) -> Case:
+    import warnings
+
+    try:
+        with (
+            warnings.catch_warnings()
+        ):  # pydicom warns of each invalid value; the error below names the one that matters
+            warnings.simplefilter("ignore", UserWarning)
+            return _dicom_case(paths, modality, origin)
+    except CaseError:
+        raise
+    except (TypeError, ValueError) as exc:  # geometry that does not parse (positions, orientations)
+        raise CaseError(origin, f"malformed DICOM header ({type(exc).__name__}: {exc})") from None
+
+
+def _dicom_case(paths: list[Path], modality: str | None, origin: Path) -> Case:
     headers = [(p, _dcmread(p, header_only=True)) for p in paths]
     images = [(p, ds) for p, ds in headers if _non_image(ds) is None]
     if not images:  # a folder may hold a SEG or a report beside its images; those are skipped, never read as pixels
@@ -447,14 +477,13 @@ def _from_dicom(paths: list[Path], modality: str | None, origin: Path) -> Case:
             "DICOM has no image pixel data (a report, structure set or plan?)",
             accepted="image DICOM (CT, MR, CR/DX, US, ...)",
         )
-    first = with_pixels[0][1]
-    frames = int(getattr(first, "NumberOfFrames", 1) or 1)
-    samples = int(getattr(first, "SamplesPerPixel", 1) or 1)
-    rows, cols = int(first.Rows), int(first.Columns)
-    in_plane = [
-        float(v)
-        for v in getattr(first, "PixelSpacing", None) or getattr(first, "ImagerPixelSpacing", None) or (1.0, 1.0)
-    ]
+    path, first = with_pixels[0]
+    frames = _header(path, first, "NumberOfFrames", 1, int) or 1
+    samples = _header(path, first, "SamplesPerPixel", 1, int) or 1
+    rows, cols = _header(path, first, "Rows", 0, int), _header(path, first, "Columns", 0, int)
+    in_plane = _header(path, first, "PixelSpacing", None) or _header(path, first, "ImagerPixelSpacing", [1.0, 1.0])
+    if len(in_plane) != 2:
+        raise CaseError(path, f"malformed DICOM header: PixelSpacing has {len(in_plane)} values, not 2")
     inferred = DICOM_MODALITY.get(str(getattr(first, "Modality", "")), "other")
     if len(with_pixels) == 1 and frames == 1:
         shape = (rows, cols)
@@ -472,10 +501,9 @@ def _from_dicom(paths: list[Path], modality: str | None, origin: Path) -> Case:
         shape = (rows, cols, depth)
         spacing = (in_plane[0], in_plane[1], _slice_gap(with_pixels, first))
         for p, ds in with_pixels:
-            if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-                raise CaseError(
-                    p, f"slice size {(int(ds.Rows), int(ds.Columns))} differs from the series' {(rows, cols)}"
-                )
+            size = (_header(p, ds, "Rows", 0, int), _header(p, ds, "Columns", 0, int))
+            if size != (rows, cols):
+                raise CaseError(p, f"slice size {size} differs from the series' {(rows, cols)}")
         channels = ("image",)
     _check_shape(origin, shape)
     spacing = _check_spacing(origin, spacing)
@@ -491,25 +519,28 @@ def _from_dicom(paths: list[Path], modality: str | None, origin: Path) -> Case:
 
 def _sort_slices(items):
     def key(item):
-        ds = item[1]
-        pos = getattr(ds, "ImagePositionPatient", None)
-        ori = getattr(ds, "ImageOrientationPatient", None)
+        path, ds = item
+        pos = _header(path, ds, "ImagePositionPatient", None)
+        ori = _header(path, ds, "ImageOrientationPatient", None)
         if pos is not None and ori is not None and len(ori) == 6:
             normal = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
             return float(np.dot(normal, np.asarray(pos, float)))
-        return float(getattr(ds, "InstanceNumber", 0) or 0)
+        return float(_header(path, ds, "InstanceNumber", 0) or 0)
 
     return sorted(items, key=key)
 
 
 def _slice_gap(items, first) -> float:
     if len(items) > 1:
-        a, b = (getattr(ds, "ImagePositionPatient", None) for _, ds in items[:2])
+        a, b = (_header(path, ds, "ImagePositionPatient", None) for path, ds in items[:2])
         if a is not None and b is not None:
             gap = float(np.linalg.norm(np.asarray(b, float) - np.asarray(a, float)))
             if gap > 0:
                 return gap
-    return float(getattr(first, "SpacingBetweenSlices", None) or getattr(first, "SliceThickness", None) or 1.0)
+    path = items[0][0]
+    return float(
+        _header(path, first, "SpacingBetweenSlices", None) or _header(path, first, "SliceThickness", None) or 1.0
+    )
 
 
 def _dicom_pixels(case: Case) -> np.ndarray:
@@ -520,7 +551,8 @@ def _dicom_pixels(case: Case) -> np.ndarray:
             arr = ds.pixel_array.astype(np.float32)
         except Exception as exc:
             raise CaseError(path, f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
-        slope, intercept = float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
+        slope = _header(path, ds, "RescaleSlope", 1.0) or 1.0
+        intercept = _header(path, ds, "RescaleIntercept", 0.0) or 0.0
         planes.append(arr * slope + intercept)
     if len(planes) == 1:
         arr = planes[0]

@@ -212,3 +212,35 @@ def test_a_series_folder_keeps_its_images_and_skips_a_seg_beside_them(tmp_path):
     case = load_case(folder)
     assert case.modality == "ct"
     assert [p.name for p in case.paths] == ["ct.dcm"]
+
+
+@pytest.mark.parametrize(
+    "tag, value, named",
+    [
+        (0x00280030, "abc", "PixelSpacing"),  # DS
+        (0x00280008, "1A", "NumberOfFrames"),  # IS
+        (0x00281053, "x", "RescaleSlope"),  # read with the pixels
+        (0x00200032, "a\\b\\c", "ImagePositionPatient"),  # geometry of a series
+    ],
+)
+def test_a_malformed_dicom_header_is_one_clear_error(tmp_path, tag, value, named):
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName = "Planted^Identifier"
+    if tag not in ds:
+        ds.add_new(tag, "IS" if named == "NumberOfFrames" else "DS", "1")
+    ds[tag]._value = value
+    files = []
+    for i in range(2 if named == "ImagePositionPatient" else 1):  # positions matter only across slices
+        ds.InstanceNumber = i + 1
+        files.append(tmp_path / f"bad{i}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    source = tmp_path if len(files) > 1 else files[0]
+    with pytest.raises(CaseError) as caught:
+        assert load_case(source).image is None
+    message = str(caught.value)
+    assert "malformed DICOM header" in message and "Planted" not in message
+    assert named in message
+    result = CliRunner().invoke(app, ["tools", "list", "--case", str(source)])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "Planted" not in result.output
