@@ -21,12 +21,14 @@ from typing import Annotated, Any, Callable, Iterator, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.messages.tool import invalid_tool_call
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
 from macro.agent.consistency import reconcile
 from macro.agent.prompts import CALL_RULE, system_message
+from macro.agent.toolcall import unstorable
 from macro.artifacts import ArtifactStore
 from macro.case import Case, load_case_ref
 from macro.config import Home
@@ -81,6 +83,20 @@ def decide(
     return policy.bind_tools(tools).invoke(messages, **options)
 
 
+def storable(ai: AIMessage) -> AIMessage:
+    """The reply with every call whose arguments a checkpoint cannot hold moved to ``invalid_tool_calls`` with the
+    reason, so the policy is asked again instead of the turn failing to save."""
+    bad = [(call, why) for call in ai.tool_calls if (why := unstorable(call.get("args")))]
+    if not bad:
+        return ai
+    invalid = [
+        invalid_tool_call(name=call["name"], args=str(call.get("args"))[:200], id=call.get("id"), error=why)
+        for call, why in bad
+    ]
+    kept = [call for call in ai.tool_calls if all(call is not b for b, _ in bad)]
+    return ai.model_copy(update={"tool_calls": kept, "invalid_tool_calls": [*ai.invalid_tool_calls, *invalid]})
+
+
 def waiting(registry: Registry, case: Case, tools: list, have: frozenset[str]) -> dict[str, list[str]]:
     """The offered tools that cannot run yet on ``case`` given the artifact kinds ``have``, each with the calls that
     must come first."""
@@ -106,7 +122,7 @@ def build_graph(
         case = load_case_ref(state["case"])
         messages = [system_message(case.summary(), state.get("hints") or ()), *state["messages"]]
         have = frozenset(a.get("kind") for a in case_artifacts(state.get("artifacts", []), case.id))
-        ai = decide(policy, registry, case, messages, have)
+        ai = storable(decide(policy, registry, case, messages, have))
         if ai.tool_calls or not ai.invalid_tool_calls:
             return {"messages": [ai]}
         error = "; ".join(c.get("error") or "malformed tool call" for c in ai.invalid_tool_calls)

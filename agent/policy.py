@@ -11,10 +11,39 @@ from langchain_core.language_models import BaseChatModel
 from macro import weights
 from macro.agent.local_llm import ADAPTER, LocalChatModel, embedded_base
 from macro.agent.scripted import ScriptedPolicy
+from macro.agent.toolcall import unstorable
 from macro.config import Home
-from macro.errors import ModelUnavailable
+from macro.errors import CaseError, ModelUnavailable
 
 BACKENDS = "embedded, hf:PATH, openai:URL, scripted, scripted:PLAN.json"
+
+
+PLAN_FORMAT = 'a JSON list of calls, each {"name": TOOL, "args": {...}}'
+
+
+def read_plan(path: Path) -> list[dict]:
+    """A scripted plan, checked before the first turn: a plan that cannot be run is a bad input file, not a crash."""
+    try:
+        plan = json.loads(path.read_text())
+    except OSError as exc:
+        raise CaseError(path, f"cannot read the scripted plan ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise CaseError(path, f"the scripted plan is not JSON ({exc})", accepted=PLAN_FORMAT) from None
+    if not isinstance(plan, list):
+        raise CaseError(path, f"the scripted plan is a {type(plan).__name__}, not a list", accepted=PLAN_FORMAT)
+    for i, call in enumerate(plan):
+        problem = (
+            "is not an object"
+            if not isinstance(call, dict)
+            else "has no string name"
+            if not isinstance(call.get("name"), str)
+            else "has args that are not an object"
+            if not isinstance(call.get("args", {}), dict)
+            else unstorable(call.get("args", {}), "args")
+        )
+        if problem:
+            raise CaseError(path, f"call {i} of the scripted plan {problem}", accepted=PLAN_FORMAT)
+    return plan
 
 
 def make_policy(
@@ -27,11 +56,7 @@ def make_policy(
         return ScriptedPolicy(), "scripted"
     if spec.startswith("scripted:"):
         path = Path(spec.split(":", 1)[1])
-        try:
-            plan = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailable(f"{path}: cannot read the scripted plan ({exc})") from None
-        return ScriptedPolicy(plan=plan), f"scripted:{path.name}"
+        return ScriptedPolicy(plan=read_plan(path)), f"scripted:{path.name}"
     if spec == "embedded":
         folder = ADAPTER.active(home)
         if not (folder / weights.MANIFEST).is_file():

@@ -55,3 +55,26 @@ def _first_json_object(raw: str) -> dict | None:
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None
+
+
+INT64 = 2**63
+MAX_TEXT = 4096
+
+
+def unstorable(value, where: str = "arguments") -> str | None:
+    """Why a call's arguments cannot be kept in a thread's checkpoint (an integer beyond 64 bits, a non-finite
+    number, a string of more than :data:`MAX_TEXT` characters, a non-JSON value), or None. Any backend may write
+    them (an unconstrained remote model, a scripted plan); refused here, they become a retry, not a lost turn."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if -INT64 <= value < INT64 else f"{where} is an integer beyond 64 bits"
+    if isinstance(value, float):
+        return None if value == value and abs(value) != float("inf") else f"{where} is not a finite number"
+    if isinstance(value, str):
+        return None if len(value) <= MAX_TEXT else f"{where} is longer than {MAX_TEXT} characters"
+    if isinstance(value, dict):
+        return next((why for k, v in value.items() if (why := unstorable(v, f"{where}.{k}"))), None)
+    if isinstance(value, list):
+        return next((why for i, v in enumerate(value) if (why := unstorable(v, f"{where}[{i}]"))), None)
+    return f"{where} is a {type(value).__name__}, not a JSON value"

@@ -573,6 +573,8 @@ def _from_picture(path: Path, modality: str | None) -> Case:
             im.verify()
         with Image.open(path) as im:
             size, mode = im.size, im.mode
+    except Image.DecompressionBombError as exc:  # refused from the header, before any pixel is decoded
+        raise CaseError(path, f"image declares too many pixels to be a scan ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CaseError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
     shape = (size[1], size[0])

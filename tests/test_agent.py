@@ -160,6 +160,21 @@ def test_malformed_output_gets_a_retry_message(demo, home):
     assert any(isinstance(m, HumanMessage) and "not a valid tool call" in m.text for m in policy.seen[1])
 
 
+def test_arguments_a_checkpoint_cannot_hold_get_a_retry_not_a_lost_turn(demo, home):
+    policy = Replay(
+        replies=[
+            '<tool_call>{"name": "render_slice", "arguments": {"index": 123456789012345678901234567890}}</tool_call>',
+            '<tool_call>{"name": "render_slice", "arguments": {"index": 40}}</tool_call>',
+            "Here is slice 40.",
+        ],
+        seen=[],
+    )
+    result = _agent(policy, home).ask(demo, "show slice 123456789012345678901234567890")
+    assert result.trajectory.format_errors == ["arguments.index is an integer beyond 64 bits"]
+    assert [s["args"]["index"] for s in result.trajectory.steps] == [40]
+    assert TrajectoryStore(Home(home).trajectories_db).get(result.trajectory.id) is not None
+
+
 def test_step_limit_stops_a_looping_policy(demo, home):
     policy = Replay(
         replies=[
@@ -314,3 +329,22 @@ def test_a_constrained_policy_may_only_call_tools_whose_inputs_exist(tmp_path, d
     plain = Recording(replies=["The answer."], constrained=False, options=[])
     decide(plain, registry, bare, [HumanMessage("How big is the tumour?")])
     assert plain.options == [{}]  # a server-side backend is not sent an option it does not know
+
+
+@pytest.mark.parametrize(
+    "plan, problem",
+    [
+        ('{"calls": 5}', "not a list"),
+        ('[{"name": 3}]', "no string name"),
+        ("not json", "not JSON"),
+        ('[{"name": "describe_scan", "args": [1, 2]}]', "not an object"),
+        ('[{"name": "render_slice", "args": {"index": 123456789012345678901234567890}}]', "beyond 64 bits"),
+    ],
+)
+def test_a_scripted_plan_that_cannot_run_is_one_line_naming_the_file(demo_folder, home, tmp_path, plan, problem):
+    path = tmp_path / "plan.json"
+    path.write_text(plan)
+    result = CliRunner().invoke(app, ["ask", str(demo_folder), "describe", "--policy", f"scripted:{path}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert str(path) in line and problem in line

@@ -244,3 +244,33 @@ def test_a_malformed_dicom_header_is_one_clear_error(tmp_path, tag, value, named
     assert named in message
     result = CliRunner().invoke(app, ["tools", "list", "--case", str(source)])
     assert result.exit_code == 2 and "Traceback" not in result.output and "Planted" not in result.output
+
+
+def _png(path: Path, width: int, height: int, extra: bytes = b"") -> Path:
+    """A PNG from its chunks: the header may declare any size; the pixel data is one empty row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    pixels = chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + extra + pixels + chunk(b"IEND", b""))
+    return path
+
+
+def test_picture_bombs_are_refused_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    huge = _png(tmp_path / "huge.png", 30000, 30000)
+    text = zlib.compress(b"A" * (64 * 2**20), 9)
+    ztxt = struct.pack(">I", len(text) + 9) + b"zTXt" + b"Comment\x00\x00" + text
+    ztxt += struct.pack(">I", zlib.crc32(ztxt[4:]) & 0xFFFFFFFF)
+    text_bomb = _png(tmp_path / "text.png", 4, 4, ztxt)
+    for path, problem in ((huge, "too many pixels"), (text_bomb, "not a readable image")):
+        with pytest.raises(CaseError, match=problem):
+            load_case(path)
+        result = CliRunner().invoke(app, ["ask", str(path), "Describe this scan", "--policy", "scripted"])
+        assert result.exit_code == 2 and "Traceback" not in result.output
