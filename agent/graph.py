@@ -32,7 +32,7 @@ from macro.agent.toolcall import unstorable
 from macro.artifacts import ArtifactStore
 from macro.case import Case, load_case_ref
 from macro.config import Home
-from macro.errors import CaseError
+from macro.errors import CaseError, MacroError, ModelUnavailable
 from macro.skills.library import load_composites
 from macro.tools.base import case_artifacts
 from macro.tools.executor import Step, ToolExecutor
@@ -122,7 +122,12 @@ def build_graph(
         case = load_case_ref(state["case"])
         messages = [system_message(case.summary(), state.get("hints") or ()), *state["messages"]]
         have = frozenset(a.get("kind") for a in case_artifacts(state.get("artifacts", []), case.id))
-        ai = storable(decide(policy, registry, case, messages, have))
+        try:
+            ai = storable(decide(policy, registry, case, messages, have))
+        except MacroError:
+            raise
+        except Exception as exc:  # an unreachable server or a broken backend: one line for the user, not a traceback
+            raise ModelUnavailable(f"the policy backend failed ({type(exc).__name__}: {str(exc)[:300]})") from None
         if ai.tool_calls or not ai.invalid_tool_calls:
             return {"messages": [ai]}
         error = "; ".join(c.get("error") or "malformed tool call" for c in ai.invalid_tool_calls)

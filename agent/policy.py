@@ -77,8 +77,13 @@ def make_policy(
         from langchain_openai import ChatOpenAI
 
         name = model or os.environ.get("MACRO_OPENAI_MODEL", "default")
-        chat = ChatOpenAI(
-            base_url=spec[len("openai:") :], model=name, api_key=os.environ.get("OPENAI_API_KEY", "none"), temperature=0
+        chat = ChatOpenAI(  # one retry and a bounded wait: an unreachable server is reported in seconds
+            base_url=spec[len("openai:") :],
+            model=name,
+            api_key=os.environ.get("OPENAI_API_KEY", "none"),
+            temperature=0,
+            max_retries=1,
+            timeout=120,
         )
         return chat, f"{spec}#{name}"
     raise ModelUnavailable(f"unknown policy {spec!r}; choose one of: {BACKENDS}")

@@ -348,3 +348,9 @@ def test_a_scripted_plan_that_cannot_run_is_one_line_naming_the_file(demo_folder
     assert result.exit_code == 2 and "Traceback" not in result.output
     (line,) = result.stderr.strip().splitlines()
     assert str(path) in line and problem in line
+
+
+def test_an_unreachable_policy_server_is_one_line_not_a_traceback(demo_folder, home):
+    result = CliRunner().invoke(app, ["ask", str(demo_folder), "describe", "--policy", "openai:http://127.0.0.1:9/v1"])
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert "error: the policy backend failed" in result.stderr and "Connection" in result.stderr
