@@ -274,3 +274,11 @@ def test_picture_bombs_are_refused_before_decoding(tmp_path):
             load_case(path)
         result = CliRunner().invoke(app, ["ask", str(path), "Describe this scan", "--policy", "scripted"])
         assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_a_comma_in_a_file_name_is_part_of_the_name(tmp_path):
+    named = tmp_path / "Doe, Jane.dcm"
+    shutil.copy(get_testdata_file("CT_small.dcm"), named)
+    result = CliRunner().invoke(app, ["tools", "list", "--case", str(named), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "describe_scan" in result.stdout

@@ -93,7 +93,7 @@ def invocation() -> str:
 def load_scan(case: str, modality: str | None):
     from macro.case import load_case
 
-    sources = case.split(",")
+    sources = [case] if Path(case).expanduser().exists() else case.split(",")  # a comma may be part of a file name
     return load_case(sources if len(sources) > 1 else sources[0], modality=modality)
 
 
@@ -129,3 +129,14 @@ def publish(report: dict, out: Path, as_json: bool, write_report, markdown) -> N
     files = write_report(report, out)
     typer.echo(json.dumps(report) if as_json else markdown(report))
     wrote(files)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; anything else is a usage error naming the option."""
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--seeds") from None
+    if len(set(seeds)) != len(seeds):
+        raise typer.BadParameter(f"seeds repeat in {text!r}", param_hint="--seeds")
+    return seeds

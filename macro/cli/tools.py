@@ -18,6 +18,8 @@ def tools_list(
     case: Optional[str] = typer.Option(None, help="only tools offered for this scan"),
 ):
     """List registered tools (with modalities, inputs, outputs, version)."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
     from macro.agent.local_llm import coverage_warning, untrained_tools
     from macro.skills.library import load_composites
     from macro.tools.registry import Registry, kind
@@ -38,7 +40,7 @@ def tools_list(
             "version": t.spec.version,
             "weights": t.spec.weights,
             "weights_in_use": str(SLOTS[t.spec.weights].active()) if t.spec.weights else None,
-            "arguments": t.tool_call_schema.model_json_schema().get("properties", {}),
+            "arguments": convert_to_openai_tool(t)["function"]["parameters"].get("properties", {}),  # as narrowed
             "embedded_policy_trained": None if kind(t) != "atomic" else t.name not in untrained,
         }
         for t in tools
