@@ -124,10 +124,12 @@ class ArtifactStore:
         return self._finish(art_id, kind, path, meta or {})
 
     def get(self, art_id: str) -> Artifact:
-        """Resolve any id written by any run under the same root."""
+        """Resolve any id written by any run under the same root; nothing outside it (an absolute id, ``..``, a link
+        out of the root) resolves."""
         path = self.root / art_id
         sidecar = path.with_name(path.name + ".json")
-        if ".." in Path(art_id).parts or not sidecar.is_file():
+        inside = not Path(art_id).is_absolute() and ".." not in Path(art_id).parts
+        if not inside or not sidecar.is_file() or not sidecar.resolve().is_relative_to(self.root.resolve()):
             raise KeyError(f"unknown artifact {art_id!r}")
         info = json.loads(sidecar.read_text())
         return Artifact(info["id"], info["kind"], path, info.get("meta", {}))

@@ -166,10 +166,16 @@ def test_tool_invokes_as_a_plain_langchain_tool(demo, tmp_path):
 
 
 def test_artifact_ids_cannot_escape_the_store(tmp_path):
-    store = ArtifactStore(tmp_path)
-    with pytest.raises(KeyError):
-        store.get("../../etc/passwd")
-    assert not list(Path(tmp_path).iterdir())
+    root = tmp_path / "store"
+    store = ArtifactStore(root)
+    outside = ArtifactStore(tmp_path / "elsewhere").save_png(np.zeros((4, 4, 3)), "image", "other")
+    (root / "run-x").mkdir(parents=True)
+    (root / "run-x" / "link").symlink_to(outside.path.parent, target_is_directory=True)
+    for escape in ("../../etc/passwd", str(outside.path), f"run-x/link/{outside.path.name}"):
+        with pytest.raises(KeyError):
+            store.get(escape)
+    own = store.save_png(np.zeros((4, 4, 3)), "image", "own")
+    assert store.get(own.id).path == own.path
 
 
 REAL_VOLUMES = ("anatomical.nii", "reoriented_anat_moved.nii", "mni152-2mm")
