@@ -107,5 +107,5 @@ def report(home: Home) -> dict:
             for m in models(home)
         },
         "tools": {t.name: f"v{t.spec.version} ({', '.join(t.spec.modalities)})" for t in registry.all()}
-        | ({"plug-in problems": "; ".join(registry.problems)} if registry.problems else {}),
+        | ({"problems (plug-ins, skill library)": "; ".join(registry.problems)} if registry.problems else {}),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from macro.skills.composite import Composite, DefinitionError, make_tool
 from macro.tools.registry import Registry
 
 POINTER = "CURRENT"
+ROUND = re.compile(r"round-\d{4,}\.json")
 
 
 @dataclass
@@ -59,23 +61,31 @@ class Library:
             raise CaseError(path, f"not a readable skill library round ({type(exc).__name__}: {exc})") from None
         if checksum(raw) != body.get("sha256"):
             raise CaseError(path, "checksum mismatch: the skill library round was modified or partly written")
-        try:
+        try:  # a checksum proves integrity, not sense: any malformed definition is this round's problem, not a crash
+            if not isinstance(body["round"], int) or not isinstance(raw, list):
+                raise DefinitionError("'round' must be an integer and 'composites' a list")
             composites = [Composite.from_dict(c) for c in raw]
-        except DefinitionError as exc:
-            raise CaseError(path, str(exc)) from None
+        except Exception as exc:
+            raise CaseError(path, f"malformed skill library round ({type(exc).__name__}: {exc})") from None
         return Round(body["round"], composites, body.get("created", 0.0), body.get("note", ""), path)
 
     def rounds(self) -> list[Path]:
-        return sorted(self.root.glob("round-*.json"))
+        """Round files by number; other names in the folder (``round-abc.json``) are not rounds."""
+        return sorted(p for p in self.root.glob("round-*.json") if ROUND.fullmatch(p.name))
 
     def current(self) -> Round:
-        """The current round, or the newest intact one if it is damaged (noted in ``problems``); round 0 if none."""
+        """The current round, or the newest intact one if it is damaged (noted in ``problems``); round 0 if none.
+        The pointer may only name a round file in this folder."""
         pointer = self.root / POINTER
         if pointer.is_file():
-            try:
-                return self.read(self.root / pointer.read_text().strip())
-            except CaseError as exc:
-                self.problems.append(str(exc))
+            name = pointer.read_text().strip()
+            if ROUND.fullmatch(name):
+                try:
+                    return self.read(self.root / name)
+                except CaseError as exc:
+                    self.problems.append(str(exc))
+            else:
+                self.problems.append(f"{pointer}: names {name[:80]!r}, not a round file of this library; ignored")
         for path in reversed(self.rounds()):
             try:
                 return self.read(path)
@@ -109,6 +119,6 @@ def load_composites(registry: Registry, home: Home | None = None) -> Registry:
     for comp in current.composites:
         try:
             registry.add(make_tool(comp, atomic))
-        except (DefinitionError, ValueError) as exc:
+        except Exception as exc:  # a definition that no longer fits the tools is skipped and reported, never fatal
             registry.problems.append(f"composite {comp.name} (library round {current.number}): {exc}")
     return registry

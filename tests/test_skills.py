@@ -319,3 +319,56 @@ def test_evolve_admits_only_replayable_candidates_and_prunes_unreliable_composit
     again = evolve(later, lib, replay=lambda comp, traj: True)
     assert any((p.startswith(name) for p in again["pruned"]))
     assert name not in again["library"]
+
+
+def _mangled(kind: str) -> list:
+    good = _seg_measure().to_dict()
+    if kind == "param names an unknown tool":
+        good["params"]["adapt"]["tool"] = "no_such_tool"
+    elif kind == "args as a list":
+        good["steps"][0]["args"] = [1, 2]
+    elif kind == "integer name":
+        good["name"] = 5
+    elif kind == "steps not a list":
+        good["steps"] = 3
+    elif kind == "composite not an object":
+        good = 7
+    return [good]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["param names an unknown tool", "args as a list", "integer name", "steps not a list", "composite not an object"],
+)
+def test_a_malformed_round_with_a_valid_checksum_is_skipped_and_reported(home, demo_folder, kind):
+    from typer.testing import CliRunner
+
+    from macro.cli import app
+    from macro.config import Home
+    from macro.skills.library import checksum, load_composites
+    from macro.tools.registry import Registry
+
+    lib = Library(Home.current().skills / "library")
+    lib.commit([_seg_measure()], "good")
+    raw = _mangled(kind)
+    bad = lib.root / "round-0002.json"
+    bad.write_text(json.dumps({"round": 2, "composites": raw, "sha256": checksum(raw)}))
+    (lib.root / "CURRENT").write_text(bad.name)
+    registry = load_composites(Registry.default())
+    assert any("round-0002" in p or "library round 2" in p for p in registry.problems), registry.problems
+    result = CliRunner().invoke(app, ["ask", str(demo_folder), "What is the tumour volume?", "--policy", "scripted"])
+    assert result.exit_code == 0, result.output
+    doctor = CliRunner().invoke(app, ["doctor", "--json"])
+    assert doctor.exit_code == 0 and "round" in doctor.stdout
+
+
+def test_the_library_pointer_stays_inside_and_stray_files_are_not_rounds(tmp_path):
+    lib = Library(tmp_path / "lib")
+    first = lib.commit([_seg_measure()], "first")
+    (lib.root / "round-abc.json").write_text("{}")
+    outside = tmp_path / "round-9999.json"
+    outside.write_text(first.path.read_text())
+    (lib.root / "CURRENT").write_text(str(outside))
+    again = Library(lib.root)
+    assert again.current().number == 1 and "not a round file of this library" in again.problems[0]
+    assert again.commit([_seg_measure("tent")], "after").number == 2
