@@ -41,30 +41,41 @@ def record_verdict(
     remember: bool = True,
 ) -> Trajectory:
     """Store a verdict; a verified run (with at least one successful call) also goes into the image memory unless
-    ``remember`` is False (a benchmark's test questions must not leak into later ones)."""
+    ``remember`` is False (a benchmark's test questions must not leak into later ones).
+
+    Idempotent and ordered so memory never holds a run that is not verified: the verdict is written first; a verified
+    run's entry replaces any earlier entry of the same trajectory (judging twice adds one entry); any other verdict
+    removes the run's entries (``bad`` after ``good`` leaves no hint behind). A kill between the two writes leaves at
+    worst a verified run without its entry, which the next verdict repairs."""
     home = home or Home.current()
     store = TrajectoryStore(home.trajectories_db)
-    traj = store.get(traj_id)
-    embedding_id = None
-    if remember and verdict == "verified" and chain_of(traj) and traj.case_ref:
-        from macro.memory.encoder import case_embedding
-        from macro.memory.store import ImageMemory
+    traj = store.verify(traj_id, verdict, source, note)
+    from macro.memory.store import ImageMemory
 
-        memory = memory or ImageMemory(home.memory)
-        case = load_case_ref(traj.case_ref)
-        embedding_id = memory.add(
-            case_embedding(case),
-            {
-                "case_id": traj.case_id,
-                "modality": case.modality,
-                "family": family_of(traj, case),
-                "trajectory_id": traj.id,
-                "verification": verdict,
-                "tools": chain_of(traj),
-                "question": traj.question[:200],
-                "answer": traj.answer[:200],
-            },
-        )
+    memory = memory or ImageMemory(home.memory)
+    if verdict != "verified":
+        if memory.file.exists():  # cheap when nothing matches: no write
+            memory.remove(where={"trajectory_id": traj.id})
+        return store.verify(traj_id, verdict, source, note, embedding_id=None) if traj.embedding_id else traj
+    if not (remember and chain_of(traj) and traj.case_ref):
+        return traj
+    from macro.memory.encoder import case_embedding
+
+    case = load_case_ref(traj.case_ref)
+    embedding_id = memory.add(
+        case_embedding(case),
+        {
+            "case_id": traj.case_id,
+            "modality": case.modality,
+            "family": family_of(traj, case),
+            "trajectory_id": traj.id,
+            "verification": verdict,
+            "tools": chain_of(traj),
+            "question": traj.question[:200],
+            "answer": traj.answer[:200],
+        },
+        replacing={"trajectory_id": traj.id},
+    )
     return store.verify(traj_id, verdict, source, note, embedding_id=embedding_id)
 
 

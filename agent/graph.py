@@ -10,6 +10,7 @@ result or the question, followed by a findings block built from the trajectory. 
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import re
 import sqlite3
@@ -321,7 +322,11 @@ class Agent:
 
         if self._memory is None:  # one instance: it reloads its file only when another process has changed it
             self._memory = ImageMemory(self.home.memory)
-        return hints_for(case, family, self._memory)
+        try:
+            return hints_for(case, family, self._memory)
+        except Exception as exc:  # hints are advice: a damaged memory costs them, never the turn
+            logging.getLogger("macro").warning(f"warning: no memory hints this turn, the memory is unusable ({exc})")
+            return []
 
     def stream(
         self, case: Case | None, question: str, thread_id: str | None = None, family: str = ""

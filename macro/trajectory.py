@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+KEEP = object()  # verify(): leave the recorded memory entry as it is
 VERIFICATION = ("unverified", "verified", "failed")
 
 
@@ -116,9 +117,10 @@ class TrajectoryStore:
             return [Trajectory(**json.loads(r[0])) for r in conn.execute(query, params)]
 
     def verify(
-        self, traj_id: str, verification: str, source: str, note: str = "", embedding_id: str | None = None
+        self, traj_id: str, verification: str, source: str, note: str = "", embedding_id: str | None | object = KEEP
     ) -> Trajectory:
-        """Record a verdict (a benchmark checker's or a person's); the row and its JSON body change together."""
+        """Record a verdict (a benchmark checker's or a person's); the row and its JSON body change together.
+        ``embedding_id`` sets the run's memory entry (None: it has none); by default the recorded one stays."""
         if verification not in VERIFICATION:
             raise ValueError(f"verification must be one of {VERIFICATION}")
         with closing(self._connect()) as conn, conn:
@@ -127,7 +129,8 @@ class TrajectoryStore:
                 raise KeyError(f"no trajectory {traj_id!r}")
             traj = Trajectory(**json.loads(row[0]))
             traj.verification, traj.verification_source, traj.verification_note = verification, source, note
-            traj.embedding_id = embedding_id or traj.embedding_id
+            if embedding_id is not KEEP:
+                traj.embedding_id = embedding_id
             conn.execute(
                 "UPDATE trajectories SET verification = ?, body = ? WHERE id = ?",
                 (verification, json.dumps(traj.to_dict()), traj_id),

@@ -122,11 +122,13 @@ class ImageMemory:
 
     # ------------------------------------------------------------------ writes
 
-    def add(self, embedding: np.ndarray, meta: dict) -> str:
-        return self.add_many(np.asarray(embedding)[None], [meta])[0]
+    def add(self, embedding: np.ndarray, meta: dict, replacing: dict | None = None) -> str:
+        return self.add_many(np.asarray(embedding)[None], [meta], replacing)[0]
 
-    def add_many(self, embeddings: np.ndarray, metas: Sequence[dict]) -> list[str]:
-        """Append entries in one write; returns their ids. Embeddings are L2-normalised before storing."""
+    def add_many(self, embeddings: np.ndarray, metas: Sequence[dict], replacing: dict | None = None) -> list[str]:
+        """Append entries in one write; returns their ids. Embeddings are L2-normalised before storing. Entries whose
+        metadata match ``replacing`` are dropped in the same write, so adding an entry for the same trajectory again
+        replaces it instead of duplicating it."""
         vectors = _unit_rows(embeddings)
         if len(vectors) != len(metas):
             raise ValueError(f"{len(vectors)} embeddings but {len(metas)} metadata dicts")
@@ -135,6 +137,13 @@ class ImageMemory:
 
         def append(snap: _Snapshot) -> tuple[list[str], _Snapshot]:
             self._check_encoder(snap)
+            if replacing and snap.ids and (stale := snap.mask(replacing)).any():
+                keep = ~stale  # dropped in this write; the index is rebuilt below (index None)
+                ids_kept = [i for i, k in zip(snap.ids, keep) if k]
+                metas_kept = [m for m, k in zip(snap.metas, keep) if k]
+                snap = _Snapshot(
+                    snap.version, snap.kind, snap.dim, ids_kept, metas_kept, snap.vectors[keep], None, 0, snap.encoder
+                )
             if snap.dim is not None and vectors.shape[1] != snap.dim:
                 raise ValueError(
                     f"{self.file}: embeddings have {vectors.shape[1]} dimensions, the memory holds {snap.dim}"
@@ -163,26 +172,18 @@ class ImageMemory:
 
         return self._write(append)
 
-    def remove(self, ids: Iterable[str]) -> int:
-        """Drop entries by id (unknown ids are ignored); returns how many were removed. Rebuilds the index."""
+    def remove(self, ids: Iterable[str] = (), where: dict | None = None) -> int:
+        """Drop entries by id (unknown ids are ignored) and, with ``where``, every entry whose metadata match it;
+        returns how many were removed. Rebuilds the index."""
         drop = set(ids)
 
         def prune(snap: _Snapshot) -> tuple[int, _Snapshot | None]:
             keep = np.array([i not in drop for i in snap.ids], bool)
+            if where and snap.ids:
+                keep &= ~snap.mask(where)
             if keep.all():
                 return 0, None
-            vectors, kind = snap.vectors[keep], self.kind or snap.kind
-            return int((~keep).sum()), _Snapshot(
-                snap.version + 1,
-                kind,
-                snap.dim,
-                [i for i, k in zip(snap.ids, keep) if k],
-                [m for m, k in zip(snap.metas, keep) if k],
-                vectors,
-                faiss_index.build(kind, vectors),
-                len(vectors),
-                snap.encoder,
-            )
+            return int((~keep).sum()), _pruned(snap, keep, self.kind or snap.kind)
 
         return self._write(prune)
 
@@ -254,6 +255,22 @@ class ImageMemory:
                 self._snapshot = _decode(self.file) if stamp is not None else _Snapshot(kind=self.kind or "flat")
                 self._stamp = stamp
             return self._snapshot
+
+
+def _pruned(snap: _Snapshot, keep: np.ndarray, kind: str) -> _Snapshot:
+    """The next version holding only the rows ``keep`` marks, its index rebuilt."""
+    vectors = snap.vectors[keep]
+    return _Snapshot(
+        snap.version + 1,
+        kind,
+        snap.dim,
+        [i for i, k in zip(snap.ids, keep) if k],
+        [m for m, k in zip(snap.metas, keep) if k],
+        vectors,
+        faiss_index.build(kind, vectors),
+        len(vectors),
+        snap.encoder,
+    )
 
 
 def _stamp(path: Path) -> tuple | None:

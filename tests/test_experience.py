@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 REGIONS = {"TC": "tumour core", "WT": "whole tumour"}
@@ -106,7 +107,28 @@ def test_feedback_marks_the_last_turn_and_remembers_good_runs(demo, home):
     (hit,) = ImageMemory(Home(home).memory).query(case_embedding(demo), k=1)
     assert hit.meta["trajectory_id"] == last_turn.id
     assert hit.meta["tools"][0]["name"] == "render_slice"
+    memory = ImageMemory(Home(home).memory)
+    assert runner.invoke(app, ["feedback", first.thread_id, "good"]).exit_code == 0
+    assert len(memory) == 1  # judging twice keeps one entry
+    assert runner.invoke(app, ["feedback", first.thread_id, "bad"]).exit_code == 0
+    assert len(memory) == 0  # bad after good leaves no hint behind
+    assert TrajectoryStore(Home(home).trajectories_db).get(last_turn.id).embedding_id is None
+    assert runner.invoke(app, ["feedback", first.thread_id, "good"]).exit_code == 0 and len(memory) == 1
     assert runner.invoke(app, ["feedback", first.thread_id, "meh"]).exit_code == 2
     assert runner.invoke(app, ["feedback", "thread-nope", "bad"]).exit_code == 2
     assert runner.invoke(app, ["skills", "show", "nothing_here"]).exit_code == 2
     assert json.loads(runner.invoke(app, ["skills", "list", "--json"]).stdout)["round"] == 0
+
+
+def test_a_damaged_memory_costs_the_hints_not_the_turn(demo, home, caplog):
+    from macro.agent.graph import Agent
+    from macro.agent.scripted import ScriptedPolicy
+    from macro.config import Home
+    from macro.memory.store import ImageMemory
+
+    memory = ImageMemory(Home(home).memory)
+    memory.add(np.ones(8), {"family": "x"})
+    memory.file.write_bytes(memory.file.read_bytes()[:40])  # truncated by a failing disk
+    result = Agent(ScriptedPolicy(), "scripted", home=Home(home)).ask(demo, "Describe this scan.")
+    assert [s["tool"] for s in result.trajectory.steps] == ["describe_scan"]
+    assert "no memory hints this turn" in caplog.text

@@ -272,3 +272,16 @@ def test_benchmark_command_reports_latency_and_recall():
         assert sum((row["default"] for row in sweep)) == 1
         assert all((0.0 <= row["recall_at_5"] <= 1.0 for row in sweep))
         assert max(row["recall_at_5"] for row in sweep) > 0.9
+
+
+def test_replacing_and_removing_by_metadata(tmp_path):
+    memory = ImageMemory(tmp_path / "mem")
+    rng = np.random.default_rng(0)
+    first = memory.add(rng.normal(size=8), {"trajectory_id": "t1"})
+    memory.add(rng.normal(size=8), {"trajectory_id": "t2"})
+    again = memory.add(rng.normal(size=8), {"trajectory_id": "t1", "n": 2}, replacing={"trajectory_id": "t1"})
+    assert len(memory) == 2 and again != first
+    hits = memory.query(rng.normal(size=8), k=5, floor=-1, where={"trajectory_id": "t1"})
+    assert [h.meta.get("n") for h in hits] == [2]
+    assert memory.remove(where={"trajectory_id": "t1"}) == 1 and len(memory) == 1
+    assert memory.remove(where={"trajectory_id": "nope"}) == 0
