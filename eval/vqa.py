@@ -29,18 +29,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from macro.data.stepcot import ATTRIBUTES, diagnose
 from macro.metrics import p50_p95
+from macro.reports import combine_seeds, seed_table
+from macro.repro import fixed_threads
 from macro.tools.vqa.data import load_folder, phantom_folder
 from macro.tools.vqa.encoders import IMAGE_SIZE, ImageEncoder
 from macro.tools.vqa.metrics import predict, summary
 from macro.tools.vqa.train import TrainConfig, fit_baseline, fit_teacher_student
 
 METHODS = ("baseline", "teacher", "student")
+DIFFERENCES = {
+    f"{method} - baseline: {label}": (f"methods.{method}.{key}", f"methods.baseline.{key}")
+    for method in ("teacher", "student")
+    for key, label in (("mean_step_acc", "mean step acc"), ("diagnosis_acc", "diagnosis acc"))
+}
 BENCH_RUNS = 50
 
 
@@ -100,21 +108,34 @@ def structured_decoding(probs: list[np.ndarray], train_labels: np.ndarray) -> li
 
 
 def evaluate(
-    data_root: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print, n_images: int | None = None
+    data_root: Path,
+    quick: bool = False,
+    seeds: Sequence[int] = (0,),
+    progress: bool = True,
+    log=print,
+    n_images: int | None = None,
 ) -> dict:
-    return run(data_root, quick, seed, progress, log, n_images)[0]
+    """The harness once per seed (each a fresh phantom; the training seed stays the notes' 42), combined into means
+    with 95 % intervals and the chained models' paired differences from the baseline."""
+    runs, protocol = [], None
+    with fixed_threads(1):
+        for seed in seeds:
+            log(f"seed {seed}")
+            report, _ = _run(data_root, quick, seed, progress, log, n_images)
+            protocol = protocol or report["protocol"]
+            runs.append({k: v for k, v in report.items() if k != "protocol"})
+        combined = combine_seeds(runs, seeds, DIFFERENCES)
+    protocol = {k: v for k, v in protocol.items() if k not in ("seed", "seconds")}  # the first seed's settings
+    return {**combined, "protocol": protocol}
 
 
 def run(
     data_root: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print, n_images: int | None = None
 ):
-    """(report, trained) where ``trained`` holds the three models and the :class:`StepData` they were scored on."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """(report, trained) for one seed, where ``trained`` holds the three models and the :class:`StepData` they were
+    scored on (``macro train vqa`` ships them)."""
+    with fixed_threads(1):
         return _run(data_root, quick, seed, progress, log, n_images)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(data_root: Path, quick: bool, seed: int, progress: bool, log, n_images: int | None):
@@ -181,6 +202,14 @@ def markdown(report: dict) -> str:
             + f" | {r['mean_step_acc']:.1f} | {r['diagnosis_acc']:.1f} | {r['consistency']:.1f} | "
             f"{r['all_steps_correct']:.1f} | {ms} |"
         )
+    seeds = report["provenance"]["seeds"]
+    lines += [
+        "",
+        f"Means over {len(seeds)} phantom seed(s) {seeds}; mean step and diagnosis accuracy with their 95 % interval, "
+        "and the paired differences from the baseline (Student t over seeds):",
+        "",
+        seed_table(report, [f"methods.{m}.{k}" for m in METHODS for k in ("mean_step_acc", "diagnosis_acc")]),
+    ]
     return "\n".join(lines)
 
 

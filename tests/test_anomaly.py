@@ -255,6 +255,10 @@ def test_eval_slice_cadic_beats_fifo_and_stays_near_per_task_patchcore(stream, t
     assert m["fifo"]["forgetting"] > m["cadic"]["forgetting"]
     files = write_report(report, tmp_path / "report")
     assert all((f.is_file() for f in files))
+    assert report["differences"]["cadic - fifo: mean AUROC"]["mean"] == pytest.approx(
+        m["cadic"]["mean_auroc"] - m["fifo"]["mean_auroc"]
+    )
+    assert report["provenance"]["torch_threads"] == 1
     assert "cadic" in markdown(report)
 
 

@@ -87,13 +87,10 @@ def test_train_then_unlearn_writes_weights_manifest_and_audit(tmp_path, home):
 def test_eval_slice_keeps_the_shape_and_the_direction_of_the_full_run(tmp_path):
     """A small slice of ``macro eval federated`` (the full run is in the README): the documented JSON shape, FedLSM
     not behind FedAvg, and FCU forgetting more than it was trained to remember, faster than retraining."""
-    from macro.eval.federated import classification, markdown, unlearning
+    from macro.eval.federated import evaluate, markdown
 
     p = {"cxr_images": 600, "cxr_rounds": 4, "derm_images": 600, "fl_rounds": 6, "fl_iters": 10, "post_rounds": 1}
-    report = {
-        "classification": classification(tmp_path, p, log=lambda *_: None),
-        "unlearning": unlearning(tmp_path, p, log=lambda *_: None),
-    }
+    report = evaluate(tmp_path, seeds=(0,), log=lambda *_: None, p=p)
     cls, unl = report["classification"], report["unlearning"]
     assert set(cls) == {"fedavg", "fedavg_labelled", "fedlsm"}
     assert all((0 <= r["mean_auc"] <= 100 for r in cls.values()))
@@ -103,4 +100,32 @@ def test_eval_slice_keeps_the_shape_and_the_direction_of_the_full_run(tmp_path):
     assert unl["fcu"]["forgotten_acc"] < unl["original"]["forgotten_acc"]
     assert unl["fcu"]["test_auc"] >= unl["retrain"]["test_auc"] - 5
     assert unl["fcu"]["seconds"] < unl["retrain"]["seconds"]
-    assert "fedlsm" in markdown(report)
+    assert report["provenance"]["seeds"] == [0] and report["provenance"]["torch_threads"] == 2
+    gap = report["differences"]["fcu - retrain: forgotten acc"]
+    assert gap["mean"] == pytest.approx(unl["fcu"]["forgotten_acc"] - unl["retrain"]["forgotten_acc"])
+    assert set(report["fcu_claim"]) >= {"forgotten_acc_within_3", "test_auc_within_2", "speedup_at_least_10", "holds"}
+    table = markdown(report)
+    assert "fedlsm" in table and "n/a (1 seed)" in table and "FCU claim" in table
+
+
+@pytest.mark.slow
+def test_quick_run_gives_the_same_figures_whatever_omp_num_threads(tmp_path):
+    """The documented tolerance is zero: the run fixes its torch threads, so the environment cannot move a figure
+    (times aside)."""
+    import os
+    import subprocess
+    import sys
+
+    figures = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MACRO_HOME": str(tmp_path / "home")}
+        command = [sys.executable, "-m", "macro.cli", "eval", "federated", "--quick", "--json"]
+        done = subprocess.run(
+            [*command, "--out", str(tmp_path / threads)], env=env, capture_output=True, text=True, timeout=1800
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads(done.stdout)
+        assert report["provenance"]["omp_num_threads"] == threads and report["provenance"]["torch_threads"] == 2
+        timed = ("seconds", "speedup_vs_retrain")
+        figures.append({k: v["mean"] for k, v in report["over_seeds"].items() if not k.endswith(timed)})
+    assert figures[0] == figures[1]

@@ -96,5 +96,8 @@ def test_eval_slice_adaptation_helps_on_a_shifted_scanner(tmp_path):
     assert source["vista"]["dice"]["mean"] >= source["none"]["dice"]["mean"] - 2
     assert lowfield["vista"]["dice"]["mean"] >= lowfield["none"]["dice"]["mean"] + 1.5
     assert lowfield["vista"]["sec_per_volume"] <= 6 * lowfield["tent"]["sec_per_volume"]
+    gain = report["differences"]["lowfield: vista - none"]
+    assert gain["mean"] == pytest.approx(lowfield["vista"]["dice"]["mean"] - lowfield["none"]["dice"]["mean"])
+    assert gain["ci"] is None and report["provenance"]["seeds"] == [0]  # one stream: no interval
     files = write_report(report, tmp_path / "report")
     assert all(f.stat().st_size > 0 for f in files)

@@ -62,3 +62,49 @@ def test_detectable_difference_inverts_the_sample_size():
     assert min_detectable_difference(3, 0.2) == math.inf
     with pytest.raises(ValueError):
         pairs_needed(0.3, 0.2)
+
+
+def test_seed_runs_combine_into_means_intervals_and_paired_differences():
+    from macro.reports import combine_seeds, seed_table
+
+    runs = [
+        {"a": {"auc": 70.0, "name": "x"}, "b": {"auc": 60.0}, "n": 3},
+        {"a": {"auc": 72.0, "name": "x"}, "b": {"auc": 61.0}, "n": 3},
+        {"a": {"auc": 74.0, "name": "x"}, "b": {"auc": 65.0}, "n": 3},
+    ]
+    report = combine_seeds(runs, (0, 1, 2), {"a - b": ("a.auc", "b.auc")})
+    assert report["a"] == {"auc": 72.0, "name": "x"} and report["b"]["auc"] == 62.0 and report["n"] == 3.0
+    assert report["over_seeds"]["a.auc"]["per_seed"] == [70.0, 72.0, 74.0]
+    lo, hi = report["over_seeds"]["a.auc"]["ci"]
+    assert lo < 72 < hi
+    diff = report["differences"]["a - b"]
+    assert diff["per_seed"] == [10.0, 11.0, 9.0] and diff["mean"] == 10.0 and diff["seeds"] == 3
+    assert report["provenance"]["seeds"] == [0, 1, 2] and report["provenance"]["torch_threads"] >= 1
+    table = seed_table(report, ["a.auc"])
+    assert "| a.auc | 72.00 |" in table and "| a - b | 10.00 |" in table
+    single = combine_seeds(runs[:1], (0,), {"a - b": ("a.auc", "b.auc")})
+    assert "n/a (1 seed)" in seed_table(single, ["a.auc"])
+
+
+def test_fixed_threads_overrides_and_restores():
+    import torch
+
+    from macro.repro import fixed_threads
+
+    before = torch.get_num_threads()
+    with fixed_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_lists_of_figures_average_element_wise_and_records_stay_the_first_seeds():
+    from macro.reports import combine_seeds
+
+    runs = [
+        {"auroc": [80.0, None], "stages": [[1.0, None], [3.0, 5.0]], "cases": [{"id": "a", "dice": 0.5}]},
+        {"auroc": [90.0, 70.0], "stages": [[3.0, None], [5.0, 7.0]], "cases": [{"id": "b", "dice": 0.9}]},
+    ]
+    report = combine_seeds(runs, (0, 1), {})
+    assert report["auroc"] == [85.0, 70.0] and report["stages"] == [[2.0, None], [4.0, 6.0]]
+    assert report["cases"] == [{"id": "a", "dice": 0.5}]
+    assert report["over_seeds"]["auroc.1"]["per_seed"] == [70.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from macro.tools.vqa.losses import ChannelAlignment, cka, kd_loss, masked_ce
@@ -129,3 +130,18 @@ def test_chain_prior_decoding_answers_with_a_chain_seen_in_training():
     assert [int(m[0].argmax()) for m in decoded] == [1, 1]
     assert [int(m[1].argmax()) for m in decoded] == [0, 0]
     assert structured_decoding(probs, np.full((3, 2), -1)) is None
+
+
+@pytest.mark.slow
+def test_eval_over_two_seeds_reports_intervals_and_paired_differences(tmp_path):
+    from macro.eval.vqa import evaluate, markdown
+
+    report = evaluate(tmp_path, quick=True, seeds=(0, 1), progress=False, log=lambda *_: None, n_images=150)
+    student = report["over_seeds"]["methods.student.mean_step_acc"]
+    baseline = report["over_seeds"]["methods.baseline.mean_step_acc"]
+    assert student["seeds"] == 2 and student["ci"][0] <= student["mean"] <= student["ci"][1]
+    assert report["methods"]["student"]["mean_step_acc"] == pytest.approx(student["mean"])
+    gap = report["differences"]["student - baseline: mean step acc"]
+    assert gap["per_seed"] == pytest.approx([s - b for s, b in zip(student["per_seed"], baseline["per_seed"])])
+    assert report["provenance"]["torch_threads"] == 1 and "seed" not in report["protocol"]
+    assert "student - baseline: mean step acc" in markdown(report)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from macro.cli.common import app, err, publish
+from macro.cli.common import app, err, parse_seeds, publish
 from macro.errors import CaseError
 
 
@@ -56,7 +56,7 @@ def bench(
         workers=workers,
         n_eval=n_eval,
         n_train=n_train,
-        seeds=tuple(int(s) for s in seeds.split(",")) if seeds else None,
+        seeds=parse_seeds(seeds) if seeds else None,
     )
     try:
         report = run_bench(

@@ -8,10 +8,16 @@ from typing import Optional
 
 import typer
 
-from macro.cli.common import ModelOpt, PolicyOpt, err, group, publish
+from macro.cli.common import ModelOpt, PolicyOpt, err, group, parse_seeds, publish
 from macro.config import Home
 
 evaluate = group("eval", "Evaluations and benchmarks that print figures.")
+SEEDS_HELP = "comma-separated seeds (default: 0,1,2; with --quick: 0)"
+
+
+def _seeds(text: str | None, quick: bool) -> tuple[int, ...]:
+    """Full runs report over three seeds by default (an interval needs more than one); quick checks take one."""
+    return parse_seeds(text) if text else ((0,) if quick else (0, 1, 2))
 
 
 @evaluate.command("segmentation")
@@ -19,30 +25,35 @@ def eval_segmentation(
     quick: bool = typer.Option(False, "--quick", help="3 volumes per domain instead of 10"),
     n: Optional[int] = typer.Option(None, "--n", help="volumes per domain (overrides --quick)"),
     steps: int = typer.Option(10, help="adaptation steps per volume"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help=SEEDS_HELP),
     out: Path = typer.Option(Path("runs/segmentation"), "--out", help="where the JSON, markdown and plot go"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Dice per domain and region for none / TENT / VISTA on shifted scanners, and seconds per volume."""
+    """Dice per domain and region for none / TENT / VISTA on shifted scanners, and seconds per volume; means over
+    test streams (seeds) with 95 % intervals."""
     from macro.tools.segmentation.evaluate import evaluate, markdown, write_report
 
     home = Home.current().ensure()
     count = n or (3 if quick else 10)
-    report = evaluate(home.data / "brats-phantom", n=count, steps=steps, progress=err)
+    chosen = _seeds(seeds, quick)
+    report = evaluate(home.data / "brats-phantom", n=count, steps=steps, progress=err, seeds=chosen)
     publish(report, out, as_json, write_report, markdown)
 
 
 @evaluate.command("federated")
 def eval_federated(
     quick: bool = typer.Option(False, "--quick", help="smaller federations and fewer rounds (minutes)"),
-    seed: int = typer.Option(0),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help=SEEDS_HELP),
     out: Path = typer.Option(Path("runs/federated"), "--out", help="where the JSON, markdown and plot go"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """FedLSM vs FedAvg baselines under label-set mismatch; FCU vs retrain / fine-tune / gradient ascent."""
+    """FedLSM vs FedAvg baselines under label-set mismatch; FCU vs retrain / fine-tune / gradient ascent. Means over
+    seeds with 95 % intervals."""
     from macro.eval.federated import evaluate, markdown, write_report
 
     home = Home.current().ensure()
-    report = evaluate(home.data, quick=quick, seed=seed, progress=True, log=err)
+    chosen = _seeds(seeds, quick)
+    report = evaluate(home.data, quick=quick, seeds=chosen, progress=True, log=err)
     publish(report, out, as_json, write_report, markdown)
 
 
@@ -51,7 +62,7 @@ def eval_vqa(
     quick: bool = typer.Option(False, "--quick", help="1 500 images and a shorter schedule (minutes)"),
     bench: bool = typer.Option(False, "--bench", help="only time the shipped student: p50/p95 ms per image"),
     threads: int = typer.Option(1, "--threads", help="torch threads for --bench"),
-    seed: int = typer.Option(0),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help=SEEDS_HELP),
     out: Path = typer.Option(Path("runs/vqa"), "--out", help="where the JSON, markdown and plot go"),
     as_json: bool = typer.Option(False, "--json"),
 ):
@@ -70,7 +81,7 @@ def eval_vqa(
     from macro.eval.vqa import evaluate, markdown, write_report
 
     home = Home.current().ensure()
-    report = evaluate(home.data, quick=quick, seed=seed, log=err)
+    report = evaluate(home.data, quick=quick, seeds=_seeds(seeds, quick), log=err)
     publish(report, out, as_json, write_report, markdown)
 
 
@@ -79,7 +90,7 @@ def eval_anomaly(
     quick: bool = typer.Option(False, "--quick", help="smaller stream (minutes)"),
     bench: bool = typer.Option(False, "--bench", help="only time the tool's scoring of 224 x 224 images (p50/p95)"),
     data: Optional[Path] = typer.Option(None, "--data", help="an anomaly stream or a root of MVTec-layout tasks"),
-    seed: int = typer.Option(0),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help=SEEDS_HELP + "; --bench draws from the first"),
     out: Path = typer.Option(Path("runs/anomaly"), "--out", help="where the JSON, markdown and plot go"),
     as_json: bool = typer.Option(False, "--json"),
 ):
@@ -87,7 +98,7 @@ def eval_anomaly(
     from macro.eval import anomaly as anomaly_eval
 
     if bench:
-        result = anomaly_eval.bench(seed=seed)
+        result = anomaly_eval.bench(seed=_seeds(seeds, True)[0])
         typer.echo(
             json.dumps(result)
             if as_json
@@ -98,7 +109,8 @@ def eval_anomaly(
         )
         return
     home = Home.current().ensure()
-    report = anomaly_eval.evaluate(home.data, quick=quick, seed=seed, progress=True, log=err, source=data)
+    chosen = _seeds(seeds, quick)
+    report = anomaly_eval.evaluate(home.data, quick=quick, seeds=chosen, progress=True, log=err, source=data)
     publish(report, out, as_json, anomaly_eval.write_report, anomaly_eval.markdown)
 
 

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from macro.reports import combine_seeds, seed_table
+from macro.repro import fixed_threads
 from macro.tools.segmentation.model import REGIONS, from_grid
 
 DOMAINS = ("source", "lowfield", "pediatric")
@@ -85,23 +87,43 @@ def evaluate(
     methods: Sequence[str] = ("none", "tent", "vista"),
     weights: Path | None = None,
     progress=None,
+    seeds: Sequence[int] = (0,),
 ) -> dict:
-    """``{"domains": {D: {method: {"dice": {ET, TC, WT, mean}, "sec_per_volume"}}}}`` plus per-case figures."""
+    """``{"domains": {D: {method: {"dice": {ET, TC, WT, mean}, "sec_per_volume"}}}}`` plus per-case figures, as means
+    over ``seeds`` (each a fresh test stream per domain, built from ``TEST_SEED + seed``) with 95 % intervals and
+    each method's paired difference from the source model and from TENT (:func:`macro.reports.combine_seeds`)."""
     from macro.data import make
     from macro.tools.segmentation.data import load_sample
     from macro.tools.segmentation.model import SegNetConfig, load_weights
 
     source, _, _ = load_weights(weights)  # before any data is built, so damaged weights fail at once
     grid = SegNetConfig().grid
-    report: dict = {"domains": {}, "protocol": {"n_per_domain": n, "steps": steps, "test_seed": TEST_SEED}}
-    for domain in domains:
-        folders = make("brats-phantom", data_root / f"test-{domain}", n=n, seed=TEST_SEED, domain=domain)
-        samples = [load_sample(f, grid) for f in folders]
-        report["domains"][domain] = {}
-        for method in methods:
-            if progress:
-                progress(f"{domain}: {method} over {len(samples)} volumes")
-            report["domains"][domain][method] = run_stream(method, samples, steps, source)
+    runs = []
+    with fixed_threads():
+        for seed in seeds:
+            run: dict = {"domains": {}}
+            for domain in domains:
+                folder = data_root / f"test-{domain}-{TEST_SEED + seed}"
+                folders = make("brats-phantom", folder, n=n, seed=TEST_SEED + seed, domain=domain)
+                samples = [load_sample(f, grid) for f in folders]
+                run["domains"][domain] = {}
+                for method in methods:
+                    if progress:
+                        progress(f"seed {seed}, {domain}: {method} over {len(samples)} volumes")
+                    run["domains"][domain][method] = run_stream(method, samples, steps, source)
+            runs.append(run)
+        differences = {
+            f"{domain}: {method} - {base}": (
+                f"domains.{domain}.{method}.dice.mean",
+                f"domains.{domain}.{base}.dice.mean",
+            )
+            for domain in domains
+            for method in methods
+            for base in ("none", "tent")
+            if method not in ("none", base) and base in methods
+        }
+        report = combine_seeds(runs, seeds, differences)
+    report["protocol"] = {"n_per_domain": n, "steps": steps, "test_seeds": [TEST_SEED + s for s in seeds]}
     return report
 
 
@@ -112,6 +134,15 @@ def markdown(report: dict) -> str:
             d = r["dice"]
             cells = " | ".join("–" if d[k] is None else f"{d[k]:.2f}" for k in ("ET", "TC", "WT", "mean"))
             lines.append(f"| {domain} | {method} | {cells} | {r['sec_per_volume']:.2f} |")
+    seeds = report["provenance"]["seeds"]
+    headline = [f"domains.{d}.{m}.dice.mean" for d, methods in report["domains"].items() for m in methods]
+    lines += [
+        "",
+        f"Means over {len(seeds)} test stream(s) per domain (seeds {seeds}); mean Dice and the paired differences with "
+        "their 95 % interval (Student t over seeds):",
+        "",
+        seed_table(report, headline),
+    ]
     return "\n".join(lines)
 
 
