@@ -9,6 +9,7 @@ result or the question, followed by a findings block built from the trajectory. 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import operator
@@ -30,7 +31,7 @@ from langgraph.graph.message import add_messages
 from macro.agent.consistency import reconcile
 from macro.agent.prompts import CALL_RULE, system_message
 from macro.agent.toolcall import unstorable
-from macro.artifacts import ArtifactStore
+from macro.artifacts import ArtifactStore, locked_file
 from macro.case import Case, load_case_ref
 from macro.config import Home
 from macro.errors import CaseError, MacroError, ModelUnavailable
@@ -332,9 +333,16 @@ class Agent:
         self, case: Case | None, question: str, thread_id: str | None = None, family: str = ""
     ) -> Iterator[tuple[str, Any]]:
         """Yield ``("step", Step)`` as tools finish, then ``("done", TurnResult)``. ``family`` names the task family
-        (a benchmark's); it defaults to the case's modality and scopes memory retrieval."""
+        (a benchmark's); it defaults to the case's modality and scopes memory retrieval. Turns of one thread run one
+        at a time, across processes: two concurrent turns would each extend the same checkpoint and one would be
+        lost."""
         question, cut = checked_question(question)
         thread_id = thread_id or new_thread_id()
+        digest = hashlib.sha256(thread_id.encode()).hexdigest()[:24]  # any thread id, a safe file name
+        with locked_file(self.home.root / "locks" / f"thread-{digest}.lock"):  # one turn at a time per thread
+            yield from self._turn(case, question, cut, thread_id, family)
+
+    def _turn(self, case: Case | None, question: str, cut: str, thread_id: str, family: str):
         config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 4 * self.max_steps + 10}
         case_ref = case.ref() if case is not None else self.thread_case(thread_id)
         if case_ref is None:

@@ -65,13 +65,18 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-@contextmanager
 def locked(folder: Path):
     """Exclusive advisory lock on ``folder/.lock`` around a read-modify-write, across processes; readers that only
     read files written with :func:`atomic_write_bytes` need none."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as fh:
+    return locked_file(Path(folder) / ".lock")
+
+
+@contextmanager
+def locked_file(path: Path):
+    """Exclusive advisory lock on the file ``path`` (created if needed), across processes and threads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

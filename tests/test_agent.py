@@ -354,3 +354,22 @@ def test_an_unreachable_policy_server_is_one_line_not_a_traceback(demo_folder, h
     result = CliRunner().invoke(app, ["ask", str(demo_folder), "describe", "--policy", "openai:http://127.0.0.1:9/v1"])
     assert result.exit_code == 3 and "Traceback" not in result.output
     assert "error: the policy backend failed" in result.stderr and "Connection" in result.stderr
+
+
+def test_concurrent_turns_on_one_thread_all_reach_its_history(demo, home):
+    """Six turns on one thread at once, each from its own agent (as from six processes): none is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = Agent(ScriptedPolicy(), "scripted", home=Home(home)).ask(demo, "Describe this scan.")
+    questions = [f"Describe this scan, take {i}." for i in range(6)]
+
+    def turn(question):
+        return Agent(ScriptedPolicy(), "scripted", home=Home(home)).ask(None, question, thread_id=first.thread_id)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(turn, questions))
+    state = _agent(ScriptedPolicy(), home)._graph(ArtifactStore(Home(home).artifacts)).get_state(
+        {"configurable": {"thread_id": first.thread_id}}
+    )
+    asked = [m.text for m in state.values["messages"] if isinstance(m, HumanMessage)]
+    assert sorted(asked[1:]) == sorted(questions) and len(asked) == 7
