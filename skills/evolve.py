@@ -185,7 +185,8 @@ def evolve(
     cfg: EvolveConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Mine, admit, prune and commit the next library round. Returns a report of what happened."""
+    """Mine, admit, prune and commit the next library round when the library changes. Returns a report of what
+    happened."""
     import time
 
     cfg = cfg or EvolveConfig()
@@ -206,9 +207,11 @@ def evolve(
         f"mined {len(candidates)} new candidates from {len(mining_set)} trajectories; "
         f"admitted {len(admitted)}; pruned {len(dropped)}"
     )
-    new = library.commit(library_set, note)
+    unchanged = [c.to_dict() for c in library_set] == [c.to_dict() for c in current.composites]
+    new = current if unchanged else library.commit(library_set, note)  # nothing learnt: no empty round
     return {
         "round": new.number,
+        "committed": not unchanged,
         "candidates": [c.name for c in candidates],
         "admitted": [c.name for c in admitted],
         "pruned": dropped,

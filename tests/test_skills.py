@@ -318,7 +318,10 @@ def test_evolve_admits_only_replayable_candidates_and_prunes_unreliable_composit
     ]
     again = evolve(later, lib, replay=lambda comp, traj: True)
     assert any((p.startswith(name) for p in again["pruned"]))
-    assert name not in again["library"]
+    assert name not in again["library"] and again["committed"]
+    rounds = len(lib.rounds())
+    idle = evolve(later, lib, replay=lambda comp, traj: True)  # nothing new to mine or prune
+    assert not idle["committed"] and idle["round"] == again["round"] and len(lib.rounds()) == rounds
 
 
 def _mangled(kind: str) -> list:
