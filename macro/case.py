@@ -272,12 +272,12 @@ def _nifti_header(path: Path):
             f"4D image {shape}; a single 3D volume is needed",
             accepted="3D NIfTI, or split the 4th axis into files",
         )
-    if len(shape) == 2:
-        shape = shape + (1,)
-    if len(shape) != 3:
-        raise CaseError(path, f"{len(shape)}D NIfTI image {shape}; a 3D volume is needed")
+    if len(shape) == 3 and shape[2] == 1:  # one slice is a 2D image, with an in-plane spacing only
+        shape = shape[:2]
+    if len(shape) not in (2, 3):
+        raise CaseError(path, f"{len(shape)}D NIfTI image {shape}; a 2D image or a 3D volume is needed")
     _check_shape(path, shape)
-    spacing = _check_spacing(path, img.header.get_zooms()[:3])
+    spacing = _check_spacing(path, img.header.get_zooms()[: len(shape)])
     return img, shape, spacing
 
 

@@ -282,3 +282,13 @@ def test_a_comma_in_a_file_name_is_part_of_the_name(tmp_path):
     result = CliRunner().invoke(app, ["tools", "list", "--case", str(named), "--json"])
     assert result.exit_code == 0, result.output
     assert "describe_scan" in result.stdout
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (64, 48, 1)])
+def test_a_single_slice_nifti_is_a_2d_image_with_two_spacings(tmp_path, shape):
+    path = tmp_path / "slice.nii.gz"
+    pixels = np.random.default_rng(0).random(shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(pixels, np.diag([0.5, 0.7, 3, 1])), path)
+    case = load_case(path)
+    assert case.shape == (64, 48) and case.spacing == pytest.approx((0.5, 0.7)) and case.dims == 2
+    assert case.image.shape == (1, 64, 48)
