@@ -81,6 +81,11 @@ class Case:
         data = _nifti_data(self.label_path)
         if data.shape != self.shape:
             raise CaseError(self.label_path, f"label map shape {data.shape} differs from the image shape {self.shape}")
+        if not np.isfinite(data).all():
+            bad = int((~np.isfinite(data)).sum())
+            raise CaseError(self.label_path, f"label map holds {bad} NaN or infinite voxel(s); labels are integers")
+        if data.min() < 0 or data.max() > np.iinfo(np.int16).max:
+            raise CaseError(self.label_path, f"label values span {data.min():g}..{data.max():g}, not label integers")
         return np.rint(data).astype(np.int16)
 
     def channel(self, name: str | None = None) -> np.ndarray:

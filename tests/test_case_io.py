@@ -292,3 +292,16 @@ def test_a_single_slice_nifti_is_a_2d_image_with_two_spacings(tmp_path, shape):
     case = load_case(path)
     assert case.shape == (64, 48) and case.spacing == pytest.approx((0.5, 0.7)) and case.dims == 2
     assert case.image.shape == (1, 64, 48)
+
+
+@pytest.mark.parametrize("bad, problem", [(np.nan, "NaN or infinite"), (-3.0, "not label integers")])
+def test_a_reference_segmentation_with_nan_or_negative_labels_is_refused(demo_folder, tmp_path, bad, problem):
+    folder = tmp_path / "case"
+    shutil.copytree(demo_folder, folder)
+    seg = next(folder.glob("*seg.nii.gz"))
+    img = nib.load(seg)
+    labels = np.asarray(img.dataobj, dtype=np.float32)
+    labels[0, 0, 0] = bad
+    nib.save(nib.Nifti1Image(labels, img.affine), seg)
+    with pytest.raises(CaseError, match=problem):
+        assert load_case(folder).labels is None
