@@ -51,5 +51,10 @@ class Home:
         return self.root / "data"
 
     def ensure(self) -> "Home":
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the home when missing, owner-only (0o700): it holds scans' paths, trajectories and results. Set
+        ``MACRO_HOME_GROUP=1`` before it is first created to share it with the owner's group (0o770). An existing
+        home keeps the mode it has."""
+        if not self.root.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.chmod(0o770 if os.environ.get("MACRO_HOME_GROUP") == "1" else 0o700)
         return self

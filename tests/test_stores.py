@@ -68,3 +68,19 @@ def test_atomic_writes_take_the_umask_mode_not_mkstemps_private_one(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "group.bin").stat().st_mode) == 0o640
+
+
+def test_a_new_home_is_owner_only_unless_shared_with_the_group(tmp_path, monkeypatch):
+    import stat
+
+    from macro.config import Home
+
+    private = Home(tmp_path / "private" / "home").ensure()
+    assert stat.S_IMODE(private.root.stat().st_mode) == 0o700
+    monkeypatch.setenv("MACRO_HOME_GROUP", "1")
+    shared = Home(tmp_path / "shared").ensure()
+    assert stat.S_IMODE(shared.root.stat().st_mode) == 0o770
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    Home(existing).ensure()
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o755  # an existing home keeps its mode
