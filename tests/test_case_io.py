@@ -305,3 +305,19 @@ def test_a_reference_segmentation_with_nan_or_negative_labels_is_refused(demo_fo
     nib.save(nib.Nifti1Image(labels, img.affine), seg)
     with pytest.raises(CaseError, match=problem):
         assert load_case(folder).labels is None
+
+
+def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch):
+    from macro.tools.registry import Registry
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(Registry, "default", broken)
+    result = CliRunner().invoke(app, ["tools", "list"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip() == (
+        "internal error: RuntimeError: planted bug (rerun with macro --debug for the traceback)"
+    )
+    debug = CliRunner().invoke(app, ["--debug", "tools", "list"])
+    assert isinstance(debug.exception, RuntimeError)

@@ -42,17 +42,36 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+DEBUG = {"on": False}  # set by ``macro --debug``
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show the traceback of an error (developers)")) -> None:
+    """MACRO: a self-evolving medical imaging agent, offline-first."""
+    DEBUG["on"] = debug
+
+
 def guarded(fn):
     """A user-facing error becomes one line on stderr and its exit code (2 bad input or damaged weights, 3 a missing
-    model) instead of a traceback."""
+    model) instead of a traceback; any other exception is an internal error, one line too (exit 1). ``--debug``
+    shows the traceback instead. Tracebacks never show local variables (they may hold a scan's header)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except MacroError as exc:
+            if DEBUG["on"]:
+                raise
             err(f"error: {exc}")
             raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if DEBUG["on"]:
+                raise
+            err(f"internal error: {type(exc).__name__}: {str(exc)[:300]} (rerun with macro --debug for the traceback)")
+            raise typer.Exit(1) from None
 
     setattr(wrapper, GUARDED, True)
     return wrapper
