@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from macro import weights as weights_io
+from macro.artifacts import locked_file
 from macro.config import Home
 from macro.data.labelled import LabelledSet, read_phantom, train_val_test
 from macro.errors import CaseError
@@ -149,17 +151,52 @@ def audit_path() -> Path:
     return Home.current().ensure().root / "audit" / "unlearning.jsonl"
 
 
+GENESIS = "0" * 64
+
+
+def _entry_hash(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def append_audit(record: dict, path: Path | None = None) -> Path:
-    """One JSON line per request, appended with O_APPEND so concurrent writers never interleave a line."""
+    """Append one request to the hash-chained log: the record carries the previous entry's hash (``prev_hash``) and
+    its own (``hash``, over everything else), so editing, dropping or reordering an earlier line breaks the chain
+    (:func:`check_audit`). Written under a lock and fsynced before returning."""
     path = path or audit_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    with locked_file(path.with_name(path.name + ".lock")):
+        lines = path.read_text().splitlines() if path.exists() else []
+        previous = json.loads(lines[-1]).get("hash", GENESIS) if lines else GENESIS
+        record = {**record, "prev_hash": previous}
+        record["hash"] = _entry_hash(record)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return path
+
+
+def check_audit(path: Path | None = None) -> dict:
+    """Walk the chain: ``{"entries", "ok", "problems"}``, each problem naming the line that breaks it."""
+    path = path or audit_path()
+    problems, previous, count = [], GENESIS, 0
+    for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], start=1):
+        count += 1
+        try:
+            record = json.loads(line)
+        except ValueError:
+            problems.append(f"line {number}: not JSON")
+            previous = None
+            continue
+        if record.get("hash") != _entry_hash(record):
+            problems.append(f"line {number}: its content does not match its hash (edited)")
+        if previous is not None and record.get("prev_hash") != previous:
+            problems.append(f"line {number}: does not follow the line before it (a line was removed or reordered)")
+        previous = record.get("hash")
+    return {"path": str(path), "entries": count, "ok": not problems, "problems": problems}
 
 
 def unlearn_task(
@@ -207,15 +244,12 @@ def unlearn_task(
         **calibrate(fed, final),
     }
     target = task_slot(task).target(out)
-    new = save_classifier(_model(fed, final), target, new, load_ood(task, folder))  # the trunk is unchanged
     record = {
         "event": "client-unlearning",
         "task": task,
         "client": client,
         "requested_by": requested_by or getpass.getuser(),
-        "when": new["created"],
         "model_before": manifest["sha256"],
-        "model_after": new["sha256"],
         "method": "FCU",
         "config": dataclasses.asdict(cfg),
         "seconds": round(stats["seconds"], 1),
@@ -223,5 +257,10 @@ def unlearn_task(
         "metrics_after": after,
         "weights": weights_io.portable(target),
     }
-    record["audit_log"] = str(append_audit(record))
+
+    def log(staged: dict) -> None:  # the record names the new model before the manifest puts it in use
+        record.update(when=staged["created"], model_after=staged["sha256"])
+        record["audit_log"] = str(append_audit(record))
+
+    save_classifier(_model(fed, final), target, new, load_ood(task, folder), before_commit=log)  # trunk unchanged
     return record

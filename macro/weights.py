@@ -113,11 +113,15 @@ def _model_id(files: dict[str, dict]) -> str:
     return _digest(json.dumps({name: f["sha256"] for name, f in sorted(files.items())}).encode())
 
 
-def write(folder: Path, payloads: dict[str, bytes], manifest: dict) -> dict:
+def write(
+    folder: Path, payloads: dict[str, bytes], manifest: dict, before_commit: Callable[[dict], None] | None = None
+) -> dict:
     """Write ``payloads`` (logical file name -> bytes) and the manifest into ``folder``; returns the manifest.
 
     The manifest gains ``files`` (logical name -> file, sha256, bytes), ``sha256`` (the model id), ``software`` and,
-    unless given, ``created``."""
+    unless given, ``created``. ``before_commit(manifest)`` runs once the files are written and before the manifest
+    makes them the model in use (an audit record naming the new model's sha256 goes there: if it fails, the old model
+    stays in use)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -127,6 +131,8 @@ def write(folder: Path, payloads: dict[str, bytes], manifest: dict) -> dict:
         atomic_write_bytes(folder / name, data)
         files[logical] = {"file": name, "sha256": digest, "bytes": len(data)}
     manifest = {"created": now(), **manifest, "files": files, "sha256": _model_id(files), "software": software()}
+    if before_commit is not None:
+        before_commit(manifest)
     atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     keep = {f["file"] for f in files.values()}
     for logical in payloads:
@@ -182,8 +188,13 @@ def verify(folder: Path, regenerate: str) -> dict:
     return read(folder, regenerate)[0]
 
 
-def save_tensors(folder: Path, tensors: dict[str, dict[str, Any]], manifest: dict) -> dict:
-    """Write state dicts (logical ``*.safetensors`` name -> {key: tensor}) in fp16 with the manifest."""
+def save_tensors(
+    folder: Path,
+    tensors: dict[str, dict[str, Any]],
+    manifest: dict,
+    before_commit: Callable[[dict], None] | None = None,
+) -> dict:
+    """Write state dicts (logical ``*.safetensors`` name -> {key: tensor}) in fp16 with the manifest (``write``)."""
     import torch
     from safetensors.torch import save
 
@@ -194,7 +205,7 @@ def save_tensors(folder: Path, tensors: dict[str, dict[str, Any]], manifest: dic
             for k, v in state.items()
         }
         payloads[logical] = save(half, metadata={"format": "pt"})
-    return write(folder, payloads, {**manifest, "dtype": "float16"})
+    return write(folder, payloads, {**manifest, "dtype": "float16"}, before_commit)
 
 
 def load_tensors(folder: Path, regenerate: str, names: tuple[str, ...] | None = None) -> tuple[dict, dict[str, dict]]:

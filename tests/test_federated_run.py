@@ -4,6 +4,7 @@ the classification tools, and a slice of ``macro eval federated``."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def test_unknown_task_and_bad_split_are_clear_errors(tmp_path):
 @pytest.mark.slow
 def test_train_then_unlearn_writes_weights_manifest_and_audit(tmp_path, home):
     from macro.federated.fcu import FCUConfig
-    from macro.federated.run import train_task, unlearn_task
+    from macro.federated.run import check_audit, train_task, unlearn_task
     from macro.tools.classification.model import SLOTS, load_classifier
 
     out = tmp_path / "derm"
@@ -77,6 +78,7 @@ def test_train_then_unlearn_writes_weights_manifest_and_audit(tmp_path, home):
     lines = [json.loads(line) for line in open(record["audit_log"])]
     assert lines[-1]["client"] == 2
     assert lines[-1]["model_after"] == after["sha256"]
+    assert check_audit(Path(record["audit_log"]))["ok"]
     with pytest.raises(CaseError, match="already unlearned"):
         unlearn_task("derm", 2, tmp_path / "data", cfg=cfg, progress=False)
     with pytest.raises(CaseError, match="client must be"):
@@ -129,3 +131,44 @@ def test_quick_run_gives_the_same_figures_whatever_omp_num_threads(tmp_path):
         timed = ("seconds", "speedup_vs_retrain")
         figures.append({k: v["mean"] for k, v in report["over_seeds"].items() if not k.endswith(timed)})
     assert figures[0] == figures[1]
+
+
+def test_the_audit_log_is_a_hash_chain_that_shows_edits_removals_and_reordering(tmp_path, home):
+    from typer.testing import CliRunner
+
+    from macro.cli import app
+    from macro.federated.run import append_audit, audit_path, check_audit
+
+    for client in range(3):
+        append_audit({"event": "client-unlearning", "client": client, "model_after": f"sha-{client}"})
+    assert check_audit() == {"path": str(audit_path()), "entries": 3, "ok": True, "problems": []}
+    assert CliRunner().invoke(app, ["fl", "audit"]).exit_code == 0
+    lines = audit_path().read_text().splitlines()
+    tampered = {
+        "edited": [lines[0], lines[1].replace('"client": 1', '"client": 4'), lines[2]],
+        "removed": [lines[0], lines[2]],
+        "reordered": [lines[1], lines[0], lines[2]],
+    }
+    for how, kept in tampered.items():
+        audit_path().write_text("\n".join(kept) + "\n")
+        report = check_audit()
+        assert not report["ok"], how
+        result = CliRunner().invoke(app, ["fl", "audit"])
+        assert result.exit_code == 2 and "BROKEN" in result.stdout
+
+
+def test_an_audit_failure_leaves_the_old_model_in_use(tmp_path):
+    import torch
+
+    from macro import weights
+
+    folder = tmp_path / "model"
+    first = weights.save_tensors(folder, {"w.safetensors": {"w": torch.zeros(2)}}, {"command": "x"})
+
+    def refuse(staged):
+        assert staged["sha256"] != first["sha256"]
+        raise OSError("audit log not writable")
+
+    with pytest.raises(OSError):
+        weights.save_tensors(folder, {"w.safetensors": {"w": torch.ones(2)}}, {"command": "x"}, before_commit=refuse)
+    assert weights.verify(folder, "x")["sha256"] == first["sha256"]

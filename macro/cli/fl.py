@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from macro.cli.common import group, invocation
+from macro.cli.common import err, group, invocation
 from macro.config import Home
 
 fl = group("fl", "Federated classifiers: train (FedLSM) and forget a site (FCU).")
@@ -47,3 +47,20 @@ def fl_unlearn(
     home = Home.current().ensure()
     record = unlearn_task(task, client, home.data, out=out, requested_by=requested_by)
     typer.echo(json.dumps(record, indent=2))
+
+
+@fl.command("audit")
+def fl_audit(as_json: bool = typer.Option(False, "--json")):
+    """Check the unlearning audit log's hash chain: every entry intact and in order (exit 2 when it is broken)."""
+    from macro.federated.run import check_audit
+
+    Home.current().ensure()
+    report = check_audit()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(f"{report['path']}: {report['entries']} entries, " + ("chain intact" if report["ok"] else "BROKEN"))
+        for problem in report["problems"]:
+            err(problem)
+    if not report["ok"]:
+        raise typer.Exit(2)

@@ -146,16 +146,18 @@ class FeatureBank:
         return self.views[view, torch.as_tensor(idx)].float()
 
 
-def save_classifier(model: Classifier, folder: Path, manifest: dict, density: ood.Density | None = None) -> dict:
+def save_classifier(
+    model: Classifier, folder: Path, manifest: dict, density: ood.Density | None = None, before_commit=None
+) -> dict:
     """The trainable top in fp16 safetensors (the trunk is the shipped ImageNet encoder), the out-of-distribution
-    check when given, and the manifest."""
+    check when given, and the manifest (``before_commit``: see :func:`macro.weights.write`)."""
     backbone = f"efficientnet-lite0 (ImageNet), blocks[:{SPLIT_BLOCK}] frozen"
     tensors = {FILE: model.state_dict()}
     extra = {"backbone": backbone, "image_size": IMAGE_SIZE}
     if density is not None:
         tensors[ood.FILE] = density.tensors()
         extra["ood"] = {**manifest.get("ood", {}), **density.info(), "feature": ood.describe(IMAGE_SIZE)}
-    return weights.save_tensors(folder, tensors, {**manifest, **extra})
+    return weights.save_tensors(folder, tensors, {**manifest, **extra}, before_commit)
 
 
 def load_classifier(task: str, folder: Path | None = None) -> tuple[Classifier, dict]:
