@@ -85,6 +85,11 @@ def decide(
     return policy.bind_tools(tools).invoke(messages, **options)
 
 
+def calls_made(steps: list[dict]) -> int:
+    """Tool calls a turn has made: a composite counts its steps, so the step limit bounds the work, not the names."""
+    return sum(len(s.get("children") or ()) or 1 for s in steps)
+
+
 def storable(ai: AIMessage) -> AIMessage:
     """The reply with every call whose arguments a checkpoint cannot hold moved to ``invalid_tool_calls`` with the
     reason, so the policy is asked again instead of the turn failing to save."""
@@ -143,7 +148,7 @@ def build_graph(
         if (
             isinstance(last, AIMessage)
             and last.tool_calls
-            and len(state.get("steps", [])) < max_steps
+            and calls_made(state.get("steps", [])) < max_steps
             and not _repeats(state["messages"])
         ):
             return "tools"

@@ -27,6 +27,7 @@ from macro.case import MODALITIES
 from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolFailure, ToolResult, ToolSpec
 
 KIND = "composite"
+MAX_COMPOSITE_STEPS = 6  # the agent's whole turn allows 6 calls (agent.graph.MAX_STEPS), composite steps included
 _NAME = re.compile(r"^[a-z][a-z0-9_]{2,47}$")
 
 
@@ -69,8 +70,10 @@ class Composite:
         """Structural checks that need no registry: names, step references only point backwards, params exist."""
         if not _NAME.match(self.name):
             raise DefinitionError(f"composite name {self.name!r} must be snake_case, 3-48 characters")
-        if len(self.steps) < 2:
-            raise DefinitionError(f"composite {self.name}: needs at least two steps")
+        if not 2 <= len(self.steps) <= MAX_COMPOSITE_STEPS:
+            raise DefinitionError(
+                f"composite {self.name}: needs 2 to {MAX_COMPOSITE_STEPS} steps, has {len(self.steps)}"
+            )
         used = set()
         for j, step in enumerate(self.steps):
             if not isinstance(step.get("tool"), str):

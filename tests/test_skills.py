@@ -375,3 +375,14 @@ def test_the_library_pointer_stays_inside_and_stray_files_are_not_rounds(tmp_pat
     again = Library(lib.root)
     assert again.current().number == 1 and "not a round file of this library" in again.problems[0]
     assert again.commit([_seg_measure("tent")], "after").number == 2
+
+
+def test_composites_are_bounded_and_their_steps_count_against_the_turn():
+    from macro.agent.graph import MAX_STEPS, calls_made
+    from macro.skills.composite import MAX_COMPOSITE_STEPS
+
+    steps = [{"tool": "describe_scan", "inputs": {}, "args": {}}] * (MAX_COMPOSITE_STEPS + 1)
+    with pytest.raises(DefinitionError, match="steps"):
+        Composite("too_long_chain", steps, {}).check()
+    assert MAX_COMPOSITE_STEPS <= MAX_STEPS
+    assert calls_made([{"tool": "c", "children": [{}, {}, {}]}, {"tool": "a", "children": []}, {"tool": "b"}]) == 5
