@@ -234,3 +234,13 @@ def test_a_tool_never_reads_another_cases_artifacts(tmp_path):
     assert shown.ok and "mask" not in shown.inputs and all(ref["case"] == b.id for ref in produced)
     unknown, _ = run(a, "measure_volume", {"region": "WT"}, [mask_a.ref()])
     assert "mask" not in unknown.inputs
+
+
+def test_a_resampling_too_fine_for_memory_is_refused_before_any_work(tmp_path):
+    from macro.tools.executor import ToolExecutor
+
+    case = load_case(Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii")  # 33x41x25 at 2 mm
+    executor = ToolExecutor(Registry.default(), ArtifactStore(tmp_path), cache=False)
+    _, step, made = executor.run({"name": "crop_resample", "args": {"spacing_mm": 0.21}, "id": "c"}, case, [])
+    assert not step.ok and "limit 16,000,000" in step.error and "at least 0.26 mm" in step.error
+    assert made == [] and not any(tmp_path.rglob("*.nii.gz"))

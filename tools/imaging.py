@@ -566,6 +566,9 @@ class MeasureVolume(MacroTool):
         )
 
 
+MAX_RESAMPLED_VOXELS = 16_000_000  # per channel: a 1 mm 250^3 head; MONAI's resampling peaks near 70 bytes a voxel
+
+
 class ResampleArgs(BaseModel):
     spacing_mm: float | None = Field(
         None, gt=0.2, le=10, description="isotropic output spacing in mm; default keeps the spacing"
@@ -646,6 +649,14 @@ class CropResample(MacroTool):
             threshold = np.percentile(case.image[0], 20)
             img = CropForeground(select_fn=lambda x: x > threshold, margin=2, allow_smaller=True)(img)
         if args.spacing_mm is not None:
+            current = np.sqrt((img.affine.numpy()[:3, :3] ** 2).sum(axis=0))
+            voxels = int(np.prod(np.ceil(np.asarray(img.shape[1:]) * current / args.spacing_mm)))
+            if voxels > MAX_RESAMPLED_VOXELS:  # refused before any work: memory and time grow with the output
+                finest = float(np.cbrt(np.prod(np.asarray(img.shape[1:]) * current) / MAX_RESAMPLED_VOXELS))
+                raise ToolFailure(
+                    f"resampling to {args.spacing_mm:g} mm would make {voxels:,} voxels per channel (limit "
+                    f"{MAX_RESAMPLED_VOXELS:,}); choose a spacing of at least {np.ceil(finest * 100) / 100:g} mm"
+                )
             img = Spacing(pixdim=(args.spacing_mm,) * 3, mode="bilinear")(img)
         out = np.moveaxis(img.numpy().astype(np.float32), 0, -1)
         new_spacing = [round(float(s), 4) for s in np.sqrt((img.affine.numpy()[:3, :3] ** 2).sum(axis=0))]
