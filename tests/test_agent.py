@@ -368,8 +368,10 @@ def test_concurrent_turns_on_one_thread_all_reach_its_history(demo, home):
 
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(turn, questions))
-    state = _agent(ScriptedPolicy(), home)._graph(ArtifactStore(Home(home).artifacts)).get_state(
-        {"configurable": {"thread_id": first.thread_id}}
+    state = (
+        _agent(ScriptedPolicy(), home)
+        ._graph(ArtifactStore(Home(home).artifacts))
+        .get_state({"configurable": {"thread_id": first.thread_id}})
     )
     asked = [m.text for m in state.values["messages"] if isinstance(m, HumanMessage)]
     assert sorted(asked[1:]) == sorted(questions) and len(asked) == 7
