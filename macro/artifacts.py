@@ -138,3 +138,48 @@ class ArtifactStore:
             raise KeyError(f"unknown artifact {art_id!r}")
         info = json.loads(sidecar.read_text())
         return Artifact(info["id"], info["kind"], path, info.get("meta", {}))
+
+
+STALE_TMP_SECONDS = 3600  # a temporary file this old was left by a killed writer, not one still writing
+
+
+def collect(
+    root: Path, older_than_days: float | None = None, max_bytes: int | None = None, dry_run: bool = False, now=None
+) -> dict:
+    """Free the artifact store under ``root``: whole runs older than ``older_than_days``, then the oldest runs until
+    the store fits in ``max_bytes``, and temporary files that killed writers left (older than an hour). A thread that
+    refers to a removed artifact gets a failed call naming it, not a crash. ``dry_run`` only reports."""
+    import shutil
+    import time
+
+    root, now = Path(root), now or time.time()
+    runs = []
+    for run in sorted(root.glob("run-*")) if root.is_dir() else []:
+        files = [f for f in run.rglob("*") if f.is_file()]
+        newest = max((f.stat().st_mtime for f in files), default=run.stat().st_mtime)
+        runs.append((newest, sum(f.stat().st_size for f in files), run))
+    runs.sort()  # oldest first
+    total = sum(size for _, size, _ in runs)
+    drop = {run for newest, _, run in runs if older_than_days is not None and now - newest > older_than_days * 86400}
+    left = total - sum(size for _, size, run in runs if run in drop)
+    for _, size, run in runs:
+        if max_bytes is None or left <= max_bytes:
+            break
+        if run not in drop:
+            drop.add(run)
+            left -= size
+    stale = [f for f in root.rglob(".*.tmp") if now - f.stat().st_mtime > STALE_TMP_SECONDS] if root.is_dir() else []
+    if not dry_run:
+        for run in drop:
+            shutil.rmtree(run, ignore_errors=True)
+        for f in stale:
+            f.unlink(missing_ok=True)
+    return {
+        "root": str(root),
+        "runs_removed": len(drop),
+        "bytes_freed": total - left,
+        "runs_kept": len(runs) - len(drop),
+        "bytes_kept": left,
+        "tmp_removed": len(stale),
+        "dry_run": dry_run,
+    }

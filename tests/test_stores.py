@@ -84,3 +84,40 @@ def test_a_new_home_is_owner_only_unless_shared_with_the_group(tmp_path, monkeyp
     existing.mkdir(mode=0o755)
     Home(existing).ensure()
     assert stat.S_IMODE(existing.stat().st_mode) == 0o755  # an existing home keeps its mode
+
+
+def test_runs_gc_frees_old_runs_then_the_oldest_until_the_quota_and_stale_temporaries(tmp_path, monkeypatch):
+    import json
+    import os
+    import time
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from macro.artifacts import ArtifactStore
+    from macro.cli import app
+    from macro.config import Home
+
+    monkeypatch.setenv("MACRO_HOME", str(tmp_path / "home"))
+    root = Home.current().ensure().artifacts
+    now = time.time()
+    ages = {"old": 10, "middle": 2, "new": 0}  # days
+    for name, days in ages.items():
+        art = ArtifactStore(root, f"run-{name}").save_png(np.zeros((64, 64, 3)), "image", name)
+        for f in art.path.parent.iterdir():
+            os.utime(f, (now - days * 86400, now - days * 86400))
+    stale = root / "run-new" / ".x.png.abc.tmp"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (now - 7200, now - 7200))
+    fresh = root / "run-new" / ".y.png.def.tmp"
+    fresh.write_bytes(b"still writing")
+    dry = CliRunner().invoke(app, ["runs", "gc", "--older-than", "5", "--dry-run", "--json"])
+    assert json.loads(dry.stdout)["runs_removed"] == 1 and (root / "run-old").exists()
+    done = json.loads(CliRunner().invoke(app, ["runs", "gc", "--older-than", "5", "--json"]).stdout)
+    assert done["runs_removed"] == 1 and done["tmp_removed"] == 1 and done["runs_kept"] == 2
+    assert not (root / "run-old").exists() and not stale.exists() and fresh.exists()
+    newest = sum(f.stat().st_size for f in (root / "run-new").rglob("*") if f.is_file())
+    limit = str((newest + 1) / 2**30)
+    quota = json.loads(CliRunner().invoke(app, ["runs", "gc", "--max-gb", limit, "--json"]).stdout)
+    assert quota["runs_removed"] == 1 and not (root / "run-middle").exists() and (root / "run-new").exists()
+    assert CliRunner().invoke(app, ["runs", "gc", "--older-than", "-1"]).exit_code == 2

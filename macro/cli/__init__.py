@@ -3,7 +3,7 @@ stderr; exit 2 for bad input or damaged weights, 3 for a missing model)."""
 
 from __future__ import annotations
 
-from macro.cli import anomaly, bench, chat, data, doctor, evaluate, fl, memory, skills, tools, train  # noqa: F401
+from macro.cli import anomaly, bench, chat, data, doctor, evaluate, fl, memory, runs, skills, tools, train  # noqa: F401
 from macro.cli.common import app, guard_all
 
 guard_all(app)
