@@ -32,7 +32,7 @@ from macro.agent.consistency import reconcile
 from macro.agent.prompts import CALL_RULE, system_message
 from macro.agent.toolcall import unstorable
 from macro.artifacts import ArtifactStore, locked_file
-from macro.case import Case, load_case_ref
+from macro.case import Case, load_case_ref, share_case
 from macro.config import Home
 from macro.errors import CaseError, MacroError, ModelUnavailable
 from macro.skills.library import load_composites
@@ -348,6 +348,7 @@ class Agent:
             yield from self._turn(case, question, cut, thread_id, family)
 
     def _turn(self, case: Case | None, question: str, cut: str, thread_id: str, family: str):
+        case = share_case(case) if case is not None else None  # the graph's steps reuse it: one decode per turn
         config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 4 * self.max_steps + 10}
         case_ref = case.ref() if case is not None else self.thread_case(thread_id)
         if case_ref is None:

@@ -147,21 +147,32 @@ _CACHE: dict[tuple, Case] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_case_ref(ref: dict) -> Case:
-    """Reload a case from :meth:`Case.ref`, reusing a process-level cache while the files are unchanged."""
+def _ref_key(ref: dict) -> tuple:
     source = ref["source"]
     paths = [Path(p) for p in (source if isinstance(source, list) else [source])]
-    key = (tuple(str(p) for p in paths), ref.get("modality"), tuple(_mtime(p) for p in paths))
+    return tuple(str(p) for p in paths), ref.get("modality"), tuple(_mtime(p) for p in paths)
+
+
+def load_case_ref(ref: dict) -> Case:
+    """Reload a case from :meth:`Case.ref`, reusing a process-level cache while the files are unchanged."""
+    key = _ref_key(ref)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    case = load_case(source, ref.get("modality"), check=False)
+    return share_case(load_case(ref["source"], ref.get("modality"), check=False))
+
+
+def share_case(case: Case) -> Case:
+    """Put an already loaded case where :func:`load_case_ref` finds it, so a turn decodes its voxels once (the
+    caller's copy), not again for every graph step; returns the case the cache holds for it."""
+    key = _ref_key(case.ref())
     with _CACHE_LOCK:
-        if len(_CACHE) > 32:
-            _CACHE.clear()
-        _CACHE[key] = case
-    return case
+        if key not in _CACHE:
+            if len(_CACHE) > 32:
+                _CACHE.clear()
+            _CACHE[key] = case
+        return _CACHE[key]
 
 
 def _mtime(path: Path) -> float:

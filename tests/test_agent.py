@@ -375,3 +375,16 @@ def test_concurrent_turns_on_one_thread_all_reach_its_history(demo, home):
     )
     asked = [m.text for m in state.values["messages"] if isinstance(m, HumanMessage)]
     assert sorted(asked[1:]) == sorted(questions) and len(asked) == 7
+
+
+def test_a_turn_decodes_the_scan_once(demo_folder, home, monkeypatch):
+    from macro import case as case_module
+    from macro.case import load_case
+
+    decoded = []
+    real = case_module._read_pixels
+    monkeypatch.setattr(case_module, "_read_pixels", lambda c: decoded.append(c.id) or real(c))
+    monkeypatch.setattr(case_module, "_CACHE", {})
+    scan = load_case(demo_folder)  # as the CLI loads it: decoded once to check the voxels
+    _agent(ScriptedPolicy(), home).ask(scan, "Describe this scan and show me a slice.")
+    assert decoded == [scan.id]
