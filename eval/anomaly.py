@@ -37,8 +37,7 @@ import torch
 
 from macro.data.mvtec import AnomalyTask
 from macro.metrics import p50_p95, roc_auc
-from macro.reports import combine_seeds, seed_table
-from macro.repro import fixed_threads
+from macro.reports import run_seeds, seed_table
 from macro.tools.anomaly.continual import Coreset
 
 METHODS = ("cadic", "patchcore_per_task", "fifo", "joint")
@@ -127,12 +126,9 @@ def evaluate(
     its images), combined into means with 95 % intervals and CADIC's paired differences from each baseline."""
     p = p or profile(quick)
     start = time.perf_counter()
-    runs = []
-    with fixed_threads(1):  # the small feature net and searches run fastest on one thread (the README's figures)
-        for seed in seeds:
-            log(f"seed {seed}")
-            runs.append(_run(data_root, p, seed, progress, log, source))
-        report = combine_seeds(runs, seeds, DIFFERENCES)
+    report = run_seeds(  # one thread: the small feature net and searches run fastest so (the README's figures)
+        seeds, lambda seed: _run(data_root, p, seed, progress, log, source), DIFFERENCES, threads=1, log=log
+    )
     report["protocol"] = {**p, "quick": quick, "seconds": round(time.perf_counter() - start, 1)}
     return report
 

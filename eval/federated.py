@@ -28,8 +28,7 @@ from typing import Sequence
 from macro.federated import fcu as fcu_lib
 from macro.federated.run import metrics, train_fedlsm
 from macro.federated.tasks import federation
-from macro.reports import combine_seeds, seed_table
-from macro.repro import fixed_threads
+from macro.reports import run_seeds, seed_table
 
 CLASSIFICATION_METHODS = ("fedavg", "fedavg_labelled", "fedlsm")
 DIFFERENCES = {  # the figures behind the two papers' claims, paired by seed
@@ -136,17 +135,14 @@ def evaluate(
     profile's sizes (tests)."""
     p = p or profile(quick)
     start = time.perf_counter()
-    runs = []
-    with fixed_threads():
-        for seed in seeds:
-            log(f"seed {seed}")
-            runs.append(
-                {
-                    "classification": classification(data_root, p, seed, progress, log),
-                    "unlearning": unlearning(data_root, p, seed, progress, log),
-                }
-            )
-        report = combine_seeds(runs, seeds, DIFFERENCES)
+
+    def one(seed: int) -> dict:
+        return {
+            "classification": classification(data_root, p, seed, progress, log),
+            "unlearning": unlearning(data_root, p, seed, progress, log),
+        }
+
+    report = run_seeds(seeds, one, DIFFERENCES, log=log)
     report["protocol"] = {**p, "quick": quick, "seconds": round(time.perf_counter() - start, 1)}
     report["fcu_claim"] = fcu_claim(report)
     return report

@@ -36,7 +36,7 @@ import torch
 
 from macro.data.stepcot import ATTRIBUTES, diagnose
 from macro.metrics import p50_p95
-from macro.reports import combine_seeds, seed_table
+from macro.reports import run_seeds, seed_table
 from macro.repro import fixed_threads
 from macro.tools.vqa.data import load_folder, phantom_folder
 from macro.tools.vqa.encoders import IMAGE_SIZE, ImageEncoder
@@ -117,15 +117,15 @@ def evaluate(
 ) -> dict:
     """The harness once per seed (each a fresh phantom; the training seed stays the notes' 42), combined into means
     with 95 % intervals and the chained models' paired differences from the baseline."""
-    runs, protocol = [], None
-    with fixed_threads(1):
-        for seed in seeds:
-            log(f"seed {seed}")
-            report, _ = _run(data_root, quick, seed, progress, log, n_images)
-            protocol = protocol or report["protocol"]
-            runs.append({k: v for k, v in report.items() if k != "protocol"})
-        combined = combine_seeds(runs, seeds, DIFFERENCES)
-    protocol = {k: v for k, v in protocol.items() if k not in ("seed", "seconds")}  # the first seed's settings
+    protocols = []
+
+    def one(seed: int) -> dict:
+        report, _ = _run(data_root, quick, seed, progress, log, n_images)
+        protocols.append(report.pop("protocol"))
+        return report
+
+    combined = run_seeds(seeds, one, DIFFERENCES, threads=1, log=log)
+    protocol = {k: v for k, v in protocols[0].items() if k not in ("seed", "seconds")}  # the first seed's settings
     return {**combined, "protocol": protocol}
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from macro.repro import provenance
+from macro.repro import EVAL_THREADS, fixed_threads, provenance
 from macro.stats import over_seeds
 
 
@@ -32,6 +32,24 @@ def write_report(out: Path, name: str, report: dict, table: str, draw: Callable)
     figure.tight_layout()
     figure.savefig(files[2], dpi=120)
     return files
+
+
+def run_seeds(
+    seeds: Sequence[int],
+    run: Callable[[int], dict],
+    differences: dict[str, tuple[str, str]],
+    threads: int = EVAL_THREADS,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """``run(seed)`` for each seed with torch threads fixed (:func:`macro.repro.fixed_threads`), combined by
+    :func:`combine_seeds`: the one way every ``macro eval`` reports over seeds."""
+    with fixed_threads(threads):
+        runs = []
+        for seed in seeds:
+            if log is not None:
+                log(f"seed {seed}")
+            runs.append(run(seed))
+        return combine_seeds(runs, seeds, differences)
 
 
 def combine_seeds(runs: Sequence[dict], seeds: Sequence[int], differences: dict[str, tuple[str, str]]) -> dict:

@@ -14,8 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from macro.reports import combine_seeds, seed_table
-from macro.repro import fixed_threads
+from macro.reports import run_seeds, seed_table
 from macro.tools.segmentation.model import REGIONS, from_grid
 
 DOMAINS = ("source", "lowfield", "pediatric")
@@ -98,31 +97,28 @@ def evaluate(
 
     source, _, _ = load_weights(weights)  # before any data is built, so damaged weights fail at once
     grid = SegNetConfig().grid
-    runs = []
-    with fixed_threads():
-        for seed in seeds:
-            run: dict = {"domains": {}}
-            for domain in domains:
-                folder = data_root / f"test-{domain}-{TEST_SEED + seed}"
-                folders = make("brats-phantom", folder, n=n, seed=TEST_SEED + seed, domain=domain)
-                samples = [load_sample(f, grid) for f in folders]
-                run["domains"][domain] = {}
-                for method in methods:
-                    if progress:
-                        progress(f"seed {seed}, {domain}: {method} over {len(samples)} volumes")
-                    run["domains"][domain][method] = run_stream(method, samples, steps, source)
-            runs.append(run)
-        differences = {
-            f"{domain}: {method} - {base}": (
-                f"domains.{domain}.{method}.dice.mean",
-                f"domains.{domain}.{base}.dice.mean",
-            )
-            for domain in domains
-            for method in methods
-            for base in ("none", "tent")
-            if method not in ("none", base) and base in methods
-        }
-        report = combine_seeds(runs, seeds, differences)
+
+    def one(seed: int) -> dict:
+        run: dict = {"domains": {}}
+        for domain in domains:
+            folder = data_root / f"test-{domain}-{TEST_SEED + seed}"
+            folders = make("brats-phantom", folder, n=n, seed=TEST_SEED + seed, domain=domain)
+            samples = [load_sample(f, grid) for f in folders]
+            run["domains"][domain] = {}
+            for method in methods:
+                if progress:
+                    progress(f"seed {seed}, {domain}: {method} over {len(samples)} volumes")
+                run["domains"][domain][method] = run_stream(method, samples, steps, source)
+        return run
+
+    differences = {
+        f"{domain}: {method} - {base}": (f"domains.{domain}.{method}.dice.mean", f"domains.{domain}.{base}.dice.mean")
+        for domain in domains
+        for method in methods
+        for base in ("none", "tent")
+        if method not in ("none", base) and base in methods
+    }
+    report = run_seeds(seeds, one, differences)
     report["protocol"] = {"n_per_domain": n, "steps": steps, "test_seeds": [TEST_SEED + s for s in seeds]}
     return report
 
