@@ -218,7 +218,7 @@ def test_threads_resume_after_restart_and_trajectories_are_stored(demo, home):
     assert sum(isinstance(m, HumanMessage) for m in snapshot.values["messages"]) == 2
     stored = TrajectoryStore(Home(home).trajectories_db).list(thread_id=first.thread_id)
     assert [t.question for t in stored] == ["What is the enhancing tumour volume?", "Now describe the scan."]
-    assert stored[0].tool_versions == {"measure_volume": "1.2.0"}
+    assert stored[0].tool_versions == {"measure_volume": "1.2.1"}
     assert stored[0].case_id == demo.id
 
 

@@ -51,10 +51,6 @@ def test_demo_answers_the_volume_in_at_most_two_calls(model_env):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 open: the shipped adapter answers 'And the enhancing part?' with measure_volume(region=WT)",
-)
 def test_three_piped_chat_turns_each_get_an_answer(model_env, demo_folder):
     from macro.trajectory import TrajectoryStore
 

@@ -32,6 +32,8 @@ HELD_OUT_EVERY = 5
 PER_CASE = 32  # first-call rows per tool on every case that offers it: on each case every offered tool is as likely
 # a first call as another, so the request decides the tool, not the case (with 30 rows per tool spread over the
 # cases, brain MRI requests collapsed to the segmentation, which the most rows there began with)
+ELLIPTICAL = 6  # more threads per case for each tool with elliptical follow-ups: the random threads began with a
+# volume on one turn in ten, too few to learn that "and the enhancing part?" after a slice means the enhancing volume
 OPENERS = ["", "", "", "Hi. ", "Hello, ", "Please: ", "Quick question: ", "Doctor here. ", "OK. "]
 CLOSERS = ["", "", "", " Thanks.", " Please.", " Thank you!"]
 ANSWER_LEADS = ["", "", "", "Here is what I found. ", "Result: "]
@@ -198,7 +200,7 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
     - two requests in one message, answered after both;
     - follow-up turns in a thread, on another tool and on the same tool with other arguments, in the spec's
       elliptical ``follow_ups`` ("And the core?") where it has them (earlier artifacts reused: no second
-      segmentation);
+      segmentation); :data:`ELLIPTICAL` more threads per tool with follow-ups start with that tool;
     - recovery: after a failed call (a tool the case does not offer, a tool run before its input exists), the
       right call;
     - "no offered tool can answer that" for off-topic requests (not for requests of tools other cases offer: "Is
@@ -216,8 +218,13 @@ def conversation_rows(ctxs: Sequence[Context], rng: random.Random, follow_ups: i
                 ex = examples[(start + i) % len(examples)]
                 turn, _ = _turn(ctx, rng, [], perturb(ex.request, rng), [(tool, ex.args)], [], "first_call")
                 rows += turn  # with the answer: trained on one turn in three, it made unasked calls after results
-        for _ in range(follow_ups):
-            (t1, e1), (t2, e2) = rng.sample(train, 2)
+        threads = [rng.sample(train, 2) for _ in range(follow_ups)]
+        for tool in ctx.tools:  # every elliptical follow-up a tool has, asked after another tool's turn
+            own = [(t, e) for t, e in train if t.name == tool.name]
+            others = [(t, e) for t, e in train if t.name != tool.name]
+            if ctx.examples(tool, follow_ups=True) and own and others:
+                threads += [[rng.choice(own), rng.choice(others)] for _ in range(ELLIPTICAL)]
+        for (t1, e1), (t2, e2) in threads:
             if t1.name != t2.name:
                 request = f"{e1.request.rstrip('.?!')}, and {e2.request[0].lower()}{e2.request[1:]}"
                 turn, _ = _turn(ctx, rng, [], perturb(request, rng), [(t1, e1.args), (t2, e2.args)], [], "first_call")

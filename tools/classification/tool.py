@@ -89,7 +89,7 @@ class ClassifyLesion(MacroTool):
     spec = ToolSpec(
         modalities=("dermoscopy",),
         dims=(2,),
-        version="1.2.0",
+        version="1.2.1",
         deterministic=True,
         cases=("derm-phantom",),
         weights=SLOTS["derm"].name,
@@ -134,6 +134,12 @@ class ClassifyLesion(MacroTool):
             ToolExample(request="what is this dark spot", args={}),
             ToolExample(request="Ist dieser Leberfleck gefährlich?", args={}),
             ToolExample(request="Ce grain de beauté est-il inquiétant ?", args={}),
+            ToolExample(request="what's the dx", args={}),
+            ToolExample(request="ddx?", args={}),
+            ToolExample(request="diagnosis?", args={}),
+            ToolExample(request="Melanoma or benign?", args={}),
+            ToolExample(request="check this mole for melanoma", args={}),
+            ToolExample(request="is this mole melanoma or harmless", args={}),
         ),
     )
 

@@ -121,7 +121,7 @@ class AnswerStepwise(MacroTool):
     spec = ToolSpec(
         modalities=("xray",),
         dims=(2,),
-        version="1.2.0",
+        version="1.2.1",
         deterministic=True,
         weights=SLOT.name,
         outputs={"chain": "text"},
@@ -183,6 +183,11 @@ class AnswerStepwise(MacroTool):
             ToolExample(request="talk me through it step by step", args={}),
             ToolExample(request="Zeig mir deinen Gedankengang zur Diagnose.", args={}),
             ToolExample(request="Étape par étape, quel est le diagnostic ?", args={}),
+            ToolExample(request="stepwise diagnosis please", args={}),
+            ToolExample(request="step-by-step diagnosis", args={}),
+            ToolExample(request="dx, step by step", args={}),
+            ToolExample(request="stepwise read", args={}),
+            ToolExample(request="reason stepwise", args={}),
         ),
     )
 
