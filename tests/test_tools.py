@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from macro.artifacts import ArtifactStore
 from macro.case import load_case
 from macro.tools import registry as registry_module
-from macro.tools.base import MacroTool, ToolContext, ToolResult, ToolSpec
+from macro.tools.base import MacroTool, ToolContext, ToolExample, ToolResult, ToolSpec
 from macro.tools.registry import Registry
 
 
@@ -73,6 +73,17 @@ def test_bad_tool_definitions_fail_at_class_creation():
             name: str = "no_spec"
             description: str = "d"
             args_schema: type[BaseModel] = Args
+
+    with pytest.raises(TypeError, match="example requests repeat"):
+
+        class Repeats(MacroTool):  # noqa: F841
+            name: str = "repeats"
+            description: str = "d"
+            args_schema: type[BaseModel] = Args
+            spec = ToolSpec(
+                modalities=("*",),
+                examples=(ToolExample(request="Go."), ToolExample(request="Go.", args={"x": 2})),
+            )
 
 
 class Echo(MacroTool):

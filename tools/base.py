@@ -252,5 +252,8 @@ def _validate_definition(cls: type[MacroTool]) -> None:
         raise TypeError(
             f"{where}: weights {spec.weights!r} is not a declared slot (macro.weights.slot): {sorted(SLOTS)}"
         )
+    requests = [example.request for example in (*spec.examples, *spec.follow_ups)]
+    if repeated := sorted({r for r in requests if requests.count(r) > 1}):
+        raise TypeError(f"{where}: example requests repeat {repeated} (one could land in training, one held out)")
     for example in (*spec.examples, *spec.follow_ups):
         schema(**example.args)
