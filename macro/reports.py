@@ -74,9 +74,15 @@ def combine_seeds(runs: Sequence[dict], seeds: Sequence[int], differences: dict[
     return {**mean, "over_seeds": figures, "differences": diffs, "provenance": provenance(seeds)}
 
 
-def seed_table(report: dict, paths: Sequence[str], digits: int = 2) -> str:
-    """Markdown rows ``figure | mean | 95 % CI | per seed`` for the named figures and every difference."""
-    rows = ["| figure | mean | 95 % CI | per seed |", "|---|---|---|---|"]
+def seed_table(report: dict, paths: Sequence[str], what: str, digits: int = 2) -> str:
+    """A caption naming the seeds and ``what`` the figures are, then markdown rows ``figure | mean | 95 % CI | per
+    seed`` for the named figures and every paired difference."""
+    seeds = report["provenance"]["seeds"]
+    caption = (
+        f"Means over {len(seeds)} seed(s) {seeds}: {what}; then the paired differences; each with its 95 % "
+        "interval (Student t over seeds):"
+    )
+    rows = [caption, "", "| figure | mean | 95 % CI | per seed |", "|---|---|---|---|"]
     items = [(p, report["over_seeds"][p]) for p in paths] + list(report["differences"].items())
     for name, s in items:
         ci = f"[{s['ci'][0]:.{digits}f}, {s['ci'][1]:.{digits}f}]" if s["ci"] else "n/a (1 seed)"

@@ -80,10 +80,10 @@ def test_seed_runs_combine_into_means_intervals_and_paired_differences():
     diff = report["differences"]["a - b"]
     assert diff["per_seed"] == [10.0, 11.0, 9.0] and diff["mean"] == 10.0 and diff["seeds"] == 3
     assert report["provenance"]["seeds"] == [0, 1, 2] and report["provenance"]["torch_threads"] >= 1
-    table = seed_table(report, ["a.auc"])
+    table = seed_table(report, ["a.auc"], "AUC")
     assert "| a.auc | 72.00 |" in table and "| a - b | 10.00 |" in table
     single = combine_seeds(runs[:1], (0,), {"a - b": ("a.auc", "b.auc")})
-    assert "n/a (1 seed)" in seed_table(single, ["a.auc"])
+    assert "n/a (1 seed)" in seed_table(single, ["a.auc"], "AUC")
 
 
 def test_fixed_threads_overrides_and_restores():
