@@ -68,6 +68,10 @@ class Case:
     def dims(self) -> int:
         return len(self.shape)
 
+    def __getstate__(self) -> dict:
+        """Pickled without decoded voxels: a tool worker reads the scan itself rather than receive it by pipe."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("image", "labels")}
+
     @cached_property
     def image(self) -> np.ndarray:
         """Channel-first float32 voxels, loaded and checked on first access."""

@@ -20,6 +20,8 @@ PLUGIN = Path(__file__).parents[1] / "examples" / "snr-tool" / "macro_snr.py"
 
 
 def snr_tool():
+    if str(PLUGIN.parent) not in sys.path:  # as installing the plug-in would: its module must import in tool workers
+        sys.path.append(str(PLUGIN.parent))
     spec = importlib.util.spec_from_file_location("macro_snr", PLUGIN)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("macro_snr", module)

@@ -45,6 +45,7 @@ class ToolSpec(BaseModel):
     that exercise the tool (:data:`macro.data.EXAMPLES`, ``builder`` names of :mod:`macro.data`, or
     ``wheel:package/path`` for a real scan shipped in an installed wheel): the SFT dialogues are built on them. How
     a result answers a question is the tool's :attr:`ToolResult.headline`, which trained answers quote.
+    ``timeout_s`` and ``memory_mb`` bound one call (:mod:`macro.tools.worker`).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -59,6 +60,8 @@ class ToolSpec(BaseModel):
     examples: tuple[ToolExample, ...] = ()
     follow_ups: tuple[ToolExample, ...] = ()
     cases: tuple[str, ...] = ()
+    timeout_s: float = Field(default=120.0, gt=0)  # wall clock per call, enforced by the executor's worker process
+    memory_mb: int = Field(default=4096, gt=0)  # what one call may add to its worker's resident memory
 
     @property
     def needs(self) -> frozenset[str]:

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from langchain_core.messages import ToolMessage
 from pydantic import ValidationError
 
 from macro.artifacts import ArtifactStore
 from macro.case import Case
-from macro.errors import CaseError, MacroError
-from macro.tools.base import ToolContext, ToolFailure, ToolResult, case_artifacts, first_sentence
+from macro.tools.base import MacroTool, ToolContext, ToolResult, case_artifacts, first_sentence
 from macro.tools.cache import ResultCache
-from macro.tools.registry import Registry
+from macro.tools.registry import Registry, kind
+from macro.tools.worker import POOL, Limits, Outcome, execute, isolation_enabled
 
 # Arguments a model may add out of habit; the executor supplies these itself.
 INJECTED_NAMES = frozenset({"case", "case_id", "case_path", "image", "image_id", "scan", "mask", "mask_id", "path"})
@@ -49,11 +48,14 @@ class Step:
 
 
 class ToolExecutor:
-    def __init__(self, registry: Registry, store: ArtifactStore, cache: bool = True):
-        """``cache``: reuse results of deterministic tools (:mod:`macro.tools.cache`, kept in the store's root)."""
+    def __init__(self, registry: Registry, store: ArtifactStore, cache: bool = True, isolate: bool | None = None):
+        """``cache``: reuse results of deterministic tools (:mod:`macro.tools.cache`, kept in the store's root).
+        ``isolate``: run atomic tools in a killable worker process within their limits (:mod:`macro.tools.worker`);
+        by default unless ``MACRO_TOOL_ISOLATION=0``. Composites run here; each of their steps is isolated."""
         self.registry = registry
         self.store = store
         self.cache = ResultCache(store.root) if cache else None
+        self.isolate = isolation_enabled() if isolate is None else isolate
 
     def run(
         self, call: dict, case: Case, history: list[dict], session: dict | None = None
@@ -95,24 +97,16 @@ class ToolExecutor:
             if state is not None:
                 key = ResultCache.key(tool, case, parsed.model_dump(mode="json"), history, state)
                 hit = self.cache.get(key)
-        try:
-            if hit is not None:
-                result = ToolResult(**hit["result"])
-                ctx.used.update(hit["used"])
-                tool.on_cache_hit(ctx, parsed)
-            else:
-                result = tool.execute(ctx, parsed)
-        except ToolFailure as exc:
-            failure = (str(exc), version, exc.children, exc.artifacts, case.id)
-            return self._fail(name, parsed.model_dump(), call_id, start, *failure)
-        except CaseError as exc:  # the policy needs the problem, not the full path
-            where = f"{Path(exc.path).name}: " if exc.path else ""
-            return self._fail(name, parsed.model_dump(), call_id, start, where + exc.problem, version)
-        except MacroError as exc:
-            return self._fail(name, parsed.model_dump(), call_id, start, str(exc), version)
-        except Exception as exc:  # the agent survives any tool bug; the policy sees what happened
-            error = f"{name} failed: {type(exc).__name__}: {exc}"
-            return self._fail(name, parsed.model_dump(), call_id, start, error, version)
+        if hit is not None:
+            result = ToolResult(**hit["result"])
+            ctx.used.update(hit["used"])
+            tool.on_cache_hit(ctx, parsed)
+        else:
+            outcome = self._execute(tool, ctx, parsed)
+            if outcome.result is None:
+                failure = (outcome.error, version, outcome.children, outcome.artifacts, case.id)
+                return self._fail(name, parsed.model_dump(), call_id, start, *failure)
+            result = outcome.result
         if key is not None and hit is None:
             self.cache.put(key, result.model_dump(mode="json"), ctx.used)
         ms = (time.perf_counter() - start) * 1000
@@ -136,6 +130,16 @@ class ToolExecutor:
         )
         msg = ToolMessage(text, name=name, tool_call_id=call_id, artifact=result.model_dump())
         return msg, step, [{**ref, "case": case.id} for ref in result.artifacts]
+
+    def _execute(self, tool: MacroTool, ctx: ToolContext, parsed) -> Outcome:
+        if not self.isolate or kind(tool) == "composite":
+            return execute(tool, ctx, parsed)
+        outcome = POOL.run(tool, ctx, parsed, Limits.of(tool))
+        if outcome.result is not None:  # the worker's view of the thread's state becomes the thread's
+            ctx.used.update(outcome.used)
+            ctx.session.clear()
+            ctx.session.update(outcome.session)
+        return outcome
 
     def _fail(self, name, args, call_id, start, error, version=None, children=(), artifacts=(), case_id=None):
         ms = (time.perf_counter() - start) * 1000
