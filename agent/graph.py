@@ -39,6 +39,7 @@ from macro.skills.library import load_composites
 from macro.tools.base import case_artifacts
 from macro.tools.executor import Step, ToolExecutor
 from macro.tools.registry import Registry
+from macro.tools.worker import POOL
 from macro.trajectory import Trajectory, TrajectoryStore
 
 MAX_STEPS = 6
@@ -123,6 +124,8 @@ def build_graph(
     """``sessions`` maps thread id → in-memory tool state (adapted models), kept for the life of the process;
     ``cache``: reuse results of deterministic tools (:mod:`macro.tools.cache`)."""
     executor = ToolExecutor(registry, store, cache)
+    if executor.isolate:
+        POOL.prestart()  # its imports overlap with the policy's first decision
     sessions = {} if sessions is None else sessions
 
     def policy_node(state: AgentState) -> dict:

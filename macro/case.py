@@ -36,7 +36,9 @@ ACCEPTED = (
     "(T1, T1ce, T2, FLAIR)"
 )
 MAX_DIM = 2048
-MAX_VOXELS = 400_000_000
+# Decoded values (voxels x channels) a case may hold: 512^3, 512 MiB as float32. The bound is checked on the
+# declared header before any pixel is read, so a small compressed file cannot expand past ~1 GB in any process.
+MAX_VOXELS = 2**27
 DICOM_MODALITY = {
     "MR": "mr",
     "CT": "ct",
@@ -250,12 +252,17 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
+def _check_shape(path: Path, shape: tuple[int, ...], channels: int = 1) -> None:
     if any(int(s) <= 0 for s in shape):
         raise CaseError(path, f"image has an empty dimension (shape {shape})")
-    if max(shape) > MAX_DIM or int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+    if max(shape) > MAX_DIM:
+        raise CaseError(path, f"image size {shape} is implausible for a scan (limit {MAX_DIM} per axis)")
+    values = int(np.prod(shape, dtype=np.int64)) * channels
+    if values > MAX_VOXELS:
+        what = f"{values:,} voxels" if channels == 1 else f"{values:,} values ({channels} channels)"
         raise CaseError(
-            path, f"image size {shape} is implausible for a scan (limit {MAX_DIM} per axis, {MAX_VOXELS:,} voxels)"
+            path,
+            f"image size {shape} holds {what}, over the limit of {MAX_VOXELS:,}; crop or downsample it first",
         )
 
 
@@ -301,15 +308,26 @@ def _nifti_header(path: Path):
     return img, shape, spacing
 
 
-def _nifti_data(path: Path) -> np.ndarray:
+def _nifti_data(path: Path, out: np.ndarray | None = None) -> np.ndarray:
+    """The voxels as float32, written into ``out`` when given. Scaling is applied in place in float32, so the peak is
+    the stored array plus the result (nibabel's own scaling goes through float64: twice the result again)."""
     img, shape, _ = _nifti_header(path)
+    proxy = img.dataobj
     try:
-        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+        raw = np.asanyarray(proxy.get_unscaled()).reshape(shape)
+        out = np.empty(shape, np.float32) if out is None else out
+        out[...] = raw
+        del raw
+        slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
     except Exception as exc:  # truncated gzip, short file, bad scaling
         raise CaseError(
             path, f"voxel data cannot be read, the file is truncated or corrupt ({type(exc).__name__})"
         ) from None
-    return data
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if inter != 0.0:
+        out += np.float32(inter)
+    return out
 
 
 def _from_nifti(path: Path, modality: str | None) -> Case:
@@ -347,6 +365,7 @@ def _multiseq_from_files(paths: list[Path], modality: str | None, label: Path | 
             raise CaseError(
                 path, f"shape {other_shape} differs from the T1 shape {shape}; sequences must be co-registered"
             )
+    _check_shape(paths[0], shape, len(SEQUENCES))
     if modality not in (None, "mri-multiseq"):
         raise CaseError(paths[0], f"four sequences make an mri-multiseq case, not {modality!r}")
     return Case(
@@ -525,7 +544,7 @@ def _dicom_case(paths: list[Path], modality: str | None, origin: Path) -> Case:
             if size != (rows, cols):
                 raise CaseError(p, f"slice size {size} differs from the series' {(rows, cols)}")
         channels = ("image",)
-    _check_shape(origin, shape)
+    _check_shape(origin, shape, len(channels))
     spacing = _check_spacing(origin, spacing)
     return Case(
         id=_content_id([p for p, _ in with_pixels]),
@@ -564,22 +583,35 @@ def _slice_gap(items, first) -> float:
 
 
 def _dicom_pixels(case: Case) -> np.ndarray:
-    planes = []
-    for path in case.paths:
-        ds = _dcmread(path, header_only=False)
-        try:
-            arr = ds.pixel_array.astype(np.float32)
-        except Exception as exc:
-            raise CaseError(path, f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
-        slope = _header(path, ds, "RescaleSlope", 1.0) or 1.0
-        intercept = _header(path, ds, "RescaleIntercept", 0.0) or 0.0
-        planes.append(arr * slope + intercept)
-    if len(planes) == 1:
-        arr = planes[0]
-        if case.dims == 3:  # multi-frame: (frames, rows, cols) -> (rows, cols, frames)
-            return np.moveaxis(arr, 0, -1)[None]
-        return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr[None]
-    return np.stack(planes, axis=-1)[None]
+    """Planes are written into one preallocated array, so the peak is the result plus one file's pixels."""
+    out = np.empty((len(case.channels), *case.shape), np.float32)
+    try:
+        if len(case.paths) > 1:  # a series: one plane per file, along the last axis
+            for i, path in enumerate(case.paths):
+                out[0, ..., i] = _dicom_plane(path)
+        elif case.dims == 3:  # multi-frame: (frames, rows, cols) -> (rows, cols, frames)
+            out[0] = np.moveaxis(_dicom_plane(case.paths[0]), 0, -1)
+        else:
+            plane = _dicom_plane(case.paths[0])
+            out[:] = np.moveaxis(plane, -1, 0) if plane.ndim == 3 else plane
+    except ValueError as exc:  # the decoded pixels do not have the shape the header declares
+        raise CaseError(case.paths[0], f"DICOM pixel data does not match its header ({exc})") from None
+    return out
+
+
+def _dicom_plane(path: Path) -> np.ndarray:
+    ds = _dcmread(path, header_only=False)
+    try:
+        arr = ds.pixel_array.astype(np.float32)
+    except Exception as exc:
+        raise CaseError(path, f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+    slope = _header(path, ds, "RescaleSlope", 1.0) or 1.0
+    intercept = _header(path, ds, "RescaleIntercept", 0.0) or 0.0
+    if slope != 1.0:
+        arr *= np.float32(slope)
+    if intercept != 0.0:
+        arr += np.float32(intercept)
+    return arr
 
 
 # ---------------------------------------------------------------- PNG / JPEG
@@ -598,8 +630,8 @@ def _from_picture(path: Path, modality: str | None) -> Case:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CaseError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
     shape = (size[1], size[0])
-    _check_shape(path, shape)
     channels = ("image",) if mode in ("L", "I", "I;16", "F", "1", "LA") else ("r", "g", "b")
+    _check_shape(path, shape, len(channels))
     return Case(
         id=_content_id([path]),
         paths=(path,),
@@ -629,13 +661,15 @@ def _picture_pixels(case: Case) -> np.ndarray:
 def _read_pixels(case: Case) -> np.ndarray:
     kind = _kind(case.paths[0])
     if kind == "nifti":
-        data = np.stack([_nifti_data(p) for p in case.paths])
+        data = np.empty((len(case.paths), *case.shape), np.float32)
+        for path, channel in zip(case.paths, data):
+            _nifti_data(path, channel)
     elif kind == "dicom":
         data = _dicom_pixels(case)
     else:
         data = _picture_pixels(case)
     data = np.ascontiguousarray(data, dtype=np.float32)
-    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    bad = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in data)  # a channel's mask at a time
     if bad:
         raise CaseError(case.paths[0], f"image contains {bad:,} NaN/inf voxels")
     for name, channel, path in zip(

@@ -120,12 +120,18 @@ def _slices(volume: np.ndarray) -> list[np.ndarray]:
         slice(int(idx.min()), int(idx.max()) + 1)
         for idx in (np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3))
     )
-    crop = _window(volume[box], foreground[box])
-    return [np.take(crop, round(f * (crop.shape[axis] - 1)), axis=axis) for axis in range(3) for f in SLICE_FRACTIONS]
+    crop, inside = volume[box], foreground[box]
+    lo, hi = np.percentile(crop[inside], (0.5, 99.5))
+    picked = (np.take(crop, round(f * (crop.shape[axis] - 1)), axis=axis) for axis in range(3) for f in SLICE_FRACTIONS)
+    return [_scale(view, lo, hi) for view in picked]  # only the nine views are windowed, never the whole crop
 
 
 def _window(values: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(values[foreground], (0.5, 99.5))
+    return _scale(values, lo, hi)
+
+
+def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((values - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
 
 

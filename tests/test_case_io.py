@@ -321,3 +321,50 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch
     )
     debug = CliRunner().invoke(app, ["--debug", "tools", "list"])
     assert isinstance(debug.exception, RuntimeError)
+
+
+PEAK_SCRIPT = """
+import resource, sys
+from macro.case import load_case
+case = load_case(sys.argv[1])
+print(case.image.shape, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_volume_bombs_are_refused_from_the_header_and_the_largest_allowed_decodes_in_bounded_memory(tmp_path):
+    """A 1.7 MB .nii.gz declaring 2048x2048x95 and a 6.6 MB RLE DICOM declaring 1024x1024x200 are refused before any
+    voxel is read; a scaled 512x512x500 volume (at the limit) decodes with a peak under 1 GB (float32 result, the
+    stored array, the interpreter)."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+    big = np.zeros((2048, 2048, 95), np.uint8)
+    big[5, 5, 5] = 9
+    nib.save(nib.Nifti1Image(big, np.eye(4)), tmp_path / "big.nii.gz")
+    del big
+    with pytest.raises(CaseError, match=r"398,458,880 voxels, over the limit of 134,217,728; crop or downsample"):
+        load_case(tmp_path / "big.nii.gz", check=False)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    frames = np.zeros((200, 1024, 1024), np.uint16)
+    frames[:, 10:50, 10:50] = 100
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 1024, 1024, 200
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    ds.PixelData, ds.file_meta.TransferSyntaxUID = frames.tobytes(), ExplicitVRLittleEndian
+    ds.compress(RLELossless, frames)
+    ds.save_as(tmp_path / "rle.dcm")
+    del frames, ds
+    with pytest.raises(CaseError, match=r"209,715,200 voxels, over the limit"):
+        load_case(tmp_path / "rle.dcm", check=False)
+
+    cube = np.zeros((512, 512, 500), np.uint8)
+    cube[100:200, 100:200, 100:200] = 50
+    scaled = nib.Nifti1Image(cube, np.eye(4))
+    scaled.header.set_slope_inter(2.0, 1.0)
+    nib.save(scaled, tmp_path / "cube.nii.gz")
+    del cube, scaled
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(tmp_path / "cube.nii.gz")], capture_output=True, text=True, check=True
+    )
+    shape, peak_mb = out.stdout.rsplit(maxsplit=1)
+    assert shape == "(1, 512, 512, 500)" and int(peak_mb) < 1024, out.stdout

@@ -42,6 +42,7 @@ class SegmentBrainTumor(MacroTool):
         modalities=("mri-multiseq",),
         dims=(3,),
         outputs={"mask": "mask", "uncertainty": "heatmap"},
+        timeout_s=900,  # test-time adaptation on a large scan on a slow laptop
         version="1.2.0",
         deterministic=True,
         cases=("brain-mri-demo", "lowfield-sequences"),
