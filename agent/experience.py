@@ -43,20 +43,20 @@ def record_verdict(
     """Store a verdict; a verified run (with at least one successful call) also goes into the image memory unless
     ``remember`` is False (a benchmark's test questions must not leak into later ones).
 
-    Idempotent and ordered so memory never holds a run that is not verified: the verdict is written first; a verified
-    run's entry replaces any earlier entry of the same trajectory (judging twice adds one entry); any other verdict
-    removes the run's entries (``bad`` after ``good`` leaves no hint behind). A kill between the two writes leaves at
-    worst a verified run without its entry, which the next verdict repairs."""
+    Idempotent and ordered so memory never holds a run that is not verified: a verified verdict is written before
+    the run's entry, which replaces any earlier entry of the same trajectory (judging twice adds one entry); any
+    other verdict removes the run's entries first (``bad`` after ``good`` leaves no hint behind). A kill between the
+    two writes leaves at worst a verified run without its entry, which the next verdict repairs."""
     home = home or Home.current()
     store = TrajectoryStore(home.trajectories_db)
-    traj = store.verify(traj_id, verdict, source, note)
     from macro.memory.store import ImageMemory
 
     memory = memory or ImageMemory(home.memory)
-    if verdict != "verified":
+    if verdict != "verified":  # the hint goes before the verdict changes, so no kill leaves one for a failed run
         if memory.file.exists():  # cheap when nothing matches: no write
-            memory.remove(where={"trajectory_id": traj.id})
-        return store.verify(traj_id, verdict, source, note, embedding_id=None) if traj.embedding_id else traj
+            memory.remove(where={"trajectory_id": traj_id})
+        return store.verify(traj_id, verdict, source, note, embedding_id=None)
+    traj = store.verify(traj_id, verdict, source, note)
     if not (remember and chain_of(traj) and traj.case_ref):
         return traj
     from macro.memory.encoder import case_embedding

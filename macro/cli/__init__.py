@@ -3,7 +3,21 @@ stderr; exit 2 for bad input or damaged weights, 3 for a missing model)."""
 
 from __future__ import annotations
 
-from macro.cli import anomaly, bench, chat, data, doctor, evaluate, fl, memory, runs, skills, tools, train  # noqa: F401
+from macro.cli import (  # noqa: F401
+    anomaly,
+    bench,
+    chat,
+    data,
+    doctor,
+    evaluate,
+    fl,
+    memory,
+    runs,
+    selftest,
+    skills,
+    tools,
+    train,
+)
 from macro.cli.common import app, guard_all
 
 guard_all(app)
