@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import threading
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -281,7 +282,9 @@ def _nifti_header(path: Path):
 
     _require_nonempty(path)
     try:
-        img = nib.load(str(path))
+        with warnings.catch_warnings():  # nibabel warns of what it tolerates; the checks below name what matters
+            warnings.simplefilter("ignore")
+            img = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
     except Exception as exc:  # nibabel raises many types for corrupt headers
         raise CaseError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
@@ -304,8 +307,35 @@ def _nifti_header(path: Path):
     if len(shape) not in (2, 3):
         raise CaseError(path, f"{len(shape)}D NIfTI image {shape}; a 2D image or a 3D volume is needed")
     _check_shape(path, shape)
+    _check_extensions(path, img)
     spacing = _check_spacing(path, img.header.get_zooms()[: len(shape)])
     return img, shape, spacing
+
+
+def _check_extensions(path: Path, img) -> None:
+    """Header extensions must be whole 16-byte blocks that end before the voxel data: nibabel tolerates sizes that
+    do not, and guesses, so a damaged header would otherwise pass as a scan."""
+    from nibabel.openers import ImageOpener
+
+    header = img.header
+    start = int(header.sizeof_hdr)
+    offset = int(img.dataobj.offset)  # where the voxels are read from (the loaded header's own field is reset)
+    with ImageOpener(str(path)) as fh:
+        head = fh.read(max(offset, start + 4))
+    if len(head) < start + 4 or head[start] == 0:
+        return
+    at, order = start + 4, "<" if header.endianness == "<" else ">"
+    while at < offset:
+        if at + 8 > len(head):
+            raise CaseError(path, f"NIfTI extension at byte {at} runs past the voxel data offset {offset}")
+        size = int(np.frombuffer(head[at : at + 4], f"{order}i4")[0])
+        if size < 16 or size % 16 or at + size > offset:
+            raise CaseError(
+                path,
+                f"damaged NIfTI header: the extension at byte {at} declares {size} bytes, which is not a whole "
+                f"number of 16-byte blocks ending before the voxel data at byte {offset}",
+            )
+        at += size
 
 
 def _nifti_data(path: Path, out: np.ndarray | None = None) -> np.ndarray:
@@ -485,8 +515,6 @@ def _header(path: Path, ds, keyword: str, default, cast=float):
 
 
 def _from_dicom(paths: list[Path], modality: str | None, origin: Path) -> Case:
-    import warnings
-
     try:
         with (
             warnings.catch_warnings()

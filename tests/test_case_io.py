@@ -368,3 +368,19 @@ def test_volume_bombs_are_refused_from_the_header_and_the_largest_allowed_decode
     )
     shape, peak_mb = out.stdout.rsplit(maxsplit=1)
     assert shape == "(1, 512, 512, 500)" and int(peak_mb) < 1024, out.stdout
+
+
+@pytest.mark.parametrize("size", [24, 17])
+def test_a_nifti_extension_size_that_does_not_fit_is_a_damaged_header(tmp_path, size):
+    """nibabel reads such a file with a warning and a guess; MACRO refuses it, naming the extension."""
+    import struct
+
+    img = nib.Nifti1Image((np.arange(512).reshape(8, 8, 8) % 50).astype(np.int16), np.eye(4))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"sixteen bytes..."))
+    nib.save(img, tmp_path / "good.nii")
+    assert load_case(tmp_path / "good.nii").shape == (8, 8, 8)
+    data = bytearray((tmp_path / "good.nii").read_bytes())
+    data[352:356] = struct.pack("<i", size)
+    (tmp_path / "bad.nii").write_bytes(bytes(data))
+    with pytest.raises(CaseError, match=f"extension at byte 352 declares {size} bytes"):
+        load_case(tmp_path / "bad.nii")
