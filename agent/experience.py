@@ -9,11 +9,15 @@ what worked before on images like this one (agent_methods.md §1.6).
 from __future__ import annotations
 
 import json
+import logging
 
 from macro.case import Case, load_case_ref
 from macro.config import Home
+from macro.errors import CaseError
 from macro.skills.mine import flat_steps
 from macro.trajectory import Trajectory, TrajectoryStore
+
+log = logging.getLogger(__name__)
 
 HINT_K = 2
 HINT_FLOOR = 0.6
@@ -39,9 +43,11 @@ def record_verdict(
     home: Home | None = None,
     memory=None,
     remember: bool = True,
+    case: Case | None = None,
 ) -> Trajectory:
     """Store a verdict; a verified run (with at least one successful call) also goes into the image memory unless
-    ``remember`` is False (a benchmark's test questions must not leak into later ones).
+    ``remember`` is False (a benchmark's test questions must not leak into later ones). ``case``: the run's scan, for
+    a trajectory that stores only a hash of its location (:meth:`Case.ref`).
 
     Idempotent and ordered so memory never holds a run that is not verified: a verified verdict is written before
     the run's entry, which replaces any earlier entry of the same trajectory (judging twice adds one entry); any
@@ -61,7 +67,11 @@ def record_verdict(
         return traj
     from macro.memory.encoder import case_embedding
 
-    case = load_case_ref(traj.case_ref)
+    try:
+        case = case if case is not None and case.id == traj.case_id else load_case_ref(traj.case_ref)
+    except CaseError as exc:  # the verdict stands; without its scan the run cannot become a hint
+        log.info("%s: verified but not remembered: %s", traj.id, exc.problem)
+        return traj
     embedding_id = memory.add(
         case_embedding(case),
         {

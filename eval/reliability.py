@@ -7,7 +7,8 @@ Six suites, each a tally a person can check against its bound:
   arguments) through the loader and the CLI. A crash is anything but a clean refusal: an exception other than
   ``CaseError`` in process, or from the CLI an exit code other than 0/2/3, a traceback, or more than one error line.
 * ``identifiers``: DICOM identifying attributes (PS3.15 Basic Profile) planted in scans that load and in scans that
-  fail; a leak is a planted value found in the CLI's output or anywhere under MACRO_HOME afterwards.
+  fail, and in the loadable scan's file and folder names; a leak is a planted value found in the CLI's output or
+  anywhere under MACRO_HOME afterwards.
 * ``escapes``: artifact ids and skill-library pointers that name files outside their store.
 * ``kills``: a writer process updating every store (trajectories, memory, skill library, audit log) is killed with
   SIGKILL at a random moment; the stores must open, pass their checks and agree with each other afterwards.
@@ -317,7 +318,10 @@ PLANTED = {
 def identifiers(work: Path) -> Tally:
     scans = work / "scans"
     scans.mkdir()
-    good = _dicom(scans, "planted.dcm", **PLANTED)
+    # the file and its folder are named as records often are, so a stored path would leak too
+    folder = scans / f"{PLANTED['PatientName'].replace('^', '_')}_{PLANTED['PatientID']}"
+    folder.mkdir()
+    good = _dicom(folder, f"{PLANTED['AccessionNumber']}.dcm", **PLANTED)
     broken = [
         _dicom(scans, "planted-spacing.dcm", {"PixelSpacing": "abc"}, **PLANTED),
         _dicom(scans, "planted-frames.dcm", {"NumberOfFrames": "1A"}, **PLANTED),

@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from macro.config import Home
 from macro.errors import CaseError
 
 MODALITIES = ("mri-multiseq", "mr", "ct", "xray", "dermoscopy", "fundus", "histology", "us", "pet", "other")
@@ -112,9 +115,11 @@ class Case:
         return float(np.prod(self.spacing)) / 1000.0
 
     def ref(self) -> dict:
-        """JSON-able reference from which the same case can be reloaded (stored in agent threads)."""
-        source = list(self.source) if isinstance(self.source, tuple) else self.source
-        return {"source": source or str(self.paths[0]), "modality": self.modality, "id": self.id}
+        """JSON-able reference stored in threads, trajectories and ``--json`` output: the case id and modality with
+        the location relative to ``MACRO_CASE_ROOT`` or MACRO_HOME when the files lie under one, else only a hash of
+        it, since a scan's path often carries a name or a record number (:func:`load_case_ref` reloads it)."""
+        sources = list(self.source) if isinstance(self.source, tuple) else [self.source or str(self.paths[0])]
+        return {**_stored_location(sources, isinstance(self.source, tuple)), "modality": self.modality, "id": self.id}
 
     def summary(self) -> str:
         shape = "x".join(str(s) for s in self.shape)
@@ -147,46 +152,78 @@ def load_case(source: str | Path | Sequence[str | Path], modality: str | None = 
     if check:
         case.image  # noqa: B018 - decode now so bad voxels fail before any agent work starts
         case.labels  # noqa: B018
+    with _CACHE_LOCK:  # a reference that keeps only a hash of the location reloads in this process
+        _SOURCES[case.id] = case.source
     return case
 
 
-_CACHE: dict[tuple, Case] = {}
+CASES_CACHED = 8  # decoded cases a process keeps for reloads by reference, newest last
+_CACHE: OrderedDict[tuple[str, str], Case] = OrderedDict()
+_SOURCES: dict[str, str | tuple[str, ...]] = {}  # case id -> where this process loaded it from (no voxels)
 _CACHE_LOCK = threading.Lock()
+HASHED = (
+    "this thread's scan is known by its content hash only: MACRO stores no case path outside MACRO_CASE_ROOT (paths "
+    "often carry names or record numbers). Give the scan again (macro ask CASE --thread ID ...), or set "
+    "MACRO_CASE_ROOT to the folder that holds your scans before asking"
+)
 
 
-def _ref_key(ref: dict) -> tuple:
-    source = ref["source"]
-    paths = [Path(p) for p in (source if isinstance(source, list) else [source])]
-    return tuple(str(p) for p in paths), ref.get("modality"), tuple(_mtime(p) for p in paths)
+def case_roots() -> dict[str, Path]:
+    """The folders a stored case location may be relative to: the user-named ``MACRO_CASE_ROOT`` and MACRO_HOME."""
+    roots = {"home": Home.current().root}
+    if os.environ.get("MACRO_CASE_ROOT"):
+        roots = {"case_root": Path(os.environ["MACRO_CASE_ROOT"]).expanduser(), **roots}
+    return {name: root.resolve() for name, root in roots.items()}
+
+
+def _stored_location(sources: list[str], several: bool) -> dict:
+    for name, root in case_roots().items():
+        if all(Path(p).is_relative_to(root) for p in sources):
+            relative = [str(Path(p).relative_to(root)) for p in sources]
+            return {"root": name, "source": relative if several else relative[0]}
+    return {"path_sha256": hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]}
+
+
+def _locate(ref: dict) -> str | list[str]:
+    """Where a reference's files are now: under its root, where this process loaded the case, or (a reference
+    written before locations were kept private) its absolute path."""
+    if "root" in ref:
+        root = case_roots().get(ref["root"])
+        if root is None:
+            raise CaseError(None, "this thread's scan is stored relative to MACRO_CASE_ROOT, which is not set now")
+        source = ref["source"]
+        return [str(root / p) for p in source] if isinstance(source, list) else str(root / source)
+    if "path_sha256" in ref:
+        with _CACHE_LOCK:
+            known = _SOURCES.get(ref.get("id", ""))
+        if known is None:
+            raise CaseError(None, HASHED)
+        return list(known) if isinstance(known, tuple) else known
+    return ref["source"]
 
 
 def load_case_ref(ref: dict) -> Case:
-    """Reload a case from :meth:`Case.ref`, reusing a process-level cache while the files are unchanged."""
-    key = _ref_key(ref)
+    """Reload a case from :meth:`Case.ref`, reusing this process's copy (decoded voxels included) when it has one."""
+    key = (ref.get("id", ""), ref.get("modality", ""))
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
-    if hit is not None:
-        return hit
-    return share_case(load_case(ref["source"], ref.get("modality"), check=False))
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    return share_case(load_case(_locate(ref), ref.get("modality"), check=False))
 
 
 def share_case(case: Case) -> Case:
     """Put an already loaded case where :func:`load_case_ref` finds it, so a turn decodes its voxels once (the
     caller's copy), not again for every graph step; returns the case the cache holds for it."""
-    key = _ref_key(case.ref())
+    key = (case.id, case.modality)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            if len(_CACHE) > 32:
-                _CACHE.clear()
             _CACHE[key] = case
+            while len(_CACHE) > CASES_CACHED:
+                _CACHE.popitem(last=False)
+        _CACHE.move_to_end(key)
         return _CACHE[key]
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return -1.0
 
 
 # ---------------------------------------------------------------- file kinds

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 from macro.artifacts import ArtifactStore
 from macro.case import load_case_ref
+from macro.errors import CaseError
 from macro.skills.composite import Composite, make_tool
 from macro.skills.library import Library, Round
 from macro.skills.mine import MineConfig, flat_steps, mine
@@ -87,7 +88,10 @@ def executor_replay(registry_factory: Callable[[], Registry], artifacts_root) ->
         tool = make_tool(comp, registry.atomic())
         if comp.name not in registry:
             registry.add(tool)
-        case = load_case_ref(traj["case_ref"])
+        try:
+            case = load_case_ref(traj["case_ref"])
+        except CaseError:  # its scan is gone, or known by hash only (no MACRO_CASE_ROOT): it cannot be replayed
+            return False
         _, step, _ = ToolExecutor(registry, ArtifactStore(artifacts_root)).run(
             {"name": comp.name, "args": recorded_params(comp, steps), "id": "replay"}, case, [], {}
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import Any
 
 import pytest
@@ -384,7 +385,7 @@ def test_a_turn_decodes_the_scan_once(demo_folder, home, monkeypatch):
     decoded = []
     real = case_module._read_pixels
     monkeypatch.setattr(case_module, "_read_pixels", lambda c: decoded.append(c.id) or real(c))
-    monkeypatch.setattr(case_module, "_CACHE", {})
+    monkeypatch.setattr(case_module, "_CACHE", OrderedDict())
     scan = load_case(demo_folder)  # as the CLI loads it: decoded once to check the voxels
     _agent(ScriptedPolicy(), home).ask(scan, "Describe this scan and show me a slice.")
     assert decoded == [scan.id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -58,6 +59,8 @@ def bench(
         n_train=n_train,
         seeds=parse_seeds(seeds) if seeds else None,
     )
+    # The phantom scans live under OUT: stored relative to it, workers' runs can be replayed when mining.
+    os.environ["MACRO_CASE_ROOT"] = str(out.resolve())
     try:
         report = run_bench(
             cfg,

@@ -113,6 +113,9 @@ def feedback(
     verdict: str = typer.Argument(..., help="good | bad"),
     note: str = typer.Option("", "--note"),
     all_turns: bool = typer.Option(False, "--all", help="judge every turn, not only the last"),
+    case: Optional[str] = typer.Option(
+        None, "--case", help="the thread's scan, when its path is not stored (outside MACRO_CASE_ROOT)"
+    ),
 ):
     """Judge a thread's answer: good runs become verified experience (memory, mining), bad ones count as failures."""
     from macro.agent.experience import record_verdict
@@ -126,10 +129,12 @@ def feedback(
     if not turns:
         raise CaseError(None, f"no recorded turns for thread {thread!r}")
     memory = ImageMemory(home.memory)  # one handle for every turn judged (opening reads nothing until used)
+    scan = load_scan(case, None) if case else None
     for traj in turns if all_turns else turns[-1:]:
         done = record_verdict(
-            traj.id, "verified" if verdict == "good" else "failed", "person", note, home, memory=memory
+            traj.id, "verified" if verdict == "good" else "failed", "person", note, home, memory=memory, case=scan
         )
-        typer.echo(
-            f"{done.id}: {done.verification}" + (f" (memory entry {done.embedding_id})" if done.embedding_id else "")
-        )
+        remembered = f" (memory entry {done.embedding_id})" if done.embedding_id else ""
+        if verdict == "good" and not done.embedding_id and "path_sha256" in traj.case_ref and scan is None:
+            remembered = " (not remembered: its scan's path is not stored; give it with --case CASE)"
+        typer.echo(f"{done.id}: {done.verification}{remembered}")
