@@ -14,7 +14,8 @@ Six suites, each a tally a person can check against its bound:
   SIGKILL at a random moment; the stores must open, pass their checks and agree with each other afterwards.
 * ``concurrency``: processes writing trajectories and memory entries at once; a lost record is one that is missing.
 * ``limits``: a hanging tool, a tool that fills memory, over-limit volumes and an over-fine resampling; each must be
-  stopped or refused within its bound.
+  stopped or refused within its bound; the largest volume allowed must stay under 2 GB in every process (the peak
+  of all processes together is reported beside it).
 
 The bounded form (the default, a few minutes) runs in CI; ``full`` reaches the counts the issue asks for.
 """
@@ -49,6 +50,7 @@ class Tally:
     tried: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # figures a suite reports beside its tally
 
     def count(self, ok: bool, what: str) -> None:
         self.tried += 1
@@ -97,7 +99,7 @@ def run(full: bool = False, progress: Callable[[str], None] = lambda name: None)
             with _home(work / "home"):
                 tally = suite(work)
             tried, failed = KEYS[name]
-            report[name] = {tried: tally.tried, failed: tally.failed, "examples": tally.failures[:5]}
+            report[name] = {tried: tally.tried, failed: tally.failed, "examples": tally.failures[:5], **tally.extra}
     report["form"] = "full" if full else "bounded"
     return report
 
@@ -540,4 +542,47 @@ def limits(work: Path) -> Tally:
     del big
     done = _cli("ask", str(work / "big.nii.gz"), "describe", "-p", "scripted")
     tally.count(done.returncode == 2 and "over the limit" in done.stderr, "2048x2048x95 volume")
+    cube = np.zeros((512, 512, 500), np.uint8)  # the largest volume allowed, 0.6 MB on disk
+    cube[100:200, 100:200, 100:200] = 50
+    nib.save(nib.Nifti1Image(cube, np.eye(4)), work / "cube.nii.gz")
+    del cube
+    code, process, total = _peak_mb(["ask", str(work / "cube.nii.gz"), "describe this scan", "-p", "scripted"])
+    tally.count(code == 0 and process < PEAK_MB, f"512x512x500 volume: {process:.0f} MB in one process")
+    tally.extra = {"largest_volume_peak_mb": {"one_process": round(process), "all_processes": round(total)}}
     return tally
+
+
+PEAK_MB = 2048
+
+
+def _peak_mb(args: list[str]) -> tuple[int, float, float]:
+    """Exit code, then the peak resident memory of the largest process of a CLI run and of all its processes
+    together (sampled from /proc every 20 ms: the agent and its tool worker)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "macro.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    process = total = 0.0
+    while proc.poll() is None:
+        sizes = [_rss_mb(pid) for pid in _tree(proc.pid)]
+        process, total = max(process, *sizes), max(total, sum(sizes))
+        time.sleep(0.02)
+    return proc.returncode, process, total
+
+
+def _tree(pid: int) -> list[int]:
+    found = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                found += [p for child in fh.read().split() for p in _tree(int(child))]
+    except OSError:
+        pass
+    return found
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0

@@ -40,6 +40,9 @@ def selftest_reliability(
             typer.echo(f"{name:12} {entry[tried]:4d} {tried:8} {entry[bad]:3d} {bad}")
             for example in entry["examples"]:
                 typer.echo(f"{'':12} - {example}")
+            for key, value in entry.items():
+                if key not in (tried, bad, "examples"):
+                    typer.echo(f"{'':12} {key}: {value}")
         typer.echo(f"{report['form']} form: {'all contained' if not failed else f'{failed} failure(s)'}")
     if failed:
         raise typer.Exit(1)
