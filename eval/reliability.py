@@ -500,7 +500,8 @@ class Runaway(BaseModel):
 
 
 class RunawayTool(MacroTool):
-    """A probe: a plug-in that hangs or fills memory, run through the real executor and worker."""
+    """A probe: a plug-in that hangs or fills memory, run through the real executor and worker; it counts its calls
+    in the thread's session, so a test can see that a stopped call changed nothing."""
 
     name: str = "runaway_probe"
     description: str = "Sleep, then fill memory (reliability probe)."
@@ -508,8 +509,10 @@ class RunawayTool(MacroTool):
     spec = ToolSpec(modalities=("*",), timeout_s=2, memory_mb=300)
 
     def execute(self, ctx, args):
+        ctx.session["calls"] = ctx.session.get("calls", 0) + 1
         time.sleep(args.seconds)
-        return ToolResult(text=f"{np.ones(args.megabytes * 2**18, np.float32).nbytes} bytes")
+        block = np.ones(args.megabytes * 2**18, np.float32)  # touched, so resident
+        return ToolResult(text=f"call {ctx.session['calls']}, {block.nbytes >> 20} MB")
 
 
 def limits(work: Path) -> Tally:
