@@ -66,6 +66,7 @@ def record_verdict(
     if not (remember and chain_of(traj) and traj.case_ref):
         return traj
     from macro.memory.encoder import case_embedding
+    from macro.tools.worker import on_voxels
 
     try:
         case = case if case is not None and case.id == traj.case_id else load_case_ref(traj.case_ref)
@@ -73,7 +74,7 @@ def record_verdict(
         log.info("%s: verified but not remembered: %s", traj.id, exc.problem)
         return traj
     embedding_id = memory.add(
-        case_embedding(case),
+        on_voxels(case_embedding, case),
         {
             "case_id": traj.case_id,
             "modality": case.modality,
@@ -92,11 +93,12 @@ def record_verdict(
 def hints_for(case: Case, family: str, memory, k: int = HINT_K, floor: float = HINT_FLOOR) -> list[str]:
     """Prompt hints from the most similar verified cases of the family (never the case itself)."""
     from macro.memory.encoder import case_embedding
+    from macro.tools.worker import on_voxels
 
     if memory is None or memory.stats().get("entries", 0) == 0:
         return []
     hits = memory.query(
-        case_embedding(case), k=k + 1, floor=floor, where={"family": family, "verification": "verified"}
+        on_voxels(case_embedding, case), k=k + 1, floor=floor, where={"family": family, "verification": "verified"}
     )
     hints = []
     for hit in hits:

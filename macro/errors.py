@@ -26,6 +26,9 @@ class CaseError(MacroError, ValueError):
         tail = f" (accepted: {accepted})" if accepted else ""
         super().__init__(f"{where}{problem}{tail}")
 
+    def __reduce__(self):  # rebuilt from its parts when it comes back from a tool worker
+        return type(self), (self.path, self.problem, self.accepted)
+
 
 class ModelUnavailable(MacroError, RuntimeError):
     """A model is not installed or not trained yet; the message says how to get it."""

@@ -54,3 +54,23 @@ def test_a_tool_whose_module_a_worker_cannot_import_is_reported(tmp_path):
     executor = ToolExecutor(Registry([Local()]), ArtifactStore(tmp_path), cache=False, isolate=True)
     step = run(executor, load_case(SCAN), {})
     assert not step.ok and "cannot run in a worker process" in step.error
+
+
+def test_the_agent_process_checks_a_scan_without_holding_its_voxels(tmp_path):
+    """``on_voxels`` runs the check where the tools read the scan: the worker decodes it (and keeps it for the
+    turn's calls), the agent's copy stays undecoded, and a bad scan's CaseError comes back as itself."""
+    import nibabel as nib
+    import numpy as np
+    import pytest
+
+    from macro.errors import CaseError
+    from macro.tools.worker import check_voxels, on_voxels
+
+    case = load_case(SCAN, check=False)
+    on_voxels(check_voxels, case)
+    assert "image" not in case.__dict__
+    blank = tmp_path / "blank.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), blank)
+    with pytest.raises(CaseError, match="blank.nii.gz: channel 'image' is blank") as caught:
+        on_voxels(check_voxels, load_case(blank, check=False))
+    assert caught.value.problem.startswith("channel 'image' is blank")

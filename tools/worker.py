@@ -29,15 +29,16 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from macro.case import Case
 from macro.errors import CaseError, MacroError
 from macro.tools.base import MacroTool, ToolContext, ToolFailure, ToolResult
 
 POLL_S = 0.05
 START_S = 300.0  # a worker's imports and the tool's unpickling, before its own time limit starts
 STARTED = "started"
-CASES_KEPT = 2  # decoded cases a worker keeps, so the calls of one turn decode the scan once
+CASES_KEPT = 2  # decoded cases a worker keeps
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class Outcome:
     artifacts: tuple = ()
     used: dict | None = None
     session: dict | None = None
+    value: Any = None  # what a function run by :meth:`WorkerPool.apply` returned
+    raised: CaseError | None = None  # the scan's own problem, raised again in the caller
 
 
 def isolation_enabled() -> bool:
@@ -97,7 +100,6 @@ def _nested_unavailable(call: dict, history: list[dict]):
 
 def _serve(conn: Connection) -> None:
     """The worker's loop: one request in, one :class:`Outcome` out, until the pipe closes."""
-    cases: dict[str, Any] = {}
     while True:
         try:
             setting, payload = pickle.loads(conn.recv_bytes())
@@ -108,7 +110,7 @@ def _serve(conn: Connection) -> None:
             _adopt(setting)
             request = pickle.loads(payload)
             conn.send(STARTED)
-            outcome = _handle(request, cases)
+            outcome = _handle(request)
         except Exception as exc:  # the tool's module is not importable here, or the request is unusable
             outcome = Outcome(error=f"{name} could not run in its worker process: {type(exc).__name__}: {exc}")
         try:
@@ -129,11 +131,25 @@ def _adopt(setting: dict) -> None:
         torch.set_num_threads(setting["threads"])
 
 
-def _handle(request: dict, cases: dict) -> Outcome:
-    case = cases.pop(request["case"].id, None) or request["case"]
-    cases[case.id] = case
-    while len(cases) > CASES_KEPT:
-        cases.pop(next(iter(cases)))
+_DECODED: dict[str, Any] = {}  # in a worker: the cases it has decoded, oldest first
+
+
+def _decoded(case: Case) -> Case:
+    """This worker's copy of ``case`` (decoded voxels included, so the calls of one turn decode the scan once)."""
+    kept = _DECODED.pop(case.id, None) or case
+    _DECODED[case.id] = kept
+    while len(_DECODED) > CASES_KEPT:
+        _DECODED.pop(next(iter(_DECODED)))
+    return kept
+
+
+def _handle(request: dict) -> Outcome:
+    case = _decoded(request["case"])
+    if "function" in request:
+        try:
+            return Outcome(value=request["function"](case))
+        except CaseError as exc:
+            return Outcome(error=str(exc), raised=exc)
     ctx = ToolContext(
         case=case,
         store=request["store"],
@@ -142,6 +158,21 @@ def _handle(request: dict, cases: dict) -> Outcome:
         call=_nested_unavailable,
     )
     return execute(request["tool"], ctx, request["args"])
+
+
+def check_voxels(case: Case) -> None:
+    """Decode the scan and raise the CaseError of NaN/inf or blank voxels or a bad reference mask."""
+    case.image  # noqa: B018
+    case.labels  # noqa: B018
+
+
+def on_voxels(function: Callable[[Case], Any], case: Case) -> Any:
+    """``function(case)`` where the tools read the scan: in a tool worker when tools are isolated, so the agent's
+    process never holds the voxels and a turn decodes them once, else here. ``function`` must be importable by
+    name; a problem with the scan raises its CaseError here."""
+    if not isolation_enabled():
+        return function(case)
+    return POOL.apply(function, case, VOXEL_LIMITS)
 
 
 class _Worker:
@@ -192,26 +223,39 @@ class WorkerPool:
 
     def run(self, tool: MacroTool, ctx: ToolContext, args: Any, limits: Limits) -> Outcome:
         """Run ``tool`` on ``ctx`` with its validated ``args`` in a worker, within ``limits``."""
+        request = {"tool": tool, "args": args, "case": ctx.case, "store": ctx.store, "history": ctx.history}
+        return self._call(tool.name, {**request, "session": ctx.session}, limits)
+
+    def apply(self, function: Callable[[Case], Any], case: Case, limits: Limits) -> Any:
+        """``function(case)`` in a worker, within ``limits``; its value, or the scan's CaseError raised here."""
+        name = getattr(function, "__name__", "function")
+        outcome = self._call(name, {"function": function, "case": case}, limits)
+        if outcome.raised is not None:
+            raise outcome.raised
+        if outcome.error is not None:
+            raise MacroError(outcome.error)
+        return outcome.value
+
+    def _call(self, name: str, request: dict, limits: Limits) -> Outcome:
         torch = sys.modules.get("torch")
         setting = {
-            "tool": tool.name,
+            "tool": name,
             "env": {k: v for k, v in os.environ.items() if k.startswith("MACRO_")},
             "path": list(sys.path),
             "threads": torch.get_num_threads() if torch is not None else None,
         }
-        request = {"tool": tool, "args": args, "case": ctx.case, "store": ctx.store, "history": ctx.history}
         try:
-            payload = pickle.dumps((setting, pickle.dumps({**request, "session": ctx.session})))
+            payload = pickle.dumps((setting, pickle.dumps(request)))
         except Exception as exc:
-            return Outcome(error=f"{tool.name} cannot run in a worker process ({type(exc).__name__}: {exc})")
+            return Outcome(error=f"{name} cannot run in a worker process ({type(exc).__name__}: {exc})")
         worker = self._take()
         try:
             worker.conn.send_bytes(payload)
-            return self._wait(worker, tool.name, limits)
+            return self._wait(worker, name, limits)
         except (EOFError, OSError, BrokenPipeError):
             code = worker.process.exitcode
             worker.kill()
-            return Outcome(error=f"{tool.name} failed: its worker process died (exit code {code})")
+            return Outcome(error=f"{name} failed: its worker process died (exit code {code})")
 
     def _wait(self, worker: _Worker, name: str, limits: Limits) -> Outcome:
         """The outcome, once the worker has said it started (its imports do not count against the tool's time)."""
@@ -240,3 +284,4 @@ class WorkerPool:
 
 
 POOL = WorkerPool()
+VOXEL_LIMITS = Limits(seconds=300.0, memory_mb=8192)  # decoding and embedding the largest scan allowed

@@ -77,6 +77,7 @@ def episode(spec: AgentSpec, task: Task, home_root: str, remember: bool, threads
     from macro.agent.experience import record_verdict
     from macro.case import load_case
     from macro.config import Home
+    from macro.tools.worker import check_voxels, on_voxels
 
     torch.set_num_threads(threads)
     home = Home(Path(home_root))
@@ -90,7 +91,8 @@ def episode(spec: AgentSpec, task: Task, home_root: str, remember: bool, threads
     start = time.perf_counter()
     try:
         agent = build_agent(spec, home, plan=static_plan(task.expected, task.question) if spec.static else None)
-        case = load_case(task.case if len(task.case) > 1 else task.case[0], modality=task.modality)
+        case = load_case(task.case if len(task.case) > 1 else task.case[0], modality=task.modality, check=False)
+        on_voxels(check_voxels, case)
         result = agent.ask(case, task.question, family=task.family)
         success = FAMILIES[task.family].check(task, result.answer)
         record_verdict(

@@ -110,10 +110,14 @@ def invocation() -> str:
 
 
 def load_scan(case: str, modality: str | None):
+    """The scan, its voxels checked before any agent work where the tools will read them (a tool worker)."""
     from macro.case import load_case
+    from macro.tools.worker import check_voxels, on_voxels
 
     sources = [case] if Path(case).expanduser().exists() else case.split(",")  # a comma may be part of a file name
-    return load_case(sources if len(sources) > 1 else sources[0], modality=modality)
+    scan = load_case(sources if len(sources) > 1 else sources[0], modality=modality, check=False)
+    on_voxels(check_voxels, scan)
+    return scan
 
 
 def print_step(step) -> None:
