@@ -43,6 +43,7 @@ from macro.artifacts import ArtifactStore
 from macro.case import load_case
 from macro.errors import CaseError
 from macro.tools.base import MacroTool, ToolResult, ToolSpec
+from macro.tools.worker import rss_mb
 
 
 @dataclass
@@ -566,7 +567,7 @@ def _peak_mb(args: list[str]) -> tuple[int, float, float]:
     )
     process = total = 0.0
     while proc.poll() is None:
-        sizes = [_rss_mb(pid) for pid in _tree(proc.pid)]
+        sizes = [rss_mb(pid) or 0.0 for pid in _tree(proc.pid)]
         process, total = max(process, *sizes), max(total, sum(sizes))
         time.sleep(0.02)
     return proc.returncode, process, total
@@ -581,11 +582,3 @@ def _tree(pid: int) -> list[int]:
     except OSError:
         pass
     return found
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0

@@ -357,22 +357,26 @@ def _check_extensions(path: Path, img) -> None:
     header = img.header
     start = int(header.sizeof_hdr)
     offset = int(img.dataobj.offset)  # where the voxels are read from (the loaded header's own field is reset)
-    with ImageOpener(str(path)) as fh:
-        head = fh.read(max(offset, start + 4))
-    if len(head) < start + 4 or head[start] == 0:
-        return
-    at, order = start + 4, "<" if header.endianness == "<" else ">"
-    while at < offset:
-        if at + 8 > len(head):
-            raise CaseError(path, f"NIfTI extension at byte {at} runs past the voxel data offset {offset}")
-        size = int(np.frombuffer(head[at : at + 4], f"{order}i4")[0])
-        if size < 16 or size % 16 or at + size > offset:
-            raise CaseError(
-                path,
-                f"damaged NIfTI header: the extension at byte {at} declares {size} bytes, which is not a whole "
-                f"number of 16-byte blocks ending before the voxel data at byte {offset}",
-            )
-        at += size
+    order = "<" if header.endianness == "<" else ">"
+    with ImageOpener(str(path)) as fh:  # each extension's 8-byte head only: a bogus offset must not be read whole
+        fh.seek(start)
+        flag = fh.read(4)
+        if len(flag) < 4 or flag[0] == 0:
+            return
+        at = start + 4
+        while at < offset:
+            fh.seek(at)
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CaseError(path, f"NIfTI extension at byte {at} runs past the voxel data offset {offset}")
+            size = int(np.frombuffer(head[:4], f"{order}i4")[0])
+            if size < 16 or size % 16 or at + size > offset:
+                raise CaseError(
+                    path,
+                    f"damaged NIfTI header: the extension at byte {at} declares {size} bytes, which is not a whole "
+                    f"number of 16-byte blocks ending before the voxel data at byte {offset}",
+                )
+            at += size
 
 
 def _nifti_data(path: Path, out: np.ndarray | None = None) -> np.ndarray:

@@ -175,6 +175,15 @@ def on_voxels(function: Callable[[Case], Any], case: Case) -> Any:
     return POOL.apply(function, case, VOXEL_LIMITS)
 
 
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MB, from /proc (None where there is no such process or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class _Worker:
     def __init__(self):
         spawn = multiprocessing.get_context("spawn")
@@ -187,11 +196,7 @@ class _Worker:
         return self.process.is_alive()
 
     def rss_mb(self) -> float | None:
-        try:
-            with open(f"/proc/{self.process.pid}/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-        except (OSError, ValueError, IndexError):
-            return None
+        return rss_mb(self.process.pid)
 
     def kill(self) -> None:
         self.process.kill()
@@ -252,7 +257,7 @@ class WorkerPool:
         try:
             worker.conn.send_bytes(payload)
             return self._wait(worker, name, limits)
-        except (EOFError, OSError, BrokenPipeError):
+        except (EOFError, OSError):  # a broken pipe too
             code = worker.process.exitcode
             worker.kill()
             return Outcome(error=f"{name} failed: its worker process died (exit code {code})")
