@@ -11,8 +11,10 @@ import nibabel
 from macro.artifacts import ArtifactStore
 from macro.case import load_case
 from macro.eval.reliability import RunawayTool
+from macro.tools import executor as executor_module
 from macro.tools.executor import ToolExecutor
 from macro.tools.registry import Registry
+from macro.tools.worker import WorkerPool
 
 SCAN = Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"
 
@@ -45,6 +47,16 @@ def test_the_environment_overrides_a_tools_limits(tmp_path, monkeypatch):
     executor = ToolExecutor(Registry([RunawayTool()]), ArtifactStore(tmp_path), cache=False, isolate=True)
     step = run(executor, load_case(SCAN), {}, seconds=1.5)
     assert not step.ok and "time limit (0.5 s)" in step.error
+
+
+def test_a_fresh_workers_imports_do_not_count_against_the_calls_memory_limit(tmp_path, monkeypatch):
+    """Torch's import alone adds a few hundred MB to a spawned worker: that is not the call's memory (CI killed
+    a fresh worker's 10 MB call at a 300 MB limit while it was still importing)."""
+    monkeypatch.setenv("MACRO_TOOL_MEMORY_MB", "40")
+    executor = ToolExecutor(Registry([RunawayTool()]), ArtifactStore(tmp_path), cache=False, isolate=True)
+    monkeypatch.setattr(executor_module, "POOL", WorkerPool())  # a fresh worker, not one that has imported
+    step = run(executor, load_case(SCAN), {}, megabytes=10)
+    assert step.ok and step.summary == "call 1, 10 MB"
 
 
 def test_a_tool_whose_module_a_worker_cannot_import_is_reported(tmp_path):

@@ -264,10 +264,10 @@ class WorkerPool:
 
     def _wait(self, worker: _Worker, name: str, limits: Limits) -> Outcome:
         """The outcome, once the worker has said it started (its imports do not count against the tool's time)."""
-        deadline, started, base = time.monotonic() + START_S, False, worker.rss_mb() or 0.0
+        deadline, started, base = time.monotonic() + START_S, False, 0.0
         while True:
             while not worker.conn.poll(POLL_S):
-                rss = worker.rss_mb()
+                rss = worker.rss_mb() if started else None  # a worker's imports are not the call's memory
                 if rss is not None and rss - base > limits.memory_mb:
                     worker.kill()
                     return Outcome(
