@@ -21,7 +21,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from pydantic import ValidationError
 
-from macro.agent.graph import STOP_NOTES, Agent, call_key, decide
+from macro.agent.graph import Agent
+from macro.agent.loop import STOP_NOTES, call_key, decide
 from macro.agent.prompts import system_message
 from macro.case import Case
 from macro.data import example_case

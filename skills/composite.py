@@ -27,7 +27,7 @@ from macro.case import MODALITIES
 from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolFailure, ToolResult, ToolSpec
 
 KIND = "composite"
-MAX_COMPOSITE_STEPS = 6  # the agent's whole turn allows 6 calls (agent.graph.MAX_STEPS), composite steps included
+MAX_COMPOSITE_STEPS = 6  # the agent's whole turn allows 6 calls (agent.loop.MAX_STEPS), composite steps included
 _NAME = re.compile(r"^[a-z][a-z0-9_]{2,47}$")
 
 

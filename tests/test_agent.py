@@ -12,7 +12,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from typer.testing import CliRunner
 
-from macro.agent.graph import Agent, compose_answer
+from macro.agent.graph import Agent
+from macro.agent.loop import compose_answer
 from macro.agent.scripted import ScriptedPolicy, plan_for
 from macro.artifacts import ArtifactStore
 from macro.cli import app
@@ -314,7 +315,7 @@ class Recording(Replay):
 
 
 def test_a_constrained_policy_may_only_call_tools_whose_inputs_exist(tmp_path, demo):
-    from macro.agent.graph import decide
+    from macro.agent.loop import decide
     from macro.data import example_case
     from macro.tools.registry import Registry
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from macro.agent.consistency import reconcile
-from macro.agent.graph import compose_answer
+from macro.agent.loop import compose_answer
 from macro.tools.base import ToolContext
 from macro.tools.executor import Step
 from macro.tools.registry import Registry

@@ -122,7 +122,7 @@ def _option_defaults(command: click.Command) -> dict[str, object]:
 
 def _config_defaults() -> dict[str, dict[str, object]]:
     """Command -> {option: the default of the config field or function parameter it feeds}."""
-    from macro.agent.graph import MAX_STEPS
+    from macro.agent.loop import MAX_STEPS
     from macro.eval.bench.run import BenchConfig
     from macro.federated.run import train_task
     from macro.skills.mine import MineConfig

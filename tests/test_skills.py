@@ -378,7 +378,7 @@ def test_the_library_pointer_stays_inside_and_stray_files_are_not_rounds(tmp_pat
 
 
 def test_composites_are_bounded_and_their_steps_count_against_the_turn():
-    from macro.agent.graph import MAX_STEPS, calls_made
+    from macro.agent.loop import MAX_STEPS, calls_made
     from macro.skills.composite import MAX_COMPOSITE_STEPS
 
     steps = [{"tool": "describe_scan", "inputs": {}, "args": {}}] * (MAX_COMPOSITE_STEPS + 1)

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from macro.agent.graph import waiting
+from macro.agent.loop import waiting
 from macro.agent.prompts import system_message, to_chat
 from macro.artifacts import ArtifactStore
 from macro.case import Case
