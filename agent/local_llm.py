@@ -37,6 +37,11 @@ ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER = weights.slot(
     "policy/smollm2-tools-lora", Path(__file__).parent / "weights" / "smollm2-tools-lora", "macro train sft"
 )
+GRPO_ADAPTER = weights.slot(  # the SFT adapter after GRPO; used by the `macro` agent of MACRO-Bench
+    "policy/smollm2-tools-grpo-lora",
+    Path(__file__).parent / "weights" / "smollm2-tools-grpo-lora",
+    "macro train grpo --config cpu-full",
+)
 
 
 def gguf_path() -> Path:
@@ -130,14 +135,15 @@ def coverage_warning(missing: list[str]) -> str | None:
     )
 
 
-def attach_adapter(model, folder: Path):
+def attach_adapter(model, folder: Path, trainable: bool = False):
     """Wrap ``model`` with the LoRA adapter in ``folder`` (a weights-module folder: config in the manifest, tensors
-    verified against their sha256)."""
+    verified against their sha256); ``trainable`` leaves its weights to an optimizer (GRPO continues the SFT
+    adapter)."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
     manifest, states = weights.load_tensors(folder, ADAPTER.regenerate, (ADAPTER_FILE,))
     config = LoraConfig(**{k: v for k, v in manifest["lora"].items() if k in LoraConfig.__dataclass_fields__})
-    config.inference_mode = True
+    config.inference_mode = not trainable
     model = get_peft_model(model, config)
     set_peft_model_state_dict(model, states[ADAPTER_FILE])
     return model
@@ -161,16 +167,17 @@ def draft_from_context(context: Sequence[int], n: int = LOOKUP_NGRAM, k: int = L
     return []
 
 
-def greedy_decode(
-    model, input_ids, cache, eos: int, limit: int, guide=None, lookup: bool = True
+def decode(
+    model, input_ids, cache, eos: int, limit: int, guide=None, lookup: bool = True, pick=None
 ) -> tuple[list[int], int]:
-    """Greedy decoding of at most ``limit`` new tokens after ``input_ids``, continuing ``cache`` (a KV cache of a
-    prefix of them, or None); returns the new tokens (end of turn excluded) and the number of forward passes.
+    """Decoding of at most ``limit`` new tokens after ``input_ids``, continuing ``cache`` (a KV cache of a prefix of
+    them, or None); returns the new tokens (end of turn excluded) and the number of forward passes.
 
-    Under a :class:`~macro.agent.grammar.Guide` each step keeps only the tokens the grammar admits, and the tokens
-    it then forces go to the model together in the next pass. With ``lookup`` each pass also carries a draft copied
-    from the context (:func:`draft_from_context`); the model's own greedy choice at each drafted position decides
-    how much of it stands, so the tokens are the same as without it, in fewer passes. Written out rather than
+    Greedy unless ``pick`` (``pick(logits, drafted) -> token``, e.g. :func:`sampler`) chooses each token. Under a
+    :class:`~macro.agent.grammar.Guide` each step keeps only the tokens the grammar admits, and the tokens it then
+    forces go to the model together in the next pass. With ``lookup`` each pass also carries a draft copied from the
+    context (:func:`draft_from_context`); the model's own choice at each drafted position decides how much of it
+    stands, so the tokens are those decoding without it would give, in fewer passes. Written out rather than
     ``generate`` because ``generate`` runs one pass per token whatever the grammar forces.
     """
     import torch
@@ -184,7 +191,7 @@ def greedy_decode(
     while len(tokens) < limit:
         draft = draft_from_context(context + tokens) if lookup else []
         rows = model(
-            input_ids=torch.tensor([feed + draft], dtype=input_ids.dtype),
+            input_ids=torch.tensor([feed + draft], dtype=input_ids.dtype, device=input_ids.device),
             cache=cache,
             use_cache=True,
             logits_to_keep=len(draft) + 1,
@@ -195,7 +202,9 @@ def greedy_decode(
             logits = rows[matched]
             if guide is not None:
                 logits = logits.masked_fill(~guide.allowed(logits.shape[-1]), float("-inf"))
-            token = int(logits.argmax())
+            token = (
+                int(logits.argmax()) if pick is None else pick(logits, draft[matched] if matched < len(draft) else None)
+            )
             if token == eos:
                 stop = True
                 break
@@ -208,15 +217,46 @@ def greedy_decode(
                 break
             matched += len(step)
         tokens += new
-        if stop:
-            break
         while matched < len(new) and matched < len(draft) and new[matched] == draft[matched]:
             matched += 1
         stale = len(draft) - matched  # keys of drafted tokens that did not stand
         if stale:
-            cache.crop(-stale)
+            cache.crop(-stale)  # also when stopping: the cache may go on to the next turn's tokens
+        if stop:
+            break
         feed = new[matched:]
     return tokens[:limit], forwards
+
+
+def sampler(temperature: float, generator):
+    """A ``pick`` for :func:`decode` that samples at ``temperature`` and stays exact with a drafted token: the draft
+    is kept with its probability, else the token is drawn from the others (speculative sampling whose proposal is
+    one token for sure)."""
+    import torch
+
+    def pick(logits, drafted: int | None) -> int:
+        probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+        if drafted is not None:
+            if float(torch.rand((), generator=generator)) < float(probs[drafted]):
+                return drafted
+            probs[drafted] = 0.0
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    return pick
+
+
+def reply(text: str, meta: dict | None = None) -> AIMessage:
+    """The policy's decoded text as a message: its first call, an answer in prose, or the calls it failed to write
+    as ``invalid_tool_calls`` (so the turn asks again instead of crashing)."""
+    calls, errors = parse_calls(text)
+    return AIMessage(
+        content="" if calls else text,
+        tool_calls=calls[:1],
+        invalid_tool_calls=[
+            {"name": None, "args": text, "id": None, "error": e, "type": "invalid_tool_call"} for e in errors
+        ],
+        response_metadata=meta or {},
+    )
 
 
 class LocalChatModel(BaseChatModel):
@@ -225,7 +265,7 @@ class LocalChatModel(BaseChatModel):
     With ``constrained`` (the default) every decision is decoded under the offered tools' grammar
     (:mod:`macro.agent.grammar`), so a call is always parseable and valid against its schema. Without it (for
     comparison), malformed calls come back as ``invalid_tool_calls`` so the graph can ask again instead of crashing.
-    ``lookup`` (the default) drafts from the prompt (:func:`greedy_decode`): same tokens, fewer passes. Generation
+    ``lookup`` (the default) drafts from the prompt (:func:`decode`): same tokens, fewer passes. Generation
     statistics (prompt tokens, new tokens, forward passes, seconds) are in ``response_metadata`` for benchmarks.
     """
 
@@ -282,7 +322,7 @@ class LocalChatModel(BaseChatModel):
         with torch.inference_mode():
             cache = self._prefix_cache(chat[0], ids["input_ids"]) if chat and chat[0]["role"] == "system" else None
             cached = 0 if cache is None else cache.get_seq_length()
-            tokens, forwards = greedy_decode(
+            tokens, forwards = decode(
                 self._model,
                 ids["input_ids"],
                 cache,
@@ -293,7 +333,6 @@ class LocalChatModel(BaseChatModel):
             )
         seconds = time.perf_counter() - start
         text = self._tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        calls, errors = parse_calls(text)
         meta = {
             "prompt_tokens": prompt_length,
             "new_tokens": len(tokens),
@@ -304,15 +343,7 @@ class LocalChatModel(BaseChatModel):
             "constrained": guide is not None,
             "grammar_seconds": guide.seconds if guide else 0.0,
         }
-        msg = AIMessage(
-            content="" if calls else text,
-            tool_calls=calls[:1],
-            invalid_tool_calls=[
-                {"name": None, "args": text, "id": None, "error": e, "type": "invalid_tool_call"} for e in errors
-            ],
-            response_metadata=meta,
-        )
-        return ChatResult(generations=[ChatGeneration(message=msg)])
+        return ChatResult(generations=[ChatGeneration(message=reply(text, meta))])
 
     def _prefix_cache(self, system_turn: dict, input_ids):
         """KV cache of the system turn (tool list), computed once per distinct prompt and copied per call.

@@ -60,14 +60,14 @@ def test_greedy_decode_matches_generate_and_feeds_forced_tokens_in_one_pass(tiny
     import torch
 
     from macro.agent.grammar import Constraint
-    from macro.agent.local_llm import greedy_decode, load_model
+    from macro.agent.local_llm import decode, load_model
 
     model, tokenizer = load_model(tiny_model)
     ids = tokenizer("Describe this scan.", return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         reference = model.generate(input_ids=ids, max_new_tokens=10, min_new_tokens=10, do_sample=False)
-        tokens, forwards = greedy_decode(model, ids, None, eos=-1, limit=10, lookup=False)
-        drafted, _ = greedy_decode(model, ids, None, eos=-1, limit=10)
+        tokens, forwards = decode(model, ids, None, eos=-1, limit=10, lookup=False)
+        drafted, _ = decode(model, ids, None, eos=-1, limit=10)
     assert tokens == drafted == reference[0, ids.shape[1] :].tolist()
     assert forwards == 10
     case = load_case(get_testdata_file("CT_small.dcm"))
@@ -76,7 +76,7 @@ def test_greedy_decode_matches_generate_and_feeds_forced_tokens_in_one_pass(tiny
     opening = tokenizer("<", add_special_tokens=False)["input_ids"]  # a call, not an answer, from here on
     opening += guide.advance(opening[0])
     with torch.inference_mode():
-        tokens, forwards = greedy_decode(model, ids.new_tensor([ids[0].tolist() + opening]), None, -1, 200, guide)
+        tokens, forwards = decode(model, ids.new_tensor([ids[0].tolist() + opening]), None, -1, 200, guide)
     text = tokenizer.decode(opening + tokens)
     (parsed,), errors = parse_calls(text)
     assert not errors and parsed["name"] in {t["function"]["name"] for t in tools}
@@ -119,18 +119,18 @@ class _Copier:
 def test_prompt_lookup_copies_a_quoted_sentence_in_few_passes_with_the_same_tokens():
     import torch
 
-    from macro.agent.local_llm import greedy_decode
+    from macro.agent.local_llm import decode
 
     sentence = list(range(5, 25))  # the tool's sentence in the prompt, which the answer then repeats
     follow = {t: t + 1 for t in sentence[:-1]} | {3: 5}
     prompt = torch.tensor([[1, 2, *sentence, 4, 3]])
     plain = _Copier(follow)
-    tokens, passes = greedy_decode(plain, prompt, _Cache(), eos=0, limit=40, lookup=False)
+    tokens, passes = decode(plain, prompt, _Cache(), eos=0, limit=40, lookup=False)
     assert tokens == sentence and passes == len(sentence) + 1
     copier = _Copier(follow)
-    drafted, fewer = greedy_decode(copier, prompt, _Cache(), eos=0, limit=40)
+    drafted, fewer = decode(copier, prompt, _Cache(), eos=0, limit=40)
     assert drafted == sentence
     assert fewer <= 5
     wrong = _Copier(follow | {9: 20})  # the model leaves the quoted text: the rest of the draft is dropped
-    tokens, _ = greedy_decode(_Copier(follow | {9: 20}), prompt, _Cache(), eos=0, limit=40, lookup=False)
-    assert greedy_decode(wrong, prompt, _Cache(), eos=0, limit=40)[0] == tokens == [5, 6, 7, 8, 9, 20, 21, 22, 23, 24]
+    tokens, _ = decode(_Copier(follow | {9: 20}), prompt, _Cache(), eos=0, limit=40, lookup=False)
+    assert decode(wrong, prompt, _Cache(), eos=0, limit=40)[0] == tokens == [5, 6, 7, 8, 9, 20, 21, 22, 23, 24]

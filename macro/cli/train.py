@@ -81,3 +81,41 @@ def train_vqa_cmd(
     manifest = ship(target, trained, report, invocation())
     wrote([target, *write_report(report, report_dir)])
     typer.echo(json.dumps({"files": manifest["files"], "held_out": manifest["held_out"]}, indent=2))
+
+
+@train.command("grpo")
+def train_grpo_cmd(
+    config: str = typer.Option("cpu-smoke", "--config", help="cpu-smoke, cpu-full, gpu-lora or gpu-multinode"),
+    out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+    max_steps: Optional[int] = typer.Option(None, help="optimizer steps (default: the config's)"),
+    seed: Optional[int] = typer.Option(None),
+    base: Optional[str] = typer.Option(
+        None, help="a transformers model folder to train with a fresh LoRA instead of the embedded SmolLM2 + SFT"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+):
+    """GRPO of the policy (TRL) on MACRO-Bench train tasks, with rollouts through the agent's own loop; continues
+    the SFT adapter and writes the GRPO adapter (home copy unless --out). Resumes from the run folder's last
+    checkpoint under MACRO_HOME/runs/grpo/CONFIG."""
+    from macro.training.grpo import recipe, train_grpo
+
+    home = Home.current().ensure()
+    try:
+        r = recipe(config, max_steps=max_steps, seed=seed, base_model=base)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    if not r.use_cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise typer.BadParameter(f"{config} needs a GPU; on this machine use cpu-smoke or cpu-full", "--config")
+    summary = train_grpo(r, home, out, command=invocation())
+    err(f"wrote {summary['adapter']}")
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        first, last = summary["reward_first"], summary["reward_last"]
+        typer.echo(
+            f"{summary['steps']} steps in {summary['seconds']:.0f} s: mean reward {first} (first fifth) -> {last} "
+            f"(last fifth); groups with equal rewards {summary['frac_zero_std']}; curve in {summary['run_dir']}"
+        )
