@@ -89,6 +89,19 @@ def embedded_base(home: Home | None = None, quiet: bool = False) -> Path:
     return target
 
 
+def grpo_in_use(home: Home | None = None) -> Path | None:
+    """The GRPO adapter's folder when it continues the SFT adapter now in use (its manifest's ``start.sft_sha256``),
+    else None: an SFT adapter retrained since (new tools) is not overridden by a GRPO run on the old one."""
+    folder = GRPO_ADAPTER.active(home)
+    if not (folder / weights.MANIFEST).is_file():
+        return None
+    sft = ADAPTER.active(home)
+    if not (sft / weights.MANIFEST).is_file():
+        return None
+    start = weights.read_manifest(folder, GRPO_ADAPTER.regenerate).get("start") or {}
+    return folder if start.get("sft_sha256") == weights.read_manifest(sft, ADAPTER.regenerate)["sha256"] else None
+
+
 def load_model(path: str | Path, adapter: str | Path | None = None):
     """Load a causal LM and tokenizer for CPU inference; a PEFT adapter, when given, is merged into the weights
     (inference only, so the LoRA matmuls need not run beside the base ones at every token)."""

@@ -1,4 +1,6 @@
-"""Policy backends by name: ``embedded``, ``hf:PATH``, ``openai:URL``, ``scripted`` or ``scripted:PLAN.json``."""
+"""Policy backends by name: ``embedded`` (SmolLM2 with the GRPO adapter when it continues the SFT adapter in use,
+else the SFT adapter), ``embedded:sft`` (the SFT adapter only), ``hf:PATH``, ``openai:URL``, ``scripted`` or
+``scripted:PLAN.json``."""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ from pathlib import Path
 from langchain_core.language_models import BaseChatModel
 
 from macro import weights
-from macro.agent.local_llm import ADAPTER, LocalChatModel, embedded_base
+from macro.agent.local_llm import ADAPTER, GRPO_ADAPTER, LocalChatModel, embedded_base, grpo_in_use
 from macro.agent.scripted import ScriptedPolicy
 from macro.agent.toolcall import unstorable
 from macro.config import Home
 from macro.errors import CaseError, ModelUnavailable
 
-BACKENDS = "embedded, hf:PATH, openai:URL, scripted, scripted:PLAN.json"
+BACKENDS = "embedded, embedded:sft, hf:PATH, openai:URL, scripted, scripted:PLAN.json"
 
 
 PLAN_FORMAT = 'a JSON list of calls, each {"name": TOOL, "args": {...}}'
@@ -57,13 +59,15 @@ def make_policy(
     if spec.startswith("scripted:"):
         path = Path(spec.split(":", 1)[1])
         return ScriptedPolicy(plan=read_plan(path)), f"scripted:{path.name}"
-    if spec == "embedded":
-        folder = ADAPTER.active(home)
+    if spec in ("embedded", "embedded:sft"):
+        slot = GRPO_ADAPTER if spec == "embedded" and grpo_in_use(home) else ADAPTER  # SFT, then GRPO
+        folder = slot.active(home)
         if not (folder / weights.MANIFEST).is_file():
             pid = "embedded:smollm2-135m(no adapter)" + free
             return LocalChatModel(model_path=str(embedded_base(home)), policy_id=pid, constrained=constrained), pid
-        digest = weights.verify(folder, ADAPTER.regenerate)["sha256"][:8]  # a damaged adapter fails here, not mid-turn
-        pid = f"embedded:smollm2-135m+lora-{digest}{free}"
+        digest = weights.verify(folder, slot.regenerate)["sha256"][:8]  # a damaged adapter fails here, not mid-turn
+        kind = "grpo-lora" if slot is GRPO_ADAPTER else "lora"
+        pid = f"embedded:smollm2-135m+{kind}-{digest}{free}"
         chat = LocalChatModel(
             model_path=str(embedded_base(home)), adapter=str(folder), policy_id=pid, constrained=constrained
         )

@@ -178,3 +178,58 @@ def test_a_rollout_is_the_agents_turn_with_tool_turns_masked(tmp_path, model_hom
         assert answer.splitlines()[0]
     assert out["verdict"] == [FAMILIES["lesion-class"].check(task, a) for a in out["answer"]]
     assert trainer.model.training  # rollouts leave the model as they found it
+
+
+@pytest.mark.slow
+def test_evolve_runs_two_rounds_end_to_end_and_resumes_without_redoing_them(tmp_path, model_home, monkeypatch):
+    """CI-sized rounds (one family, two tasks, one GRPO step of two episodes): experience is recorded and
+    remembered, the library is mined, GRPO writes the adapter the next round's agent uses, and a second call
+    reads the finished rounds back instead of running them again."""
+    from macro.agent.local_llm import BASE_NAME, GRPO_ADAPTER
+    from macro.training.evolve import evolve
+
+    root = tmp_path / "home"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / BASE_NAME).symlink_to(model_home.models / BASE_NAME)
+    monkeypatch.setenv("MACRO_HOME", str(root))
+    home = Home(root).ensure()
+    r = recipe("cpu-smoke", max_steps=1, groups_per_step=1, num_generations=2, redraws=0)
+    r = replace(r, families=("lesion-class",), tasks_per_family=2)
+    rows = evolve(2, r, home, log=lambda line: None)
+    assert [row["round"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["registry_size"] >= 9 and 0.0 <= row["success"] <= 1.0 and row["grpo"]["steps"] == 1
+    manifest = json.loads((GRPO_ADAPTER.home_dir(home) / "manifest.json").read_text())
+    assert manifest["start"]["adapter"] == GRPO_ADAPTER.name  # round 2 continued round 1's adapter
+    experience = (root / "runs" / "evolve" / "round-2" / "experience.jsonl").read_text().splitlines()
+    assert len(experience) == 2 and all(json.loads(line)["agent"] == "macro" for line in experience)
+    assert evolve(2, r, home, log=lambda line: None) == rows
+
+
+@pytest.mark.slow
+def test_train_grpo_cli_writes_the_adapter_the_embedded_policy_then_uses(tmp_path, model_home, monkeypatch):
+    """A CI-sized `macro train grpo --config cpu-smoke` (2 steps): the JSON has the reward figures, the run folder
+    its metrics and curve, the home gets the adapter with a manifest naming the SFT adapter it continues, and the
+    embedded policy uses it from then on (`embedded:sft` keeps the SFT one)."""
+    from typer.testing import CliRunner
+
+    from macro.agent.local_llm import ADAPTER, BASE_NAME, GRPO_ADAPTER
+    from macro.agent.policy import make_policy
+    from macro.cli import app
+
+    root = tmp_path / "home"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / BASE_NAME).symlink_to(model_home.models / BASE_NAME)
+    monkeypatch.setenv("MACRO_HOME", str(root))
+    result = CliRunner().invoke(app, ["train", "grpo", "--config", "cpu-smoke", "--max-steps", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 2 and summary["episodes"] >= 8
+    assert {"reward_first", "reward_last", "frac_zero_std"} <= set(summary)
+    run = Path(summary["run_dir"])
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and (run / "rewards.png").stat().st_size > 0
+    manifest = json.loads((GRPO_ADAPTER.home_dir() / "manifest.json").read_text())
+    sft = json.loads((ADAPTER.active() / "manifest.json").read_text())["sha256"]
+    assert manifest["start"]["sft_sha256"] == sft and manifest["command"].startswith("macro train grpo")
+    assert make_policy("embedded")[1].startswith("embedded:smollm2-135m+grpo-lora-")
+    assert make_policy("embedded:sft")[1] == f"embedded:smollm2-135m+lora-{sft[:8]}"

@@ -26,6 +26,7 @@ def _slots() -> dict[str, weights.Slot]:
 
 SLOT_NAMES = (
     "policy/smollm2-tools-lora",
+    "policy/smollm2-tools-grpo-lora",
     "segmentation",
     "classification/derm",
     "classification/cxr",
@@ -70,7 +71,8 @@ def test_a_damaged_weights_file_is_refused_by_models_verify(home, name):
 
 def _family_command(name: str, demo_folder: Path) -> list[str]:
     return {
-        "policy/smollm2-tools-lora": ["ask", str(demo_folder), "What is the tumour volume?", "--policy", "embedded"],
+        "policy/smollm2-tools-lora": ["ask", str(demo_folder), "What is the volume?", "--policy", "embedded:sft"],
+        "policy/smollm2-tools-grpo-lora": ["ask", str(demo_folder), "How large is it?", "--policy", "embedded"],
         "segmentation": ["eval", "segmentation", "--n", "1", "--out", str(demo_folder.parent / "seg-report")],
         "classification/derm": ["fl", "unlearn", "--task", "derm", "--client", "0"],
         "classification/cxr": ["fl", "unlearn", "--task", "cxr", "--client", "0"],

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from macro import weights
-from macro.agent.local_llm import ADAPTER, ADAPTER_FILE, GRPO_ADAPTER, attach_adapter
+from macro.agent.local_llm import ADAPTER, ADAPTER_FILE, GRPO_ADAPTER, attach_adapter, grpo_in_use
 from macro.config import Home
 from macro.eval.bench.tasks import FAMILIES, Task
 from macro.training.rewards import REWARDS, total
@@ -67,15 +67,35 @@ class GRPORecipe:
     vllm_tensor_parallel_size: int = 1
     vllm_gpu_memory_utilization: float = 0.3
     base_model: str | None = None  # a transformers folder (a larger instruct model); None: the embedded SmolLM2
+    start: str = "sft"  # the adapter the embedded SmolLM2 starts from: "sft", or "grpo" (the last GRPO adapter)
     lora_r: int = 8  # for a base model without the SFT adapter
     accelerate_config: str | None = None  # file in training/accelerate/, for `accelerate launch`
     save_steps: int = 4
+    shuffle: bool = True  # False: tasks in order, so the first and the last steps see the same tasks
 
+
+FAST_FAMILIES = ("lesion-class", "cxr-finding", "anomaly-screen", "stepwise-dx", "findings-then-dx")  # no 3D tools
 
 PRESETS: dict[str, GRPORecipe] = {
-    "cpu-smoke": GRPORecipe(),
-    "cpu-full": GRPORecipe(
-        name="cpu-full", max_steps=150, groups_per_step=2, task_seeds=(0, 1, 2), tasks_per_family=6, save_steps=10
+    "cpu-smoke": GRPORecipe(  # one task per step in a fixed cycle: the first and last fifth see the same tasks
+        max_steps=25,
+        groups_per_step=1,
+        families=FAST_FAMILIES,
+        tasks_per_family=1,
+        temperature=1.2,
+        learning_rate=2e-4,
+        redraws=0,
+        shuffle=False,
+        save_steps=5,
+    ),
+    "cpu-full": GRPORecipe(  # the shipped adapter's run: about half an hour on 2 cores
+        name="cpu-full",
+        max_steps=60,
+        groups_per_step=1,
+        families=FAST_FAMILIES,
+        task_seeds=(0, 1),
+        tasks_per_family=3,
+        save_steps=10,
     ),
     "gpu-lora": GRPORecipe(
         name="gpu-lora",
@@ -108,9 +128,14 @@ PRESETS: dict[str, GRPORecipe] = {
 
 
 def recipe(name: str, **overrides: Any) -> GRPORecipe:
+    """A preset with the given settings changed (None keeps the preset's)."""
     if name not in PRESETS:
         raise ValueError(f"unknown GRPO config {name!r}; choose one of: {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    r = replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    unknown = [f for f in r.families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown task families {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
+    return r
 
 
 def grpo_config(r: GRPORecipe, run_dir: Path):
@@ -151,6 +176,7 @@ def grpo_config(r: GRPORecipe, run_dir: Path):
         save_total_limit=2,
         report_to="none",
         disable_tqdm=not sys.stderr.isatty(),
+        shuffle_dataset=r.shuffle,
         **extra,
     )
 
@@ -165,8 +191,8 @@ def training_tasks(r: GRPORecipe, data: Path) -> list[Task]:
 
 
 def policy_model(r: GRPORecipe, home: Home):
-    """(trainable PEFT model, tokenizer, what it started from): the embedded SmolLM2 with the active SFT adapter,
-    or ``base_model`` with a fresh LoRA."""
+    """(trainable PEFT model, tokenizer, what it started from): the embedded SmolLM2 with the active SFT adapter
+    (or the GRPO one, ``start="grpo"``), or ``base_model`` with a fresh LoRA."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -182,8 +208,11 @@ def policy_model(r: GRPORecipe, home: Home):
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if r.bf16 else torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if r.base_model is None:
-        folder = ADAPTER.active(home)
-        start = {"adapter": ADAPTER.name, "sha256": weights.verify(folder, ADAPTER.regenerate)["sha256"]}
+        slot = GRPO_ADAPTER if r.start == "grpo" and grpo_in_use(home) else ADAPTER
+        folder = slot.active(home)
+        manifest = weights.verify(folder, slot.regenerate)
+        sft = manifest["sha256"] if slot is ADAPTER else manifest["start"]["sft_sha256"]
+        start = {"adapter": slot.name, "sha256": manifest["sha256"], "sft_sha256": sft}
         return attach_adapter(model, folder, trainable=True), tokenizer, start
     lora = LoraConfig(r=r.lora_r, lora_alpha=2 * r.lora_r, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
     return get_peft_model(model, lora), tokenizer, {"base_model": weights.portable(base), "adapter": None}

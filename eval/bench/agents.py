@@ -4,7 +4,7 @@
 * ``react``: zero-shot tool calling with atomic tools only, no memory.
 * ``react+memory``, ``react+composites``, ``react+memory+composites``: the same, plus hints from the image
   memory and/or the mined composites in the tool list.
-* ``macro``: memory + composites + a GRPO-trained adapter; not run (and said so) until a GRPO adapter exists.
+* ``macro``: memory + composites + a GRPO-trained adapter; not run (and said so) while no GRPO adapter exists.
 
 The LLM is the embedded policy unless ``--llm`` names another backend (``scripted`` is the keyword policy,
 deterministic and fast, for CI slices and for separating the LLM's share of the result from the harness's).
@@ -39,7 +39,7 @@ def specs(names: list[str], llm: str, grpo_adapter: str | None = None) -> tuple[
             if grpo_adapter:
                 out.append(AgentSpec("macro", llm, True, True, adapter=grpo_adapter))
             else:
-                skipped["macro"] = "no GRPO adapter yet (the GRPO issue builds it); pass --grpo-adapter PATH"
+                skipped["macro"] = "no GRPO adapter yet: train one (macro train grpo) or pass --grpo-adapter PATH"
         elif name.startswith("react"):
             parts = set(name.split("+")[1:])
             if parts - {"memory", "composites"}:
@@ -64,7 +64,7 @@ _CHATS: dict = {}
 def _chat(spec: AgentSpec):
     """One loaded LLM per backend (and adapter) per process, shared by every agent that uses it; model files come
     from the user's home (converted once), not the benchmark's."""
-    key = (spec.llm, spec.adapter)
+    key = (spec.llm, spec.adapter, _version(spec.adapter))
     if key not in _CHATS:
         if spec.adapter:
             from macro.agent.local_llm import LocalChatModel, embedded_base
@@ -77,8 +77,20 @@ def _chat(spec: AgentSpec):
         else:
             from macro.agent.policy import make_policy
 
-            _CHATS[key] = make_policy(spec.llm)
+            # Every agent but `macro` runs the SFT adapter, so `macro` is compared with it in the same run.
+            _CHATS[key] = make_policy("embedded:sft" if spec.llm == "embedded" else spec.llm)
     return _CHATS[key]
+
+
+def _version(adapter: str | None) -> str | None:
+    """The adapter's model id, so an adapter retrained in place (``macro evolve``) is loaded again."""
+    if adapter is None:
+        return None
+    from pathlib import Path
+
+    from macro import weights
+
+    return weights.read_manifest(Path(adapter), "macro train grpo").get("sha256")
 
 
 def build_agent(spec: AgentSpec, home, plan: list[dict] | None = None):

@@ -160,7 +160,7 @@ def _lcs_ratio(a: list[str], b: list[str]) -> float:
     return 2 * table[-1][-1] / (len(a) + len(b))
 
 
-def _done(results: Path) -> dict[tuple[str, str], dict]:
+def done_rows(results: Path) -> dict[tuple[str, str], dict]:
     rows = {}
     if results.exists():
         for line in results.read_text().splitlines():
@@ -172,7 +172,7 @@ def _done(results: Path) -> dict[tuple[str, str], dict]:
     return rows
 
 
-def _run_all(
+def run_episodes(
     jobs: list[tuple[AgentSpec, Task, bool]],
     cfg: BenchConfig,
     home: Path,
@@ -181,6 +181,8 @@ def _run_all(
     label: str,
     progress: Callable | None,
 ) -> list[dict]:
+    """Each (agent, task, remember) job's row, running the ones not ``done`` (appended to ``results`` as they
+    finish, so a killed run resumes)."""
     todo = [(spec, task, remember) for spec, task, remember in jobs if (spec.name, task.id) not in done]
     rows = [done[(spec.name, task.id)] for spec, task, _ in jobs if (spec.name, task.id) in done]
     bar = progress(total=len(jobs), initial=len(rows), desc=label) if progress else None
@@ -229,11 +231,11 @@ def run_bench(
     tasks, skipped_families = build_tasks(cfg, out / "data", available, log)
     (out / "tasks.json").write_text(json.dumps([t.to_dict() for t in tasks], indent=1))
     results = out / "results.jsonl"
-    done = _done(results)
+    done = done_rows(results)
 
     started = time.perf_counter()
     experience = AgentSpec(EXPERIENCE_AGENT, cfg.llm)
-    train_rows = _run_all(
+    train_rows = run_episodes(
         [(experience, t, True) for t in tasks if t.split == "train"],
         cfg,
         home.root,
@@ -261,7 +263,7 @@ def run_bench(
     )
 
     jobs = [(spec, t, False) for spec in agents for t in tasks if t.split != "train"]
-    test_rows = _run_all(jobs, cfg, home.root, results, done, "test", progress)
+    test_rows = run_episodes(jobs, cfg, home.root, results, done, "test", progress)
     from macro.eval.bench.report import summarise
 
     return summarise(

@@ -33,7 +33,9 @@ def bench(
     n_train: Optional[int] = typer.Option(None, "--n-train", help="train tasks per family and seed (experience)"),
     workers: int = typer.Option(1, help="parallel worker processes (each loads its own LLM)"),
     grpo_adapter: Optional[Path] = typer.Option(
-        None, "--grpo-adapter", help="LoRA adapter from GRPO training, for the 'macro' agent"
+        None,
+        "--grpo-adapter",
+        help="LoRA adapter from GRPO training, for the 'macro' agent (default: the GRPO adapter in use, if trained)",
     ),
     out: Path = typer.Option(
         Path("runs/bench"), "--out", help="results, report and the benchmark's own home (resumable)"
@@ -59,6 +61,10 @@ def bench(
         n_train=n_train,
         seeds=parse_seeds(seeds) if seeds else None,
     )
+    if grpo_adapter is None:
+        from macro.agent.local_llm import grpo_in_use
+
+        grpo_adapter = grpo_in_use()
     # The phantom scans live under OUT: stored relative to it, workers' runs can be replayed when mining.
     os.environ["MACRO_CASE_ROOT"] = str(out.resolve())
     try:

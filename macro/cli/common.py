@@ -23,7 +23,7 @@ app = typer.Typer(
 
 CASE_HELP = "scan: file, DICOM/BraTS folder, or four comma-separated NIfTI (T1,T1ce,T2,FLAIR)"
 PolicyOpt = typer.Option(
-    "embedded", "--policy", "-p", help="embedded | hf:PATH | openai:URL | scripted | scripted:PLAN.json"
+    "embedded", "--policy", "-p", help="embedded | embedded:sft | hf:PATH | openai:URL | scripted | scripted:PLAN.json"
 )
 ModelOpt = typer.Option(None, "--model", help="model name for openai:URL (default: $MACRO_OPENAI_MODEL)")
 ModalityOpt = typer.Option(None, "--modality", help="override the detected modality (mri-multiseq, mr, ct, xray, ...)")
@@ -132,7 +132,7 @@ def make_agent(policy: str, model: str | None, max_steps: int):
 
     chat, policy_id = make_policy(policy, model=model)
     agent = Agent(chat, policy_id, max_steps=max_steps)
-    if policy == "embedded":
+    if policy in ("embedded", "embedded:sft"):
         from macro.agent.local_llm import coverage_warning, untrained_tools
 
         line = coverage_warning(untrained_tools(agent.registry))

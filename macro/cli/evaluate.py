@@ -136,9 +136,9 @@ def eval_policy(
     registry = Registry.default()
     rows = load_requests(requests or REQUESTS)
     cases = Cases(home.data / "policy-eval")
-    local = policy == "embedded" or policy.startswith("hf:")
+    local = policy.startswith(("embedded", "hf:"))
     report: dict = {"requests": str(requests or REQUESTS.name), "n": len(rows)}
-    if policy == "embedded" and (line := coverage_warning(untrained_tools(registry))):
+    if policy.startswith("embedded") and (line := coverage_warning(untrained_tools(registry))):
         err(line)
 
     def tick(label: str):

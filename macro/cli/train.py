@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from macro.cli.common import err, group, invocation, wrote
+from macro.cli.common import app, err, group, invocation, wrote
 from macro.config import Home
 
 train = group("train", "Train the policy and the model-backed tools.")
@@ -119,3 +119,30 @@ def train_grpo_cmd(
             f"{summary['steps']} steps in {summary['seconds']:.0f} s: mean reward {first} (first fifth) -> {last} "
             f"(last fifth); groups with equal rewards {summary['frac_zero_std']}; curve in {summary['run_dir']}"
         )
+
+
+@app.command("evolve")
+def evolve_cmd(
+    rounds: int = typer.Option(1, "--rounds", min=1, help="rounds to run (finished ones are kept, not rerun)"),
+    config: str = typer.Option("cpu-smoke", "--config", help="the GRPO config of each round's policy phase"),
+    max_steps: Optional[int] = typer.Option(None, help="GRPO steps per round (default: the config's)"),
+    families: Optional[str] = typer.Option(None, help="comma-separated task families (default: the config's)"),
+    tasks_per_family: Optional[int] = typer.Option(None, help="train tasks per family and seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the rounds as JSON"),
+):
+    """Self-evolution rounds: the macro agent answers MACRO-Bench train tasks (experience and memory), composites
+    are mined and admitted, then GRPO trains the policy on the grown tool set. Resumes a killed run in the phase it
+    was in; rounds are logged in MACRO_HOME/runs/evolve/rounds.jsonl."""
+    from macro.training.evolve import evolve
+    from macro.training.grpo import recipe
+
+    home = Home.current().ensure()
+    chosen = tuple(f.strip() for f in families.split(",")) if families else None
+    try:
+        r = recipe(config, max_steps=max_steps, families=chosen, tasks_per_family=tasks_per_family)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    from tqdm import tqdm
+
+    rows = evolve(rounds, r, home, log=err, progress=tqdm)
+    typer.echo(json.dumps(rows, indent=2) if as_json else "\n".join(json.dumps(row) for row in rows))
