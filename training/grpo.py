@@ -110,21 +110,15 @@ PRESETS: dict[str, GRPORecipe] = {
         redraws=2,
         save_steps=25,
     ),
-    "gpu-multinode": GRPORecipe(
-        name="gpu-multinode",
-        max_steps=400,
-        groups_per_step=16,
-        num_generations=8,
-        task_seeds=(0, 1, 2, 3, 4, 5, 6, 7),
-        tasks_per_family=8,
-        use_cpu=False,
-        bf16=True,
-        use_vllm=True,
-        redraws=2,
-        accelerate_config="deepspeed_zero3.yaml",
-        save_steps=25,
-    ),
 }
+PRESETS["gpu-multinode"] = replace(  # several GPUs or nodes: `accelerate launch` with a file in training/accelerate/
+    PRESETS["gpu-lora"],
+    name="gpu-multinode",
+    max_steps=400,
+    groups_per_step=16,
+    task_seeds=tuple(range(8)),
+    accelerate_config="deepspeed_zero3.yaml",
+)
 
 
 def recipe(name: str, **overrides: Any) -> GRPORecipe:
