@@ -233,3 +233,20 @@ def test_train_grpo_cli_writes_the_adapter_the_embedded_policy_then_uses(tmp_pat
     assert manifest["start"]["sft_sha256"] == sft and manifest["command"].startswith("macro train grpo")
     assert make_policy("embedded")[1].startswith("embedded:smollm2-135m+grpo-lora-")
     assert make_policy("embedded:sft")[1] == f"embedded:smollm2-135m+lora-{sft[:8]}"
+
+
+def test_the_grpo_adapter_is_used_only_while_it_continues_the_sft_adapter_in_use(home):
+    """A GRPO adapter trained on one SFT adapter must not override an SFT adapter retrained since (new tools)."""
+    from macro.agent.local_llm import ADAPTER, GRPO_ADAPTER, grpo_in_use
+
+    def manifest(folder: Path, **fields) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "manifest.json").write_text(json.dumps({"files": {}, **fields}))
+
+    shipped_sft = json.loads((ADAPTER.shipped / "manifest.json").read_text())["sha256"]
+    manifest(GRPO_ADAPTER.home_dir(), sha256="g1", start={"sft_sha256": shipped_sft})
+    assert grpo_in_use() == GRPO_ADAPTER.home_dir()
+    manifest(ADAPTER.home_dir(), sha256="retrained")
+    assert grpo_in_use() is None
+    manifest(GRPO_ADAPTER.home_dir(), sha256="g2", start={"sft_sha256": "retrained"})
+    assert grpo_in_use() == GRPO_ADAPTER.home_dir()

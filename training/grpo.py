@@ -21,6 +21,7 @@ adapter's home copy with a manifest (start adapter, recipe, seed, reward curve).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -329,7 +330,8 @@ def train_grpo(r: GRPORecipe, home: Home, out: Path | None = None, command: str 
     trainer, rollouts, start = build_trainer(r, run_dir, home)
     resume = any(run_dir.glob("checkpoint-*"))
     began = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs; stdout stays for the summary
+        trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - began
     rows = read_metrics(run_dir / "metrics.jsonl")
     if rows:
