@@ -39,7 +39,9 @@ def specs(names: list[str], llm: str, grpo_adapter: str | None = None) -> tuple[
             if grpo_adapter:
                 out.append(AgentSpec("macro", llm, True, True, adapter=grpo_adapter))
             else:
-                skipped["macro"] = "no GRPO adapter yet: train one (macro train grpo) or pass --grpo-adapter PATH"
+                skipped["macro"] = (
+                    "no GRPO adapter for this LLM (the shipped one is the embedded LLM's): pass --grpo-adapter PATH"
+                )
         elif name.startswith("react"):
             parts = set(name.split("+")[1:])
             if parts - {"memory", "composites"}:

@@ -35,7 +35,7 @@ def bench(
     grpo_adapter: Optional[Path] = typer.Option(
         None,
         "--grpo-adapter",
-        help="LoRA adapter from GRPO training, for the 'macro' agent (default: the GRPO adapter in use, if trained)",
+        help="LoRA adapter from GRPO training, for the 'macro' agent (default with the embedded LLM: the one in use)",
     ),
     out: Path = typer.Option(
         Path("runs/bench"), "--out", help="results, report and the benchmark's own home (resumable)"
@@ -61,7 +61,7 @@ def bench(
         n_train=n_train,
         seeds=parse_seeds(seeds) if seeds else None,
     )
-    if grpo_adapter is None:
+    if grpo_adapter is None and cfg.llm == "embedded":  # the GRPO adapter belongs to the embedded LLM
         from macro.agent.local_llm import grpo_in_use
 
         grpo_adapter = grpo_in_use()
