@@ -31,7 +31,6 @@ from macro.agent.loop import (
     format_error,
     next_node,
     retry_message,
-    stop_note,
     storable,
 )
 from macro.agent.prompts import system_message
@@ -118,11 +117,10 @@ def build_graph(
 
     def answer_node(state: AgentState) -> dict:
         messages, retries = state["messages"], state.get("retries", [])
-        answer = final_answer(messages, state.get("steps", []), retries, max_steps, store.root)
+        answer, note = final_answer(messages, state.get("steps", []), retries, max_steps, store.root)
         last, closing = messages[-1], []
         if isinstance(last, AIMessage) and last.tool_calls:
             # Every tool call needs a reply, or the thread is invalid for OpenAI-style backends on the next turn.
-            note = stop_note(messages, retries, "", max_steps)
             closing = [
                 ToolMessage(f"not run: {note}", name=c["name"], tool_call_id=c["id"], status="error")
                 for c in last.tool_calls

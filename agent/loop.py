@@ -118,13 +118,14 @@ def stop_note(messages: list, retries: list[str], prose: str, max_steps: int = M
 
 def final_answer(
     messages: list, steps: list[dict], retries: list[str], max_steps: int = MAX_STEPS, artifacts: Path | None = None
-) -> str:
-    """The turn's answer once it has reached the answer node (:func:`compose_answer` of its last reply and steps)."""
+) -> tuple[str, str]:
+    """The turn's answer once it has reached the answer node (:func:`compose_answer` of its last reply and steps),
+    and its :func:`stop_note` (``""`` when the policy answered)."""
     last = messages[-1]
     prose = last.text.strip() if isinstance(last, AIMessage) and not last.tool_calls else ""
     question = next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
     note = stop_note(messages, retries, prose, max_steps)
-    return compose_answer(prose, [Step(**s) for s in steps], question, note, artifacts)
+    return compose_answer(prose, [Step(**s) for s in steps], question, note, artifacts), note
 
 
 def compose_answer(

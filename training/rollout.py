@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from macro.agent.grammar import Constraint, decision_grammar
@@ -37,7 +37,6 @@ from macro.agent.loop import (
     format_error,
     next_node,
     retry_message,
-    stop_note,
     storable,
     waiting,
 )
@@ -296,10 +295,7 @@ class Rollouts:
             episode.completion_ids += turns
             episode.env_mask += [0] * len(turns)
             context += turns
-        episode.answer = final_answer(messages, episode.steps, episode.format_errors, self.max_steps)
-        last = messages[-1]
-        prose = last.text.strip() if isinstance(last, AIMessage) and not last.tool_calls else ""
-        episode.stopped = stop_note(messages, episode.format_errors, prose, self.max_steps)
+        episode.answer, episode.stopped = final_answer(messages, episode.steps, episode.format_errors, self.max_steps)
         episode.verdict = bool(FAMILIES[task.family].check(task, episode.answer))
         return episode
 
