@@ -116,6 +116,32 @@ class TrajectoryStore:
         with closing(self._connect()) as conn:
             return [Trajectory(**json.loads(r[0])) for r in conn.execute(query, params)]
 
+    def threads(self, limit: int = 100) -> list[dict]:
+        """The most recently used threads first: ``{"thread_id", "turns", "question" (the first), "modality",
+        "last"}``, for a thread picker (the web UI) without loading every turn."""
+        if not self.path.exists():
+            return []
+        query = """
+            SELECT t.thread_id, COUNT(*), MAX(t.created),
+                   (SELECT body FROM trajectories f WHERE f.thread_id = t.thread_id ORDER BY f.created LIMIT 1)
+            FROM trajectories t GROUP BY t.thread_id ORDER BY MAX(t.created) DESC LIMIT ?"""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(query, (limit,)).fetchall()
+        out = []
+        for thread_id, turns, last, body in rows:
+            first = json.loads(body)
+            modality = (first.get("case_ref") or {}).get("modality", "")
+            out.append(
+                {
+                    "thread_id": thread_id,
+                    "turns": turns,
+                    "question": first["question"],
+                    "modality": modality,
+                    "last": last,
+                }
+            )
+        return out
+
     def verify(
         self, traj_id: str, verification: str, source: str, note: str = "", embedding_id: str | None | object = KEEP
     ) -> Trajectory:

@@ -424,16 +424,14 @@ class RenderSlice(MacroTool):
         else:
             axis = AXES[args.axis]
             size = case.shape[axis]
-            index = args.index if args.index is not None else _default_index(labels, axis, size)
+            index = args.index if args.index is not None else default_index(labels, axis, size)
             if not 0 <= index < size:
                 raise CaseError(case.paths[0], f"{args.axis} slice {index} is outside 0..{size - 1}")
             volume = case.channel(shown if shown in case.channels else None)
             plane = np.rot90(np.take(volume, index, axis=axis))
             mask_plane = None if labels is None else np.rot90(np.take(labels, index, axis=axis))
             where = f"{args.axis} slice {index}/{size - 1}"
-        rgb = _to_rgb(plane, mask_plane)
-        scale = max(1, -(-MIN_RENDER_PX // min(rgb.shape[:2])))  # small volumes get a viewable, pixel-exact upscale
-        rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
+        rgb, scale = upscaled(to_rgb(plane, mask_plane))
         art = ctx.store.save_png(
             rgb, "render", f"{args.axis}-{args.sequence or 'default'}", {"where": where, "scale": scale}
         )
@@ -446,22 +444,31 @@ class RenderSlice(MacroTool):
         )
 
 
-def _default_index(labels: np.ndarray | None, axis: int, size: int) -> int:
+def default_index(labels: np.ndarray | None, axis: int, size: int) -> int:
+    """The slice through the largest cross-section of the mask, else the middle one."""
     if labels is not None and labels.any():
         other = tuple(a for a in range(3) if a != axis)
         return int(np.argmax((labels > 0).sum(axis=other)))
     return size // 2
 
 
-def _to_rgb(plane: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+def to_rgb(plane: np.ndarray, mask: np.ndarray | None, opacity: float = 0.45) -> np.ndarray:
+    """A plane (or an H x W x 3 picture) windowed to its 1st-99th percentiles, with the GLI labels of ``mask`` blended
+    in their colours at ``opacity``. Shared by ``render_slice`` and the web UI's viewer."""
     lo, hi = np.percentile(plane, (1, 99))
     grey = np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1) * 255
     rgb = grey.astype(np.uint8) if grey.ndim == 3 else np.repeat(grey[..., None], 3, axis=-1).astype(np.uint8)
     if mask is not None:
         for label, colour in OVERLAY_RGB.items():
             sel = mask == label
-            rgb[sel] = (0.55 * rgb[sel] + 0.45 * np.asarray(colour)).astype(np.uint8)
+            rgb[sel] = ((1 - opacity) * rgb[sel] + opacity * np.asarray(colour)).astype(np.uint8)
     return rgb
+
+
+def upscaled(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    """A small picture enlarged by an integer factor to at least MIN_RENDER_PX a side (pixel-exact), and the factor."""
+    scale = max(1, -(-MIN_RENDER_PX // min(rgb.shape[:2])))
+    return rgb.repeat(scale, axis=0).repeat(scale, axis=1), scale
 
 
 class VolumeArgs(BaseModel):

@@ -1,0 +1,1 @@
+"""The web UI: a Gradio app (``macro ui``) over a plain-Python workbench."""
