@@ -19,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from macro.plugins import KIND_GROUP, declared
+
 KINDS = ("image", "mask", "heatmap", "render", "scalar", "label", "text")
+
+
+def kinds() -> tuple[str, ...]:
+    """The built-in artifact kinds, then those installed plug-ins declare (:mod:`macro.plugins`)."""
+    return KINDS + tuple(k for k in declared(KIND_GROUP) if k not in KINDS)
 
 
 @dataclass(frozen=True)
@@ -96,8 +103,8 @@ class ArtifactStore:
         return self.root / self.run_id
 
     def _new(self, kind: str, stem: str, suffix: str) -> tuple[str, Path]:
-        if kind not in KINDS:
-            raise ValueError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
+        if kind not in kinds():
+            raise ValueError(f"unknown artifact kind {kind!r}; expected one of {kinds()}")
         name = f"{stem}-{uuid.uuid4().hex[:6]}{suffix}"
         return f"{self.run_id}/{name}", self.run_dir / name
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from macro.config import Home
 from macro.errors import CaseError
+from macro.plugins import MODALITY_GROUP, declared
 
 MODALITIES = ("mri-multiseq", "mr", "ct", "xray", "dermoscopy", "fundus", "histology", "us", "pet", "other")
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
@@ -129,10 +130,20 @@ class Case:
         return f"{self.modality}, {self.dims}D {shape} voxels at {spacing} mm, channels {channels}{reference}"
 
 
+def modalities() -> tuple[str, ...]:
+    """The built-in modalities, then those installed plug-ins declare (:mod:`macro.plugins`)."""
+    return MODALITIES + tuple(m for m in declared(MODALITY_GROUP) if m not in MODALITIES)
+
+
+def unknown_modality(value: str) -> str:
+    """Why ``value`` is refused as a modality, with the way to add one."""
+    return f"unknown modality {value!r} (a plug-in adds one as an entry point in the group {MODALITY_GROUP})"
+
+
 def load_case(source: str | Path | Sequence[str | Path], modality: str | None = None, check: bool = True) -> Case:
     """Open a scan and validate it. ``check`` also decodes the voxels once to reject NaN/inf or blank images."""
-    if modality is not None and modality not in MODALITIES:
-        raise CaseError(None, f"unknown modality {modality!r}", accepted=", ".join(MODALITIES))
+    if modality is not None and modality not in modalities():
+        raise CaseError(None, unknown_modality(modality), accepted=", ".join(modalities()))
     if isinstance(source, (list, tuple)):
         case = _multiseq_from_files([Path(p) for p in source], modality)
     else:
@@ -276,8 +287,8 @@ def _sidecar_modality(path: Path) -> str | None:
                 value = json.loads(side.read_text()).get("modality")
             except (OSError, ValueError, AttributeError) as exc:
                 raise CaseError(side, f"sidecar JSON is unreadable: {exc}") from None
-            if value is not None and value not in MODALITIES:
-                raise CaseError(side, f"sidecar names unknown modality {value!r}", accepted=", ".join(MODALITIES))
+            if value is not None and value not in modalities():
+                raise CaseError(side, f"sidecar names {unknown_modality(value)}", accepted=", ".join(modalities()))
             return value
     return None
 

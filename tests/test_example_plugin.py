@@ -3,7 +3,7 @@ embedded policy is retrained, and, after ``macro train sft``, called for its own
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -22,11 +22,7 @@ PLUGIN = Path(__file__).parents[1] / "examples" / "snr-tool" / "macro_snr.py"
 def snr_tool():
     if str(PLUGIN.parent) not in sys.path:  # as installing the plug-in would: its module must import in tool workers
         sys.path.append(str(PLUGIN.parent))
-    spec = importlib.util.spec_from_file_location("macro_snr", PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("macro_snr", module)
-    spec.loader.exec_module(module)
-    return module.EstimateSNR()
+    return importlib.import_module(PLUGIN.stem).estimate_snr()
 
 
 def registry_with_plugin() -> Registry:
@@ -49,6 +45,12 @@ def test_the_plugin_runs_on_real_scans_and_is_warned_about(tmp_path):
         _, step, _ = executor.run({"name": "estimate_snr", "args": {}, "id": "c"}, case, [])
         assert step.ok and step.headline.startswith("The signal-to-noise ratio is ")
         assert step.data["snr"] > 0
+
+
+def test_the_plugin_meets_the_tool_contract():
+    from macro.tools.contract import check_tool
+
+    check_tool(snr_tool())
 
 
 @pytest.mark.heavy

@@ -98,6 +98,7 @@ class Echo(MacroTool):
 
 def test_entry_point_plugins_load_and_broken_ones_are_skipped(monkeypatch):
     eps = [
+        *registry_module.entry_points(group="macro.tools"),  # the built-ins, declared in the same group
         EntryPoint("echo", f"{__name__}:Echo", "macro.tools"),
         EntryPoint("broken", "no_such_module:Tool", "macro.tools"),
     ]

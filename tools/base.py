@@ -16,12 +16,13 @@ from typing import Any, Callable, ClassVar
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from macro.artifacts import KINDS, Artifact, ArtifactStore
-from macro.case import MODALITIES, Case, load_case
+from macro.artifacts import Artifact, ArtifactStore, kinds
+from macro.case import Case, load_case, modalities, unknown_modality
 from macro.config import Home
 from macro.errors import CaseError
+from macro.plugins import KIND_GROUP
 from macro.weights import SLOTS
 
 ANY_MODALITY = "*"
@@ -169,7 +170,7 @@ class MacroTool(BaseTool):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        _validate_definition(cls)
+        validate_definition(cls)
 
     def offered(self, case: Case) -> bool:
         """Whether the tool is offered for ``case`` (the registry and the executor ask); by default its spec decides,
@@ -230,10 +231,12 @@ class MacroTool(BaseTool):
 _NAME = re.compile(r"^[a-z][a-z0-9_]{2,47}$")
 
 
-def _validate_definition(cls: type[MacroTool]) -> None:
+def validate_definition(cls: type[MacroTool]) -> None:
+    """Raise a TypeError naming the tool and what is wrong with its definition (name, description, schema, spec,
+    examples): run when a tool class is made, so a malformed tool fails at import, not in a conversation."""
     fields = cls.model_fields
     name = fields["name"].default if "name" in fields else None
-    where = f"tool class {cls.__name__}"
+    where = f"tool {cls.__qualname__} ({cls.__module__})"
     if not isinstance(name, str) or not _NAME.match(name):
         raise TypeError(f"{where}: name must be snake_case, 3-48 chars, got {name!r}")
     description = fields["description"].default if "description" in fields else ""
@@ -246,11 +249,14 @@ def _validate_definition(cls: type[MacroTool]) -> None:
     if not isinstance(spec, ToolSpec):
         raise TypeError(f"{where}: spec must be a ToolSpec")
     for modality in spec.modalities:
-        if modality != ANY_MODALITY and modality not in MODALITIES:
-            raise TypeError(f"{where}: unknown modality {modality!r}")
+        if modality != ANY_MODALITY and modality not in modalities():
+            raise TypeError(f"{where}: {unknown_modality(modality)}; known: {', '.join(modalities())}")
     for kind in (*spec.inputs.values(), *spec.outputs.values()):
-        if kind not in KINDS:
-            raise TypeError(f"{where}: unknown input/output kind {kind!r}; expected one of {KINDS}")
+        if kind not in kinds():
+            raise TypeError(
+                f"{where}: unknown input/output kind {kind!r}; expected one of {kinds()} (a plug-in adds one as an "
+                f"entry point in the group {KIND_GROUP})"
+            )
     if spec.weights is not None and spec.weights not in SLOTS:
         raise TypeError(
             f"{where}: weights {spec.weights!r} is not a declared slot (macro.weights.slot): {sorted(SLOTS)}"
@@ -259,4 +265,7 @@ def _validate_definition(cls: type[MacroTool]) -> None:
     if repeated := sorted({r for r in requests if requests.count(r) > 1}):
         raise TypeError(f"{where}: example requests repeat {repeated} (one could land in training, one held out)")
     for example in (*spec.examples, *spec.follow_ups):
-        schema(**example.args)
+        try:
+            schema(**example.args)
+        except ValidationError as exc:
+            raise TypeError(f"{where}: example {example.request!r} has arguments its schema refuses: {exc}") from None

@@ -1,20 +1,42 @@
-"""Tool registry: built-ins plus third-party tools from the ``macro.tools`` entry-point group.
+"""Tool registry: built-ins and third-party tools, all from the ``macro.tools`` entry-point group.
 
 An entry point may name a ``MacroTool`` subclass, an instance, or a zero-argument callable returning either or a
-list of them. A broken plug-in is reported and skipped; it never stops the agent from starting.
+list of them. The project declares its own tools there too, so a plug-in is found exactly as a built-in is. A broken
+plug-in is reported and skipped; it never stops the agent from starting.
 """
 
 from __future__ import annotations
 
 import logging
-from importlib.metadata import entry_points
+import re
+from importlib.metadata import EntryPoint, entry_points
 from typing import Iterable, Mapping
 
 from macro.case import Case
+from macro.errors import MacroError
 from macro.tools.base import MacroTool
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "macro.tools"
+DISTRIBUTION = "macro-agent"  # the project's own distribution: its entry points are the built-ins
+# The built-ins in the order the shipped adapters saw them in the prompt (which lists a case's tools in registry
+# order); entry-point metadata keeps no order. A built-in added later follows these, by name.
+TRAINED_ORDER = (
+    "describe_scan",
+    "render_slice",
+    "measure_volume",
+    "crop_resample",
+    "segment_brain_tumor",
+    "classify_lesion",
+    "classify_findings",
+    "score_anomaly",
+    "answer_stepwise",
+)
+STALE_INSTALL = (
+    f"the installed metadata of {DISTRIBUTION} declares no built-in tools (entry-point group {ENTRY_POINT_GROUP}): "
+    "the install is older than this checkout's pyproject.toml; reinstall it from the checkout with: "
+    "pip install --no-deps -e .  (make setup does this when pyproject.toml changes)"
+)
 
 
 class Registry:
@@ -28,14 +50,7 @@ class Registry:
     def default(cls) -> "Registry":
         """Built-ins and plug-ins. Composites come from the skill library, which adds them to a registry
         (:func:`macro.skills.library.load_composites`); the registry never reads the library itself."""
-        from macro.tools.anomaly.tool import ScoreAnomaly
-        from macro.tools.classification.tool import ClassifyFindings, ClassifyLesion
-        from macro.tools.imaging import BUILTINS
-        from macro.tools.segmentation.tool import SegmentBrainTumor
-        from macro.tools.vqa.tool import AnswerStepwise
-
-        builtins = (*BUILTINS, SegmentBrainTumor, ClassifyLesion, ClassifyFindings, ScoreAnomaly, AnswerStepwise)
-        registry = cls(tool() for tool in builtins)
+        registry = cls()
         registry.load_entry_points()
         return registry
 
@@ -47,12 +62,17 @@ class Registry:
         self._tools[tool.name] = tool
 
     def load_entry_points(self) -> None:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        """The built-ins (which must load: a failure is a broken install), then the plug-ins in a stable order."""
+        builtins, plugins = ordered_entry_points()
+        for ep in builtins:
+            for tool in _instantiate(ep.load()):
+                self.add(tool)
+        for ep in plugins:
             try:
                 for tool in _instantiate(ep.load()):
                     self.add(tool)
             except Exception as exc:  # a third-party plug-in must not take the agent down
-                self.problems.append(f"{ep.name} ({ep.value}): {type(exc).__name__}: {exc}")
+                self.problems.append(f"{ep.name} ({ep.value}, from {distribution(ep)}): {type(exc).__name__}: {exc}")
                 log.warning("skipping tool plug-in %s: %s", ep.name, exc)
 
     def get(self, name: str) -> MacroTool:
@@ -111,6 +131,27 @@ def plan_inputs(needs: frozenset[str], producers: Producers, have: frozenset[str
         plan += [*before, name]
         have = have.union(*(producers[n][1] for n in [*before, name]))
     return plan
+
+
+def ordered_entry_points() -> tuple[list[EntryPoint], list[EntryPoint]]:
+    """The group's built-in entry points in :data:`TRAINED_ORDER` and the others by distribution, then name. Raises
+    :data:`STALE_INSTALL` when the project's own metadata declares none (a checkout pulled without reinstalling)."""
+    found = entry_points(group=ENTRY_POINT_GROUP)
+    rank = {name: i for i, name in enumerate(TRAINED_ORDER)}
+    builtins = sorted(
+        (ep for ep in found if distribution(ep) == DISTRIBUTION), key=lambda ep: (rank.get(ep.name, len(rank)), ep.name)
+    )
+    if not builtins:
+        raise MacroError(STALE_INSTALL)
+    plugins = sorted(
+        (ep for ep in found if distribution(ep) != DISTRIBUTION), key=lambda ep: (distribution(ep), ep.name)
+    )
+    return builtins, plugins
+
+
+def distribution(ep: EntryPoint) -> str:
+    """The normalised name of the distribution declaring ``ep`` (PEP 503), or "" for one made by hand."""
+    return re.sub(r"[-_.]+", "-", ep.dist.name).lower() if ep.dist is not None else ""
 
 
 def kind(tool: MacroTool) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -57,3 +58,16 @@ def tools_list(
         )
     for problem in registry.problems:
         err(f"plug-in skipped: {problem}")
+
+
+@tools.command("new")
+def tools_new(
+    name: str = typer.Argument(..., help="the tool's name, snake_case (e.g. intensity_stats)"),
+    out: Path = typer.Option(..., "--out", help="folder for the plug-in package (new or empty)"),
+):
+    """Scaffold a plug-in tool package: a working decorated tool, its spec, entry point, README and contract test."""
+    from macro.tools.scaffold import scaffold
+
+    for path in scaffold(name, out):
+        typer.echo(path)
+    err(f"next: pytest {out}  then  pip install --no-deps -e {out}  then  macro tools list")
