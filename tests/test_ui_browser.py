@@ -159,7 +159,10 @@ def test_demo_case_ask_overlay_reload_and_resume(ui_server, browser):
         "the segmentation overlay in the viewer",
     )
     assert _tumour_pixels(after) > 50
-    if os.environ.get("MACRO_UI_SCREENSHOT"):
+    if os.environ.get("MACRO_UI_SCREENSHOT"):  # with the chat scrolled back to the question and its tool step
+        browser.execute_script(
+            "document.querySelectorAll('#chat *').forEach(e => { if (e.scrollHeight > e.clientHeight) e.scrollTop = 0; })"
+        )
         browser.save_screenshot(os.environ["MACRO_UI_SCREENSHOT"])
 
     browser.refresh()

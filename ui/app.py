@@ -128,7 +128,7 @@ def build(bench: Workbench, policy: str = "embedded"):
                 opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Overlay opacity")
                 gallery = gr.Gallery(label="Tool pictures", columns=3, height=180, elem_id="gallery")
             with gr.Column(scale=2, min_width=360):
-                chat = gr.Chatbot(label="Chat", height=520, elem_id="chat")
+                chat = gr.Chatbot(label="Chat", height=680, elem_id="chat")
                 question = gr.Textbox(
                     placeholder="Ask about the scan, e.g. 'What is the tumour volume?'",
                     show_label=False,
