@@ -50,6 +50,11 @@ class Home:
     def data(self) -> Path:
         return self.root / "data"
 
+    @property
+    def mcp_servers(self) -> Path:
+        """External MCP servers added with ``macro tools add-mcp``, with the tools each one offered."""
+        return self.root / "mcp_servers.json"
+
     def ensure(self) -> "Home":
         """Create the home when missing, owner-only (0o700): it holds scans' paths, trajectories and results. Set
         ``MACRO_HOME_GROUP=1`` before it is first created to share it with the owner's group (0o770). An existing

@@ -24,9 +24,11 @@ LAYERS = {
     "federated": 4,
     "eval": 5,
     "training": 6,
-    "cli": 7,
+    "mcp": 7,
+    "cli": 8,
 }
 FOLDERS = {"agent", "tools", "skills", "memory", "training", "eval", "federated"}
+ON_TOP = {"mcp", "cli"}  # subpackages of macro/ above every layer: the MCP server, and the command line over it
 
 
 def _package_of_module(name: str) -> str | None:
@@ -35,14 +37,14 @@ def _package_of_module(name: str) -> str | None:
         return None
     if len(parts) > 1 and parts[1] in FOLDERS:
         return parts[1]
-    return "cli" if len(parts) > 1 and parts[1] == "cli" else "core"
+    return parts[1] if len(parts) > 1 and parts[1] in ON_TOP else "core"
 
 
 def _package_of_file(path: Path) -> str:
     rel = path.relative_to(ROOT).parts
     if rel[0] in FOLDERS:
         return rel[0]
-    return "cli" if len(rel) > 1 and rel[1] == "cli" else "core"
+    return rel[1] if len(rel) > 1 and rel[1] in ON_TOP else "core"
 
 
 def _imports() -> list[tuple[str, str, str]]:

@@ -50,8 +50,11 @@ class Registry:
     def default(cls) -> "Registry":
         """Built-ins and plug-ins. Composites come from the skill library, which adds them to a registry
         (:func:`macro.skills.library.load_composites`); the registry never reads the library itself."""
+        from macro.tools.mcp_client import add_remembered
+
         registry = cls()
         registry.load_entry_points()
+        add_remembered(registry)  # the tools of external MCP servers added with macro tools add-mcp
         return registry
 
     def add(self, tool: MacroTool) -> None:

@@ -11,6 +11,7 @@ from macro.cli import (  # noqa: F401
     doctor,
     evaluate,
     fl,
+    mcp,
     memory,
     runs,
     selftest,
