@@ -246,8 +246,16 @@ def remember(
             made.append(make_tool(entry, remote, taken | {t.name for t in made}))
         except Exception as exc:
             raise MacroError(f"MCP server {name!r}, tool {remote.name!r} cannot be offered: {exc}") from None
-    update(lambda servers: [*(s for s in servers if s.name != name), entry], home)
+    update(lambda servers: _replaced(servers, entry), home)
     return made
+
+
+def _replaced(servers: list[McpServer], entry: McpServer) -> list[McpServer]:
+    """``servers`` with ``entry`` in the place of the one of its name, or last: the order the registry adds them in,
+    which decides which of two clashing names gets the prefix, stays as it was."""
+    if all(server.name != entry.name for server in servers):
+        return [*servers, entry]
+    return [entry if server.name == entry.name else server for server in servers]
 
 
 def add_remembered(registry, home: Home | None = None) -> None:

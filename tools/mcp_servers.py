@@ -137,7 +137,7 @@ def _run(server: McpServer, work: Callable[[Any, Any], Awaitable[Any]], seconds:
 
         try:
             anyio.run(main)
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller, whatever the transport raised
+        except BaseException as exc:  # reported to the caller, whatever the transport raised
             box["error"] = exc
 
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errlog:
@@ -170,9 +170,11 @@ def describe_server(server: McpServer, seconds: float = CONNECT_S) -> tuple[str,
     """The server's own name and the tools it lists now (every page of them)."""
 
     async def work(session, info):
+        from mcp.types import PaginatedRequestParams
+
         tools, cursor = [], None
         while True:
-            page = await session.list_tools(cursor=cursor)
+            page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
             tools += [
                 RemoteTool(name=t.name, description=t.description or "", input_schema=t.inputSchema) for t in page.tools
             ]

@@ -57,6 +57,8 @@ INSTRUCTIONS = (
 
 @dataclass
 class _Thread:
+    """What the calls naming one thread share, as an agent thread's turns do; its lock runs them one at a time."""
+
     history: list[dict] = field(default_factory=list)
     session: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -71,7 +73,7 @@ class MacroServer:
         self.registry = registry or load_composites(Registry.default(), self.home)
         self.tools = [self.describe(tool) for tool in self.registry.all()]
         self._threads: OrderedDict[str, _Thread] = OrderedDict()
-        self._made: list[dict] = []  # artifact refs written by this process's calls, oldest first
+        self._made: list[dict] = []  # the newest artifact refs this process's calls wrote, oldest first
         self._lock = threading.Lock()
         self.server = self._build()
         POOL.prestart()  # a tool worker's imports overlap with the client's handshake
@@ -90,7 +92,7 @@ class MacroServer:
         @server.list_resources()
         async def list_resources() -> list[types.Resource]:
             with self._lock:
-                made = self._made[-LISTED_ARTIFACTS:]
+                made = list(self._made)
             return [_resource_link(ref) for ref in reversed(made)]
 
         @server.read_resource()
@@ -151,7 +153,7 @@ class MacroServer:
         if not step.ok:
             return _error(str(message.content))
         with self._lock:
-            self._made += refs
+            self._made = (self._made + refs)[-LISTED_ARTIFACTS:]
         return self._result(step, refs, thread_id)
 
     def open_case(self, source: str) -> Case:
