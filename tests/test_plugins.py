@@ -271,6 +271,22 @@ def test_the_contract_lists_every_problem_of_a_broken_tool(tmp_path, monkeypatch
         check_tool(module.noisy_render)
 
 
+TAKEN = """
+from macro.tools.decorator import tool
+
+
+@tool(modalities=("*",), cases=("wheel:pydicom/data/test_files/CT_small.dcm",), examples=["a", "b", "c", "d", "e"])
+def describe_scan() -> str:
+    \"\"\"A second tool under a built-in's name.\"\"\"
+    return "described."
+"""
+
+
+def test_the_contract_refuses_a_name_another_tool_has(tmp_path, monkeypatch, home):
+    module = write_module(tmp_path / "plugin", "taken_tools", TAKEN, monkeypatch)
+    assert problems(module.describe_scan) == ["its name is taken by macro.tools.imaging.DescribeScan"]
+
+
 def test_the_contract_refuses_a_tool_a_worker_cannot_import():
     from macro.tools.decorator import tool
 
@@ -417,7 +433,8 @@ def test_a_plugin_declares_a_modality_that_cases_load_with_and_tools_are_gated_b
     assert case.modality == "oct"
     registry = Registry.default()
     offered = [t.name for t in registry.for_case(case)]
-    assert "retina_thickness" in offered and "classify_lesion" not in offered
+    assert {"retina_thickness", "describe_scan", "render_slice"} <= set(offered)  # its own, and any-modality tools
+    assert not {"classify_lesion", "classify_findings", "answer_stepwise", "segment_brain_tumor"} & set(offered)
     assert "retina_thickness" not in [t.name for t in registry.for_case(load_case(CT))]
 
     plan = tmp_path / "plan.json"

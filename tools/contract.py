@@ -96,9 +96,16 @@ def _pickle_problems(tool: MacroTool) -> list[str]:
 def _registry(tool: MacroTool) -> tuple[Registry, list[str]]:
     """The installed tools with ``tool`` in place of its installed copy, so its inputs' producers can run first."""
     installed = Registry.default()
-    clash = [t for t in installed.all() if t.name == tool.name and type(t).__qualname__ != type(tool).__qualname__]
-    found = [f"its name is taken by {type(t).__module__}.{type(t).__qualname__}" for t in clash]
+    found = [
+        f"its name is taken by {_where(t)}"
+        for t in installed.all()
+        if t.name == tool.name and _where(t) != _where(tool)
+    ]
     return Registry([*(t for t in installed.all() if t.name != tool.name), tool]), found
+
+
+def _where(tool: MacroTool) -> str:
+    return f"{type(tool).__module__}.{type(tool).__qualname__}"
 
 
 def _run_problems(tool: MacroTool) -> list[str]:
