@@ -51,6 +51,11 @@ class Home:
         return self.root / "data"
 
     @property
+    def uploads(self) -> Path:
+        """Scans opened in the web UI, copied here so their threads find them after a restart."""
+        return self.root / "uploads"
+
+    @property
     def mcp_servers(self) -> Path:
         """External MCP servers added with ``macro tools add-mcp``, with the tools each one offered."""
         return self.root / "mcp_servers.json"

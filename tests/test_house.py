@@ -14,7 +14,8 @@ import typer.main
 
 ROOT = Path(__file__).resolve().parents[1]
 # A package may import only packages of a lower layer (pyproject maps each folder into ``macro.*``; ``macro/`` is the
-# core and ``macro/cli`` the top). docs/architecture.md draws the same layers.
+# core, ``ui/`` and ``mcp_server/`` sit above the rest and ``macro/cli`` is the top). docs/architecture.md draws
+# the same layers.
 LAYERS = {
     "core": 0,
     "tools": 1,
@@ -24,11 +25,12 @@ LAYERS = {
     "federated": 4,
     "eval": 5,
     "training": 6,
-    "mcp": 7,
+    "ui": 7,
+    "mcp_server": 7,
     "cli": 8,
 }
-FOLDERS = {"agent", "tools", "skills", "memory", "training", "eval", "federated"}
-ON_TOP = {"mcp", "cli"}  # subpackages of macro/ above every layer: the MCP server, and the command line over it
+FOLDERS = {"agent", "tools", "skills", "memory", "training", "eval", "federated", "ui", "mcp_server"}
+ON_TOP = {"cli"}  # the subpackage of macro/ above every layer: the command line
 
 
 def _package_of_module(name: str) -> str | None:

@@ -182,7 +182,7 @@ class _UseMask(MacroTool):
 
 
 def test_calls_of_one_thread_share_artifacts_and_other_calls_do_not(scans, home, monkeypatch):
-    from macro.mcp.server import ARTIFACT_URI, MacroServer
+    from macro.mcp_server.server import ARTIFACT_URI, MacroServer
 
     monkeypatch.setenv("MACRO_TOOL_ISOLATION", "0")  # the tools above live in this test module only
     server = MacroServer([scans["root"]], registry=Registry([_MakeMask(), _UseMask()]))
@@ -203,7 +203,7 @@ def test_calls_of_one_thread_share_artifacts_and_other_calls_do_not(scans, home,
 def test_unknown_resources_and_missing_scans_are_errors_naming_them(scans, home, monkeypatch):
     from mcp.shared.exceptions import McpError
 
-    from macro.mcp.server import ARTIFACT_URI, MacroServer
+    from macro.mcp_server.server import ARTIFACT_URI, MacroServer
 
     monkeypatch.setenv("MACRO_TOOL_ISOLATION", "0")
     server = MacroServer([scans["root"]], registry=Registry([_MakeMask()]))

@@ -24,7 +24,9 @@ DEMO = "Brain MRI phantom, four sequences (demo)"
 EXAMPLES = {
     DEMO: "brain-mri-demo",
     "Brain T1 MRI, real (nibabel anatomical.nii)": "wheel:nibabel/tests/data/anatomical.nii",
-    "MNI152 T1 template, real (nilearn)": "wheel:nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "MNI152 T1 template, real (nilearn)": (
+        "wheel:nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    ),
     "Head CT slice, real (pydicom CT_small.dcm)": "wheel:pydicom/data/test_files/CT_small.dcm",
     "MR slice, real (pydicom MR_small.dcm)": "wheel:pydicom/data/test_files/MR_small.dcm",
     "Chest X-ray phantom": "cxr-phantom",

@@ -18,6 +18,7 @@ from macro.cli import (  # noqa: F401
     skills,
     tools,
     train,
+    ui,
 )
 from macro.cli.common import app, guard_all
 

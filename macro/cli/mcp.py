@@ -21,8 +21,8 @@ def mcp_serve(
     ),
 ):
     """Serve every registered tool over MCP: stdio for desktop clients, or streamable HTTP with --http PORT."""
-    from macro.mcp.server import MacroServer
-    from macro.mcp.transport import serve_http, serve_stdio
+    from macro.mcp_server.server import MacroServer
+    from macro.mcp_server.transport import serve_http, serve_stdio
 
     roots = root or [Path.cwd()]
     for folder in roots:

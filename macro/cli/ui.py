@@ -19,7 +19,6 @@ def ui(
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         err(f"warning: serving on {host}: anyone who can reach this machine can open scans' threads and ask")
-    err(
-        f"MACRO UI on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port} (policy {policy}); Ctrl+C stops"
-    )
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    err(f"MACRO UI on http://{shown}:{port} (policy {policy}); Ctrl+C stops")
     launch(policy, host, port, open_browser)
