@@ -221,7 +221,8 @@ def test_train_grpo_cli_writes_the_adapter_the_embedded_policy_then_uses(tmp_pat
     (root / "models").mkdir(parents=True)
     (root / "models" / BASE_NAME).symlink_to(model_home.models / BASE_NAME)
     monkeypatch.setenv("MACRO_HOME", str(root))
-    result = CliRunner().invoke(app, ["train", "grpo", "--config", "cpu-smoke", "--max-steps", "2", "--json"])
+    argv = ["train", "grpo", "--config", "cpu-smoke", "--max-steps", "2", "--eval-prompts", "4", "--json"]
+    result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["steps"] == 2 and summary["episodes"] >= 8
@@ -231,6 +232,7 @@ def test_train_grpo_cli_writes_the_adapter_the_embedded_policy_then_uses(tmp_pat
     manifest = json.loads((GRPO_ADAPTER.home_dir() / "manifest.json").read_text())
     sft = json.loads((ADAPTER.active() / "manifest.json").read_text())["sha256"]
     assert manifest["start"]["sft_sha256"] == sft and manifest["command"].startswith("macro train grpo")
+    assert manifest["held_out"]["n"] == 4 and manifest["held_out"] == summary["held_out"]  # scored as SFT adapters are
     assert make_policy("embedded")[1].startswith("embedded:smollm2-135m+grpo-lora-")
     assert make_policy("embedded:sft")[1] == f"embedded:smollm2-135m+lora-{sft[:8]}"
 

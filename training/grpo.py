@@ -31,11 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from macro import weights
-from macro.agent.local_llm import ADAPTER, ADAPTER_FILE, GRPO_ADAPTER, attach_adapter, grpo_in_use
+from macro.agent.local_llm import ADAPTER, ADAPTER_FILE, GRPO_ADAPTER, attach_adapter, embedded_base, grpo_in_use
 from macro.config import Home
 from macro.eval.bench.tasks import FAMILIES, Task
+from macro.skills.library import load_composites
+from macro.tools.registry import Registry
 from macro.training.rewards import REWARDS, total
 from macro.training.rollout import Episode, Rollouts
+from macro.training.sft import save_scored
 
 ACCELERATE = Path(__file__).parent / "accelerate"
 DEFAULT_WEIGHTS = {"outcome": 1.0, "tool_choice": 0.5, "efficiency": 0.25, "well_formed": 0.25, "composite_use": 0.5}
@@ -73,6 +76,7 @@ class GRPORecipe:
     accelerate_config: str | None = None  # file in training/accelerate/, for `accelerate launch`
     save_steps: int = 4
     shuffle: bool = True  # False: tasks in order, so the first and the last steps see the same tasks
+    eval_prompts: int = 100  # hand-written held-out requests scored on the written adapter (0: none)
 
 
 FAST_FAMILIES = ("lesion-class", "cxr-finding", "anomaly-screen", "stepwise-dx", "findings-then-dx")  # no 3D tools
@@ -88,6 +92,7 @@ PRESETS: dict[str, GRPORecipe] = {
         redraws=0,
         shuffle=False,
         save_steps=5,
+        eval_prompts=30,
     ),
     "cpu-full": GRPORecipe(  # the shipped adapter's run: about half an hour on 2 cores
         name="cpu-full",
@@ -192,7 +197,6 @@ def policy_model(r: GRPORecipe, home: Home):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from macro.agent.local_llm import embedded_base
     from macro.training.sft import LORA_TARGETS
 
     base = Path(r.base_model) if r.base_model else embedded_base(home)
@@ -355,7 +359,10 @@ def train_grpo(r: GRPORecipe, home: Home, out: Path | None = None, command: str 
         "reward_curve": [{"step": row["step"], "reward": round(row["reward"], 4)} for row in rows],
     }
     target = GRPO_ADAPTER.target(out, home)
-    weights.save_tensors(target, {ADAPTER_FILE: get_peft_model_state_dict(model)}, manifest)
+    base = Path(r.base_model) if r.base_model else embedded_base(home)
+    state = {ADAPTER_FILE: get_peft_model_state_dict(model)}
+    save_scored(target, state, manifest, base, load_composites(Registry.default(), home), r.eval_prompts)
+    summary["held_out"] = manifest.get("held_out")
     summary["adapter"] = str(target)
     summary["run_dir"] = str(run_dir)
     return summary

@@ -167,15 +167,22 @@ def train_sft(
         },
         "train": {"seconds": round(train_seconds, 1), **fitted},
     }
-    # The held-out figures are measured on the fp16 adapter exactly as written, from a staging folder, then the
-    # adapter is written where it belongs with them.
+    return save_scored(out, state, manifest, base, registry, recipe.eval_prompts)
+
+
+def save_scored(out: Path, state: dict, manifest: dict, base: Path, registry: Registry, requests: int) -> Path:
+    """Write an adapter with its held-out figures in the manifest: the first ``requests`` hand-written requests
+    (:data:`macro.eval.policy.REQUESTS`, never trained on) scored on the fp16 adapter exactly as written, from a
+    staging folder, before it is written where it belongs. SFT and GRPO adapters are scored alike; 0 skips it."""
+    if requests <= 0:
+        return weights.save_tensors(out, state, manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         weights.save_tensors(staging, state, manifest)
         policy = LocalChatModel(model_path=str(base), adapter=str(staging))
         with tempfile.TemporaryDirectory(prefix="macro-held-out-") as cases:
-            requests = load_requests()[: recipe.eval_prompts]
-            held_out = evaluate_first_calls(policy, requests, Cases(Path(cases)), registry)
+            held_out = evaluate_first_calls(policy, load_requests()[:requests], Cases(Path(cases)), registry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     manifest["held_out"] = {k: v for k, v in held_out.items() if k != "rows"} | {"requests": REQUESTS.name}

@@ -92,6 +92,9 @@ def train_grpo_cmd(
     base: Optional[str] = typer.Option(
         None, help="a transformers model folder to train with a fresh LoRA instead of the embedded SmolLM2 + SFT"
     ),
+    eval_prompts: Optional[int] = typer.Option(
+        None, help="hand-written held-out requests scored on the written adapter (default: the config's; 0: none)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ):
     """GRPO of the policy (TRL) on MACRO-Bench train tasks, with rollouts through the agent's own loop; continues
@@ -101,7 +104,7 @@ def train_grpo_cmd(
 
     home = Home.current().ensure()
     try:
-        r = recipe(config, max_steps=max_steps, seed=seed, base_model=base)
+        r = recipe(config, max_steps=max_steps, seed=seed, base_model=base, eval_prompts=eval_prompts)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--config") from None
     if not r.use_cpu:
