@@ -716,6 +716,3 @@ def _check_geometry(case, affine: np.ndarray, shape: tuple[int, ...], spacing: l
     expected = own if args.spacing_mm is None else (args.spacing_mm,) * 3
     if not np.allclose(spacing, expected, rtol=1e-3, atol=1e-4):
         raise ToolFailure(f"crop_resample produced {spacing} mm voxels, expected {list(expected)}")
-
-
-BUILTINS = (DescribeScan, RenderSlice, MeasureVolume, CropResample)
