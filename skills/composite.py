@@ -23,7 +23,7 @@ from typing import ClassVar
 from pydantic import BaseModel, create_model
 from pydantic.fields import FieldInfo
 
-from macro.case import MODALITIES
+from macro.case import modalities
 from macro.tools.base import ANY_MODALITY, MacroTool, ToolContext, ToolFailure, ToolResult, ToolSpec
 
 KIND = "composite"
@@ -201,7 +201,7 @@ def _intersect(groups: list[tuple[str, ...]]) -> tuple[str, ...]:
     if not concrete:
         return (ANY_MODALITY,)
     common = set.intersection(*concrete)
-    return tuple(m for m in MODALITIES if m in common)
+    return tuple(m for m in modalities() if m in common)
 
 
 def _camel(name: str) -> str:

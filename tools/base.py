@@ -228,7 +228,7 @@ class MacroTool(BaseTool):
         return result.text, result
 
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]{2,47}$")
+TOOL_NAME = re.compile(r"^[a-z][a-z0-9_]{2,47}$")  # snake_case, 3-48 characters: what a small model can copy
 
 
 def validate_definition(cls: type[MacroTool]) -> None:
@@ -237,7 +237,7 @@ def validate_definition(cls: type[MacroTool]) -> None:
     fields = cls.model_fields
     name = fields["name"].default if "name" in fields else None
     where = f"tool {cls.__qualname__} ({cls.__module__})"
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not TOOL_NAME.match(name):
         raise TypeError(f"{where}: name must be snake_case, 3-48 chars, got {name!r}")
     description = fields["description"].default if "description" in fields else ""
     if not description or len(description) > 200:

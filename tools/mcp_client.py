@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, create_model
 
 from macro.config import Home
 from macro.errors import MacroError
-from macro.tools.base import _NAME, MacroTool, ToolContext, ToolResult, ToolSpec
+from macro.tools.base import TOOL_NAME, MacroTool, ToolContext, ToolResult, ToolSpec
 from macro.tools.mcp_servers import McpServer, RemoteTool, ServerFailure, describe_server, load, target, update
 from macro.tools.mcp_servers import call_tool as call_remote
 
@@ -108,7 +108,7 @@ def case_argument(server: McpServer, remote: RemoteTool) -> str | None:
 def macro_name(remote: str, server: str, taken: set[str]) -> str:
     """``remote`` in snake case; prefixed with the server's name when that is not a valid tool name or is taken."""
     snake = re.sub(r"[^a-z0-9]+", "_", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", remote).lower()).strip("_")
-    if _NAME.match(snake) and snake not in taken:
+    if TOOL_NAME.match(snake) and snake not in taken:
         return snake
     return f"{server}_{snake}"[:48].rstrip("_")
 

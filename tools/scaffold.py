@@ -14,7 +14,7 @@ from pathlib import Path
 from string import Template
 
 from macro.errors import MacroError
-from macro.tools.base import _NAME
+from macro.tools.base import TOOL_NAME
 from macro.tools.registry import Registry
 
 PYPROJECT = Template("""\
@@ -145,7 +145,7 @@ See MACRO's docs/adding-a-tool.md.
 def scaffold(name: str, out: Path) -> list[Path]:
     """Write the plug-in package for a tool called ``name`` into ``out`` (absent or empty); return its files."""
     module = f"macro_{name}"
-    if not _NAME.match(name) or keyword.iskeyword(name):
+    if not TOOL_NAME.match(name) or keyword.iskeyword(name):
         raise MacroError(
             f"tool name {name!r}: use snake_case, 3-48 characters, starting with a letter, not a Python keyword "
             "(e.g. intensity_stats)"

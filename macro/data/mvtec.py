@@ -119,12 +119,12 @@ def _sidecar(image: Path) -> dict:
 
 
 def _modality(sidecar: dict, image: Path) -> str:
-    from macro.case import MODALITIES
+    from macro.case import modalities
 
     modality = sidecar.get("modality", "other")
-    if modality not in MODALITIES:
+    if modality not in modalities():
         raise CaseError(
-            image.with_suffix(".json"), f"sidecar names unknown modality {modality!r}", accepted=", ".join(MODALITIES)
+            image.with_suffix(".json"), f"sidecar names unknown modality {modality!r}", accepted=", ".join(modalities())
         )
     return modality
 
