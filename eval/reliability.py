@@ -219,6 +219,11 @@ def _named_bad_inputs(work: Path, cli: bool = False) -> list:
     made.append(dicom)
     made.append(_dicom(folder, "spacing.dcm", {"PixelSpacing": "abc"}))
     made.append(_dicom(folder, "rows.dcm", Rows=0))
+    damaged = bytearray(_seeds()["scan.dcm"])
+    at = damaged.index(b"\x08\x00\x60\x00CS") + 4  # the Modality element's VR, made one pydicom does not know
+    damaged[at : at + 2] = b"TS"
+    made.append(folder / "modality-vr.dcm")
+    made[-1].write_bytes(bytes(damaged))
     png = folder / "bomb.png"
     png.write_bytes(_png_header(30000, 30000))
     made.append(png)

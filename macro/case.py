@@ -546,9 +546,22 @@ def _dcmread(path: Path, header_only: bool):
 
     _require_nonempty(path)
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=header_only, force=path.suffix.lower() in DICOM_EXT)
+        ds = pydicom.dcmread(str(path), stop_before_pixels=header_only, force=path.suffix.lower() in DICOM_EXT)
+        # pydicom decodes each element on first access, so a damaged one (an unknown VR, a length that does not fit
+        # its VR) would raise wherever it is first read; decoding them all here reports it once, as this file's.
+        _decode_elements(ds)
+        return ds
     except Exception as exc:
-        raise CaseError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CaseError(path, f"not a readable DICOM file ({type(exc).__name__}: {first[:300]})") from None
+
+
+def _decode_elements(ds) -> None:
+    """Read every element once (iterating a dataset decodes each), items of sequences included."""
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                _decode_elements(item)
 
 
 def _header(path: Path, ds, keyword: str, default, cast=float):
