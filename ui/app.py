@@ -171,14 +171,11 @@ def build(bench: Workbench, policy: str = "embedded"):
             if not text:
                 raise gr.Error("Type a question first.")
             messages = [*messages, {"role": "user", "content": text}]
-            if not bench.loaded(policy_name):
-                pending = {"role": "assistant", "content": "", "metadata": {"title": f"Loading {policy_name}…"}}
-                yield (
-                    s,
-                    [*messages, {**pending, "metadata": {**pending["metadata"], "status": "pending"}}],
-                    "",
-                    *(gr.skip(),) * 6,
-                )
+            if not bench.loaded(policy_name):  # the embedded model takes ~30 s to load on first use
+                title = f"Loading the {policy_name} policy (first question only)…"
+                loading = {"role": "assistant", "content": "", "metadata": {"title": title, "status": "pending"}}
+                yield s, [*messages, loading], "", *(gr.skip(),) * 6
+                bench.agent(policy_name)
             thinking = {"role": "assistant", "content": "", "metadata": {"title": "Thinking…", "status": "pending"}}
             yield s, [*messages, thinking], "", *(gr.skip(),) * 6
             for kind, payload in bench.ask(s, text, policy_name):
