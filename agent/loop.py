@@ -168,11 +168,10 @@ def compose_answer(
     if steps:
         lines.append("\nFindings (from tools):")
         for i, s in enumerate(steps, 1):
-            args = ", ".join(f"{k}={v}" for k, v in s.args.items() if v is not None)
             outcome = s.summary if s.ok else f"FAILED: {s.error}"
             shown = [str(Path(artifacts).resolve() / o) if artifacts is not None else o for o in s.outputs]
             arts = f" [artifacts: {', '.join(shown)}]" if s.outputs else ""
-            lines.append(f"  {i}. {s.tool}({args}): {outcome}{arts}")
+            lines.append(f"  {i}. {s.call}: {outcome}{arts}")
     return "\n".join(lines).strip()
 
 

@@ -43,6 +43,12 @@ class Step:
     children: list[dict] = field(default_factory=list)
     cached: bool = False  # the result came from the result cache, not a run
 
+    @property
+    def call(self) -> str:
+        """The call as people read it: ``tool(name=value, ...)``, unset arguments left out."""
+        args = ", ".join(f"{k}={v}" for k, v in self.args.items() if v is not None)
+        return f"{self.tool}({args})"
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -47,6 +47,12 @@ def gli_labels(et: np.ndarray, tc: np.ndarray, wt: np.ndarray) -> np.ndarray:
     return labels
 
 
+def gli_map(raw: np.ndarray, convention: str) -> np.ndarray:
+    """A label map in any supported convention (:func:`macro.data.brats.region_masks`) as a GLI label map."""
+    regions = region_masks(raw, convention)
+    return gli_labels(regions["ET"], regions["TC"], regions["WT"])
+
+
 def _mask_source(ctx: ToolContext) -> tuple[np.ndarray, str, str]:
     """The label map to measure, where it came from, and its label convention."""
     art = ctx.latest("mask")
@@ -408,8 +414,7 @@ class RenderSlice(MacroTool):
         if case.dims == 3:
             try:
                 raw, _, convention = _mask_source(ctx)
-                regions = region_masks(raw, convention)
-                labels = gli_labels(regions["ET"], regions["TC"], regions["WT"])
+                labels = gli_map(raw, convention)
             except CaseError:
                 labels = None
         shown = args.sequence or ("flair" if "flair" in case.channels else "/".join(case.channels))

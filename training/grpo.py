@@ -190,6 +190,11 @@ def training_tasks(r: GRPORecipe, data: Path) -> list[Task]:
     return tasks
 
 
+def base_folder(r: GRPORecipe, home: Home) -> Path:
+    """The folder of the model the adapter sits on: ``base_model``, else the embedded SmolLM2 (converted once)."""
+    return Path(r.base_model) if r.base_model else embedded_base(home)
+
+
 def policy_model(r: GRPORecipe, home: Home):
     """(trainable PEFT model, tokenizer, what it started from): the embedded SmolLM2 with the active SFT adapter
     (or the GRPO one, ``start="grpo"``), or ``base_model`` with a fresh LoRA."""
@@ -199,7 +204,7 @@ def policy_model(r: GRPORecipe, home: Home):
 
     from macro.training.sft import LORA_TARGETS
 
-    base = Path(r.base_model) if r.base_model else embedded_base(home)
+    base = base_folder(r, home)
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -221,9 +226,6 @@ def build_trainer(r: GRPORecipe, run_dir: Path, home: Home, tasks: list[Task] | 
     """The ``GRPOTrainer`` of a recipe with its rollouts (no training yet)."""
     import datasets
     from trl import GRPOTrainer
-
-    from macro.skills.library import load_composites
-    from macro.tools.registry import Registry
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.x
     tasks = tasks if tasks is not None else training_tasks(r, home.data / "grpo-tasks")
@@ -359,9 +361,9 @@ def train_grpo(r: GRPORecipe, home: Home, out: Path | None = None, command: str 
         "reward_curve": [{"step": row["step"], "reward": round(row["reward"], 4)} for row in rows],
     }
     target = GRPO_ADAPTER.target(out, home)
-    base = Path(r.base_model) if r.base_model else embedded_base(home)
+    base = base_folder(r, home)
     state = {ADAPTER_FILE: get_peft_model_state_dict(model)}
-    save_scored(target, state, manifest, base, load_composites(Registry.default(), home), r.eval_prompts)
+    save_scored(target, state, manifest, base, rollouts.registry, r.eval_prompts)
     summary["held_out"] = manifest.get("held_out")
     summary["adapter"] = str(target)
     summary["run_dir"] = str(run_dir)

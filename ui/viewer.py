@@ -15,8 +15,8 @@ import numpy as np
 
 from macro.artifacts import ArtifactStore
 from macro.case import Case
-from macro.data.brats import convention_for, region_masks
-from macro.tools.imaging import AXES, default_index, gli_labels, to_rgb, upscaled
+from macro.data.brats import convention_for
+from macro.tools.imaging import AXES, default_index, gli_map, to_rgb, upscaled
 
 REFERENCE = "reference mask"
 HEAT_RGB = np.array([255, 60, 0], dtype=float)  # heat goes from the grey scan towards orange-red
@@ -39,8 +39,7 @@ def reference_overlay(case: Case) -> Overlay | None:
     """The case's own reference mask in GLI labels, when it ships one."""
     if case.labels is None:
         return None
-    regions = region_masks(case.labels, convention_for(case.label_path.name))
-    return Overlay(REFERENCE, "mask", gli_labels(regions["ET"], regions["TC"], regions["WT"]))
+    return Overlay(REFERENCE, "mask", gli_map(case.labels, convention_for(case.label_path.name)))
 
 
 def tool_overlays(case: Case, store: ArtifactStore, artifact_ids: list[str]) -> tuple[list[Overlay], list[str]]:

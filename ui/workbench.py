@@ -33,15 +33,20 @@ class Session:
     case: Case | None = None
     thread_id: str = ""
     artifacts: list[str] = field(default_factory=list)
+    _layers: tuple = field(default=(None, None), repr=False, compare=False)  # (key, layers): see layers()
 
     def layers(self, home: Home) -> tuple[dict[str, Overlay], list[str]]:
         """Overlay name -> layer (the reference mask first, then the tools' masks and heatmaps) and notes on
-        outputs that cannot be overlaid."""
+        outputs that cannot be overlaid. Kept until the scan or the artifacts change: every move of a viewer
+        control redraws, and reading the NIfTI files again each time would make the slider lag."""
         if self.case is None:
             return {}, []
-        found, notes = tool_overlays(self.case, _store(home), self.artifacts)
-        reference = reference_overlay(self.case)
-        return {layer.name: layer for layer in ([reference] if reference else []) + found}, notes
+        key = (self.case.id, tuple(self.artifacts))
+        if self._layers[0] != key:
+            found, notes = tool_overlays(self.case, _store(home), self.artifacts)
+            reference = reference_overlay(self.case)
+            self._layers = (key, ({layer.name: layer for layer in ([reference] if reference else []) + found}, notes))
+        return self._layers[1]
 
     def pictures(self, home: Home) -> list[tuple[str, str]]:
         return pictures(_store(home), self.artifacts)
@@ -55,14 +60,13 @@ def _store(home: Home):
 
 def step_message(step) -> dict:
     """A finished tool call as a collapsible chat message: the call as title, its result inside, its time."""
-    args = ", ".join(f"{k}={v}" for k, v in step.args.items() if v is not None)
     body = (step.headline or step.summary) if step.ok else f"Failed: {step.error}"
     status = "" if step.ok else " (failed)"
     return {
         "role": "assistant",
         "content": body,
         "metadata": {
-            "title": f"Tool: {step.tool}({args}){status}",
+            "title": f"Tool: {step.call}{status}",
             "duration": round(step.ms / 1000, 2),
             "status": "done",
         },

@@ -121,9 +121,8 @@ def load_scan(case: str, modality: str | None):
 
 
 def print_step(step) -> None:
-    args = ", ".join(f"{k}={v}" for k, v in step.args.items() if v is not None)
     outcome = step.summary if step.ok else f"FAILED: {step.error}"
-    err(f"  -> {step.tool}({args}) [{step.ms:.0f} ms] {outcome}")
+    err(f"  -> {step.call} [{step.ms:.0f} ms] {outcome}")
 
 
 def make_agent(policy: str, model: str | None, max_steps: int):
