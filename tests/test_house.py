@@ -137,6 +137,7 @@ def _config_defaults() -> dict[str, dict[str, object]]:
     task_defaults = {k: v.default for k, v in inspect.signature(train_task).parameters.items()}
     return {
         "train sft": {n: getattr(SFTRecipe, n) for n in ("epochs", "max_steps", "seed", "eval_prompts")},
+        "train score": {"requests": SFTRecipe.eval_prompts},
         "train segmentation": {n: getattr(SegTrainConfig, n) for n in ("iterations", "n_train", "seed")},
         "skills mine": {"min_support": MineConfig.min_support},
         "bench": {"workers": BenchConfig.workers},
@@ -147,7 +148,17 @@ def _config_defaults() -> dict[str, dict[str, object]]:
     }
 
 
-CONFIGURED = ("train sft", "train segmentation", "skills mine", "bench", "fl train", "eval segmentation", "ask", "chat")
+CONFIGURED = (
+    "train sft",
+    "train score",
+    "train segmentation",
+    "skills mine",
+    "bench",
+    "fl train",
+    "eval segmentation",
+    "ask",
+    "chat",
+)
 
 
 @pytest.mark.parametrize("path", CONFIGURED)

@@ -98,3 +98,12 @@ def test_train_sft_on_a_tiny_model_writes_fp16_adapter_and_manifest(tmp_path, ti
     assert saved["command"] == "pytest"
     assert saved["lora"]["r"] == recipe.lora_r
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging folder is left behind"
+
+    from macro.training.sft import rescore
+
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "manifest.json"}
+    rescored = rescore(out, tiny_model, Registry.default(), 1, "pytest")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "manifest.json"} == files
+    assert rescored["sha256"] == manifest["sha256"] and rescored["created"] == manifest["created"]
+    saved = json.loads((out / "manifest.json").read_text())
+    assert saved["held_out"]["n"] == 1 and "scored" in saved["held_out"] and saved["train"]["steps"] == 2

@@ -90,3 +90,26 @@ def test_the_agent_process_checks_a_scan_without_holding_its_voxels(tmp_path):
     with pytest.raises(CaseError, match="blank.nii.gz: channel 'image' is blank") as caught:
         on_voxels(check_voxels, load_case(blank, check=False))
     assert caught.value.problem.startswith("channel 'image' is blank")
+
+
+def test_a_worker_whose_caller_stopped_listening_exits_quietly():
+    """A caller killed mid-call (the selftest's kill -9 trials) leaves its worker writing into a closed pipe: the
+    worker returns instead of printing a BrokenPipeError traceback on the terminal it shares."""
+    import multiprocessing
+    import os
+    import pickle
+    import sys
+
+    from macro.tools.worker import _serve, check_voxels
+
+    caller, worker = multiprocessing.Pipe()
+    setting = {
+        "tool": "check_voxels",
+        "env": {k: v for k, v in os.environ.items() if k.startswith("MACRO_")},
+        "path": list(sys.path),
+        "threads": None,
+    }
+    request = {"function": check_voxels, "case": load_case(SCAN, check=False)}
+    caller.send_bytes(pickle.dumps((setting, pickle.dumps(request))))
+    caller.close()
+    _serve(worker)

@@ -115,6 +115,8 @@ def _serve(conn: Connection) -> None:
             outcome = Outcome(error=f"{name} could not run in its worker process: {type(exc).__name__}: {exc}")
         try:
             conn.send(outcome)
+        except OSError:  # the caller stopped listening (it gave up on the call or exited): nobody to tell
+            return
         except Exception as exc:  # a result or session state that does not pickle
             conn.send(Outcome(error=f"{name} returned something that cannot leave its worker process: {exc}"))
 

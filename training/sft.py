@@ -170,20 +170,35 @@ def train_sft(
     return save_scored(out, state, manifest, base, registry, recipe.eval_prompts)
 
 
-def save_scored(out: Path, state: dict, manifest: dict, base: Path, registry: Registry, requests: int) -> Path:
-    """Write an adapter with its held-out figures in the manifest: the first ``requests`` hand-written requests
-    (:data:`macro.eval.policy.REQUESTS`, never trained on) scored on the fp16 adapter exactly as written, from a
-    staging folder, before it is written where it belongs. SFT and GRPO adapters are scored alike; 0 skips it."""
+def held_out_figures(adapter: Path, base: Path, registry: Registry, requests: int) -> dict:
+    """The first ``requests`` hand-written requests (:data:`macro.eval.policy.REQUESTS`, never trained on) scored
+    on the adapter in ``adapter`` exactly as written: the manifest's ``held_out`` block."""
+    policy = LocalChatModel(model_path=str(base), adapter=str(adapter))
+    with tempfile.TemporaryDirectory(prefix="macro-held-out-") as cases:
+        held_out = evaluate_first_calls(policy, load_requests()[:requests], Cases(Path(cases)), registry)
+    return {k: v for k, v in held_out.items() if k != "rows"} | {"requests": REQUESTS.name}
+
+
+def save_scored(out: Path, state: dict, manifest: dict, base: Path, registry: Registry, requests: int) -> dict:
+    """Write an adapter with its held-out figures in the manifest, scored on the fp16 adapter from a staging folder
+    before it is written where it belongs; returns the manifest. SFT and GRPO adapters are scored alike; 0 skips
+    it."""
     if requests <= 0:
         return weights.save_tensors(out, state, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         weights.save_tensors(staging, state, manifest)
-        policy = LocalChatModel(model_path=str(base), adapter=str(staging))
-        with tempfile.TemporaryDirectory(prefix="macro-held-out-") as cases:
-            held_out = evaluate_first_calls(policy, load_requests()[:requests], Cases(Path(cases)), registry)
+        manifest["held_out"] = held_out_figures(staging, base, registry, requests)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    manifest["held_out"] = {k: v for k, v in held_out.items() if k != "rows"} | {"requests": REQUESTS.name}
     return weights.save_tensors(out, state, manifest)
+
+
+def rescore(folder: Path, base: Path, registry: Registry, requests: int, regenerate: str) -> dict:
+    """Score an adapter already written and record the figures in its manifest (with when they were scored), for
+    adapters written before manifests carried them. Its files are verified and kept byte for byte, so its sha256
+    stays; returns the manifest."""
+    manifest, payloads = weights.read(folder, regenerate)
+    manifest["held_out"] = held_out_figures(folder, base, registry, requests) | {"scored": weights.now()}
+    return weights.write(folder, payloads, manifest)
