@@ -28,6 +28,7 @@ from macro.case import Case
 from macro.data import example_case
 from macro.errors import CaseError
 from macro.metrics import p50_p95
+from macro.stats import proportion_ci
 from macro.tools.executor import INJECTED_NAMES
 from macro.tools.registry import Registry
 
@@ -89,6 +90,14 @@ def _percent(rows: Sequence[dict], keys: Sequence[str]) -> dict:
     return {k: round(100.0 * sum(bool(r[k]) for r in rows) / count, 1) for k in keys}
 
 
+def _interval(rows: Sequence[dict], keys: Sequence[str]) -> dict:
+    """Each figure's 95 % Wilson interval in points over these requests: decoding is greedy, so there are no seeds
+    to average, and the requests are the sample."""
+    if not rows:
+        return {}
+    return {k: [round(100.0 * b, 1) for b in proportion_ci(sum(bool(r[k]) for r in rows), len(rows))] for k in keys}
+
+
 def evaluate_first_calls(
     policy: BaseChatModel,
     rows: Sequence[dict],
@@ -123,6 +132,7 @@ def evaluate_first_calls(
     return {
         "n": len(results),
         **_percent(results, FIRST_CALL_KEYS),
+        "ci": _interval(results, FIRST_CALL_KEYS),
         "per_tool": {tool: {"n": len(rs), **_percent(rs, FIRST_CALL_KEYS)} for tool, rs in sorted(by_tool.items())},
         "per_style": {s: {"n": len(rs), **_percent(rs, FIRST_CALL_KEYS)} for s, rs in sorted(by_style.items()) if s},
         "decision_seconds": p50_p95([r["seconds"] for r in results if r["seconds"] is not None]),
@@ -168,6 +178,7 @@ def evaluate_episodes(
     return {
         "n": len(results),
         "clean": round(100.0 * sum(r["clean"] for r in results) / count, 1),
+        "clean_ci": _interval(results, ("clean",)).get("clean"),
         "failed_calls": sum(r["failed_calls"] for r in results),
         "repeated_calls": sum(r["repeated_calls"] for r in results),
         "guard_stops": sum(r["guard_stop"] for r in results),

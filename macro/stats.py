@@ -5,6 +5,8 @@
 - :func:`paired`: method minus baseline on the same items, with a paired bootstrap interval and, for successes
   (0/1), the exact McNemar p-value;
 - :func:`over_seeds`: mean over independent seeds with a Student-t interval (three seeds are too few to bootstrap);
+- :func:`proportion_ci`: Wilson's interval of a share of successes out of ``n`` items, for deterministic
+  evaluations on a fixed set (a bootstrap collapses to a point at 0 % or 100 %);
 - :func:`pairs_needed` and :func:`min_detectable_difference`: how many pairs a paired difference in success needs
   to be detected with the given power, and the smallest one ``n`` pairs detect (McNemar's test, Connor's normal
   approximation): the size argument behind a claim.
@@ -85,6 +87,18 @@ def paired(
         out["p_mcnemar"] = mcnemar(a, b)
         out["discordant"] = float((a != b).mean())
     return out
+
+
+def proportion_ci(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of ``successes / n`` (a fraction): it stays inside [0, 1] and is not a point when every
+    item or none succeeded."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    z = float(sps.norm.ppf(0.5 + level / 2))
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
 
 
 def over_seeds(values: Sequence[float], level: float = LEVEL) -> dict:

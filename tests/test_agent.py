@@ -390,3 +390,25 @@ def test_a_turn_decodes_the_scan_once(demo_folder, home, monkeypatch):
     scan = load_case(demo_folder)  # as the CLI loads it: decoded once to check the voxels
     _agent(ScriptedPolicy(), home).ask(scan, "Describe this scan and show me a slice.")
     assert decoded == [scan.id]
+
+
+def test_eval_policy_reports_each_figure_with_its_interval(home, tmp_path):
+    """``macro eval policy`` on a few requests (scripted policy: no model): every first-call share and the clean
+    episode share carry a 95 % interval over the requests, and the text report prints them."""
+    rows = [
+        {"request": "header info pls", "case": "wheel:pydicom/data/test_files/CT_small.dcm", "tool": "describe_scan"},
+        {"request": "what is this scan", "case": "wheel:nibabel/tests/data/anatomical.nii", "tool": "describe_scan"},
+    ]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "policy", "--policy", "scripted", "--requests", str(requests), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["server"]
+    first = report["first_call"]
+    assert first["n"] == 2 and set(first["ci"]) == {"parseable", "valid", "right_tool", "exact_args"}
+    for key, (lo, hi) in first["ci"].items():
+        assert lo <= first[key] <= hi and hi - lo > 10, "two requests leave a wide interval, even at 0 or 100 %"
+    assert report["episodes"]["clean_ci"][0] <= report["episodes"]["clean"] <= report["episodes"]["clean_ci"][1]
+    text = runner.invoke(app, ["eval", "policy", "--policy", "scripted", "--requests", str(requests)])
+    assert text.exit_code == 0 and "95 % intervals over the requests (Wilson): parseable [" in text.stdout

@@ -108,3 +108,15 @@ def test_lists_of_figures_average_element_wise_and_records_stay_the_first_seeds(
     assert report["auroc"] == [85.0, 70.0] and report["stages"] == [[2.0, None], [4.0, 6.0]]
     assert report["cases"] == [{"id": "a", "dice": 0.5}]
     assert report["over_seeds"]["auroc.1"]["per_seed"] == [70.0]
+
+
+def test_wilson_interval_of_a_share():
+    from macro.stats import proportion_ci
+
+    lo, hi = proportion_ci(58, 60)
+    assert round(lo, 3) == 0.886 and round(hi, 3) == 0.991
+    lo, hi = proportion_ci(60, 60)
+    assert 0.93 < lo < 0.95 and hi == 1.0, "every item right still leaves room below 100 %"
+    assert proportion_ci(0, 10)[0] == 0.0
+    with pytest.raises(ValueError):
+        proportion_ci(3, 2)

@@ -164,12 +164,15 @@ def eval_policy(
         for tool, r in [*first["per_tool"].items(), ("all", first)]:
             cells = " ".join(f"{r[k]:5.1f}%" for k in ("parseable", "valid", "right_tool", "exact_args"))
             typer.echo(f"  {tool:<20} {r['n']:>3} {cells}")
+        ci = ", ".join(f"{k} [{lo:.1f}, {hi:.1f}]" for k, (lo, hi) in first["ci"].items())
+        typer.echo(f"  95 % intervals over the requests (Wilson): {ci}")
         styles = ", ".join(f"{s} {r['right_tool']:.0f}/{r['exact_args']:.0f}" for s, r in first["per_style"].items())
         typer.echo(f"  by style (right tool / exact args %): {styles}")
         if "episodes" in part:
             e = part["episodes"]
             typer.echo(
-                f"  episodes: {e['clean']:.1f} % clean (answer, no failed/repeated call, no guard stop); "
+                f"  episodes: {e['clean']:.1f} % clean [{e['clean_ci'][0]:.1f}, {e['clean_ci'][1]:.1f}] (answer, no "
+                "failed/repeated call, no guard stop); "
                 f"{e['failed_calls']} failed, {e['repeated_calls']} repeated, {e['guard_stops']} guard stops; "
                 f"episode p50 {e['episode_seconds']['p50']} s, p95 {e['episode_seconds']['p95']} s"
             )
