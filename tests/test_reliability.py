@@ -27,6 +27,7 @@ def test_the_bounded_selftest_finds_no_crash_leak_escape_corruption_loss_or_runa
     assert report["kills"]["trials"] >= 10 and report["kills"]["corrupted"] == 0
     assert report["concurrency"]["writes"] >= 100 and report["concurrency"]["lost"] == 0
     assert report["limits"]["tried"] >= 5 and report["limits"]["uncontained"] == 0
+    assert "Traceback" not in done.stderr, "no process it starts, killed writers' tool workers included, prints one"
 
 
 def test_a_memory_entry_never_outlives_its_verdict_when_the_writer_is_killed_between_the_writes(home, monkeypatch):
