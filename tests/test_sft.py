@@ -22,6 +22,19 @@ def data(demo):
     return sft_data.build([demo, load_case(get_testdata_file("CT_small.dcm"))], registry, seed=0)
 
 
+def test_the_manifest_names_only_tools_the_rows_teach(data, demo):
+    """The segmentation tool is offered on the demo case but these rows were built without it: an adapter trained
+    on them must not claim it (the coverage warning would go quiet for a tool the policy never saw)."""
+    from macro.training.sft import trained_versions
+
+    cases = [demo, load_case(get_testdata_file("CT_small.dcm"))]
+    registry = Registry.default()
+    assert "segment_brain_tumor" in {t.name for t in registry.for_case(demo)}
+    trained = trained_versions(data, cases, registry)
+    assert "segment_brain_tumor" not in trained and "describe_scan" in trained
+    assert trained["describe_scan"] == registry.get("describe_scan").spec.version
+
+
 def test_held_out_requests_never_appear_in_training(data):
     """Spec examples of the test split stay out of every row, and the hand-written held-out requests are new."""
     from macro.eval.policy import load_requests

@@ -147,6 +147,7 @@ def train_sft(
     from peft import get_peft_model_state_dict
 
     state = {ADAPTER_FILE: get_peft_model_state_dict(model)}
+    trained = trained_versions(rows, cases, registry)
     lora_config = json.loads(json.dumps(model.peft_config["default"].to_dict(), default=list))
     lora_config["base_model_name_or_path"] = weights.portable(base)
     manifest = {
@@ -162,12 +163,19 @@ def train_sft(
             "packs": len(packs),
             "kinds": dict(Counter(r["kind"] for r in rows)),
             "cases": [c.id for c in cases],
-            "tools": sorted({t.name for c in cases for t in registry.for_case(c)}),
-            "tool_versions": {t.name: t.spec.version for c in cases for t in registry.for_case(c)},
+            "tools": sorted(trained),
+            "tool_versions": trained,
         },
         "train": {"seconds": round(train_seconds, 1), **fitted},
     }
     return save_scored(out, state, manifest, base, registry, recipe.eval_prompts)
+
+
+def trained_versions(rows: Sequence[dict], cases: Sequence[Case], registry: Registry) -> dict[str, str]:
+    """Tool -> spec version for the tools the rows teach: offered on a training case and named by a row. A tool
+    offered without examples (an MCP server's) is not trained, so the coverage warning keeps naming it."""
+    taught = {r["tool"] for r in rows if r.get("tool")}
+    return {t.name: t.spec.version for c in cases for t in registry.for_case(c) if t.name in taught}
 
 
 def held_out_figures(adapter: Path, base: Path, registry: Registry, requests: int) -> dict:
