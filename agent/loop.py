@@ -128,6 +128,14 @@ def final_answer(
     return compose_answer(prose, [Step(**s) for s in steps], question, note, artifacts), note
 
 
+FINDINGS = "\nFindings (from tools):"  # heads the answer's last part, the tools' results one per line
+
+
+def without_findings(answer: str) -> str:
+    """The lead and caveats of a composed answer, for a view that shows each tool call beside it (the web UI)."""
+    return answer.split("\n" + FINDINGS, 1)[0]
+
+
 def compose_answer(
     prose: str, steps: list[Step], question: str = "", note: str = "", artifacts: Path | None = None
 ) -> str:
@@ -166,7 +174,7 @@ def compose_answer(
         caveats.append(note)
     lines = [lead] + [f"Caveat: {c}" for c in caveats] + reconcile(steps)
     if steps:
-        lines.append("\nFindings (from tools):")
+        lines.append(FINDINGS)
         for i, s in enumerate(steps, 1):
             outcome = s.summary if s.ok else f"FAILED: {s.error}"
             shown = [str(Path(artifacts).resolve() / o) if artifacts is not None else o for o in s.outputs]

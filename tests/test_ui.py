@@ -31,6 +31,7 @@ def test_an_upload_is_copied_under_the_home_and_keeps_its_thread_after_a_restart
     assert session.case.ref().get("root"), "a scan under MACRO_HOME keeps its location in the thread"
     events = list(bench.ask(session, "Describe the scan", "scripted"))
     assert events[-1][0] == "answer" and any(kind == "step" for kind, _ in events)
+    assert events[-1][1].startswith("MR scan, 3D") and "Findings (from tools)" not in events[-1][1], events[-1][1]
     upload.unlink()  # the browser's temporary copy is gone after a restart
 
     again = Workbench()

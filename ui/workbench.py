@@ -14,6 +14,7 @@ from typing import Iterator
 
 from macro.agent.experience import record_verdict
 from macro.agent.graph import Agent, new_thread_id
+from macro.agent.loop import without_findings
 from macro.agent.policy import make_policy
 from macro.case import Case, load_case_ref
 from macro.config import Home
@@ -126,12 +127,13 @@ class Workbench:
                 step = Step(**raw)
                 messages.append(step_message(step))
                 artifacts += step.outputs
-            messages.append({"role": "assistant", "content": turn.answer})
+            messages.append({"role": "assistant", "content": without_findings(turn.answer)})
         return Session(case, thread_id, artifacts), messages
 
     def ask(self, session: Session, question: str, policy: str) -> Iterator[tuple[str, object]]:
-        """Yield ``("step", chat message)`` as tools finish, then ``("answer", text)``; the session's artifacts grow
-        with each step. The scan goes with the first turn of a thread only, as in ``macro chat``."""
+        """Yield ``("step", chat message)`` as tools finish, then ``("answer", text)`` (its lead and caveats: the steps
+        show the tools' results); the session's artifacts grow with each step. The scan goes with the first turn of
+        a thread only, as in ``macro chat``."""
         if session.case is None:
             raise CaseError(None, "open a scan first (an example or an upload)")
         agent = self.agent(policy)
@@ -141,7 +143,7 @@ class Workbench:
                 session.artifacts += payload.outputs
                 yield "step", step_message(payload)
             else:
-                yield "answer", payload.answer
+                yield "answer", without_findings(payload.answer)
 
     def judge(self, session: Session, good: bool, note: str = "") -> str:
         """Record a person's verdict on the thread's last turn, as ``macro feedback`` does."""
