@@ -56,7 +56,9 @@ def open_upload(paths: list[str], home: Home, modality: str | None = None) -> Ca
     digest = hashlib.sha256()
     for path in sorted(sources, key=lambda p: p.name):
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        with path.open("rb") as fh:  # in blocks: an upload may be a large series or zip
+            while block := fh.read(1 << 20):
+                digest.update(block)
     folder = home.uploads / digest.hexdigest()[:16]
     if not folder.exists():
         staging = folder.with_name(folder.name + ".partial")
