@@ -174,10 +174,9 @@ def evaluate_episodes(
         )
         if progress:
             progress(i + 1, len(rows))
-    count = max(len(results), 1)
     return {
         "n": len(results),
-        "clean": round(100.0 * sum(r["clean"] for r in results) / count, 1),
+        **_percent(results, ("clean",)),
         "clean_ci": _interval(results, ("clean",)).get("clean"),
         "failed_calls": sum(r["failed_calls"] for r in results),
         "repeated_calls": sum(r["repeated_calls"] for r in results),

@@ -127,7 +127,7 @@ def train_grpo_cmd(
 @train.command("score")
 def train_score_cmd(
     adapter: Path = typer.Argument(..., help="a policy adapter folder (with its manifest)"),
-    requests: int = typer.Option(100, help="hand-written held-out requests to score (at most)"),
+    requests: int = typer.Option(100, min=1, help="hand-written held-out requests to score (at most)"),
     base: Optional[Path] = typer.Option(None, help="base model folder (default: the converted embedded SmolLM2)"),
 ):
     """Score a policy adapter already written on the hand-written held-out requests and record the figures in its
@@ -136,8 +136,6 @@ def train_score_cmd(
     from macro.tools.registry import Registry
     from macro.training.sft import rescore
 
-    if requests <= 0:
-        raise typer.BadParameter("score at least one request", param_hint="--requests")
     home = Home.current().ensure()
     manifest = rescore(adapter, base or embedded_base(home), Registry.default(), requests, ADAPTER.regenerate)
     err(f"wrote {adapter / 'manifest.json'}")
