@@ -56,8 +56,8 @@ def test_the_plugin_meets_the_tool_contract():
 @pytest.mark.heavy
 def test_after_macro_train_sft_the_policy_calls_the_plugin(tmp_path, model_home):
     """The figure of the issue: ``train_sft`` (what ``macro train sft`` runs) with the plug-in registered, then the
-    plug-in's held-out phrasings (every fifth spec example, never trained on) on each of its cases. About 40 min on 2
-    cores."""
+    plug-in's held-out phrasings (every fifth spec example, never trained on) on each of its cases. 2 h 01 min on 2
+    quiet cores (2530 rows, 534 steps; measured 2026-12-05: right tool 80.0 %, 12 of 15)."""
     from macro.agent.local_llm import BASE_NAME, LocalChatModel
     from macro.eval.policy import Cases, evaluate_first_calls
     from macro.training.sft import SFTRecipe, train_sft, training_cases
